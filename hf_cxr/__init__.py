@@ -1,0 +1,42 @@
+"""hf-cxr: chest-imaging architectures as first-class Hugging Face models.
+
+Importing the package registers every architecture with `AutoConfig`, `AutoModel`,
+`AutoModelForImageClassification` and `AutoImageProcessor`, and the `"chest-x-ray-classification"`
+pipeline task. Research use only: these models are not medical devices.
+"""
+
+from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS
+from hf_cxr.modeling.cr_msnet import (
+    CRMSNetConfig,
+    CRMSNetForImageClassification,
+    CRMSNetImageProcessor,
+    CRMSNetModel,
+)
+from hf_cxr.models import (
+    ARCHITECTURES,
+    build_config,
+    build_image_processor,
+    build_model,
+    register_architectures,
+)
+from hf_cxr.pipelines import CXR_TASK, ChestXRayClassificationPipeline, register_pipeline
+
+__version__ = "0.1.0"
+
+register_architectures()
+register_pipeline()
+
+__all__ = [
+    "ARCHITECTURES",
+    "CHESTXRAY14_LABELS",
+    "CHEXPERT_LABELS",
+    "CXR_TASK",
+    "CRMSNetConfig",
+    "CRMSNetForImageClassification",
+    "CRMSNetImageProcessor",
+    "CRMSNetModel",
+    "ChestXRayClassificationPipeline",
+    "build_config",
+    "build_image_processor",
+    "build_model",
+]

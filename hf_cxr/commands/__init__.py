@@ -1,0 +1,1 @@
+"""`hf-cxr` subcommands: argument parsing only, the work is done by library functions."""

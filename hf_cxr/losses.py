@@ -1,0 +1,21 @@
+"""Multi-label losses (defined once, in `hf_cxr.modeling.common.losses`, so saved models carry them)."""
+
+from hf_cxr.modeling.common.losses import (
+    IGNORE_LABEL,
+    LOSS_TYPES,
+    AsymmetricLoss,
+    FocalLoss,
+    MultiLabelBCELoss,
+    build_loss,
+    class_balance_weights,
+)
+
+__all__ = [
+    "IGNORE_LABEL",
+    "LOSS_TYPES",
+    "AsymmetricLoss",
+    "FocalLoss",
+    "MultiLabelBCELoss",
+    "build_loss",
+    "class_balance_weights",
+]

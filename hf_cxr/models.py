@@ -1,0 +1,87 @@
+"""The architectures hf-cxr provides, their Auto-class registration, and `build_model`.
+
+Adding an architecture is one `Architecture` entry in `ARCHITECTURES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.image_processing_utils import BaseImageProcessor
+
+from hf_cxr.modeling.cr_msnet import (
+    CRMSNetConfig,
+    CRMSNetForImageClassification,
+    CRMSNetImageProcessor,
+    CRMSNetModel,
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The classes that make up one architecture, and the Auto class its task model belongs to."""
+
+    config_class: type[PretrainedConfig]
+    base_model_class: type[PreTrainedModel]
+    task_model_class: type[PreTrainedModel]
+    image_processor_class: type[BaseImageProcessor]
+    task_auto_class: type = AutoModelForImageClassification
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "cr_msnet": Architecture(CRMSNetConfig, CRMSNetModel, CRMSNetForImageClassification, CRMSNetImageProcessor),
+}
+
+
+def register_architectures() -> None:
+    """Register every architecture with the Auto classes and mark it for remote-code saving.
+
+    After this, `AutoModel*.from_pretrained` finds hf-cxr models without `trust_remote_code`, and
+    `save_pretrained` writes an `auto_map` plus the model's source so the folder also loads without hf-cxr.
+    """
+    for model_type, arch in ARCHITECTURES.items():
+        AutoConfig.register(model_type, arch.config_class, exist_ok=True)
+        AutoModel.register(arch.config_class, arch.base_model_class, exist_ok=True)
+        arch.task_auto_class.register(arch.config_class, arch.task_model_class, exist_ok=True)
+        AutoImageProcessor.register(
+            arch.config_class, image_processor_classes={"torchvision": arch.image_processor_class}, exist_ok=True
+        )
+        arch.config_class.register_for_auto_class()
+        arch.base_model_class.register_for_auto_class("AutoModel")
+        arch.task_model_class.register_for_auto_class(arch.task_auto_class.__name__)
+        arch.image_processor_class.register_for_auto_class("AutoImageProcessor")
+
+
+def _architecture(model_type: str) -> Architecture:
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"unknown model_type {model_type!r}; hf-cxr provides {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[model_type]
+
+
+def build_config(model_type: str, preset: str = "paper", **overrides: Any) -> PretrainedConfig:
+    """The config of `model_type` at a preset (`paper`: the published configuration, `tiny`: CPU seconds)."""
+    return _architecture(model_type).config_class.from_preset(preset, **overrides)
+
+
+def build_model(model_type: str, preset: str = "paper", **overrides: Any) -> PreTrainedModel:
+    """A freshly initialised task model (e.g. `...ForImageClassification`); no pretrained download.
+
+    `overrides` set config fields, e.g. `labels=[...]` for your own findings or `loss="asymmetric"`.
+    """
+    return _architecture(model_type).task_model_class(build_config(model_type, preset, **overrides))
+
+
+def build_image_processor(model_type: str, preset: str = "paper", **overrides: Any) -> BaseImageProcessor:
+    """The image processor that matches `build_model(model_type, preset)` (its input size and channels)."""
+    config = build_config(model_type, preset)
+    defaults = {"size": config.image_size, "num_channels": config.num_channels}
+    return _architecture(model_type).image_processor_class(**{**defaults, **overrides})

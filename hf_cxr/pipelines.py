@@ -1,0 +1,38 @@
+"""A pipeline task that reads chest X-ray files faithfully.
+
+`pipeline("image-classification")` opens file paths itself and converts them to 8-bit RGB, which clips
+16-bit PNGs and cannot read DICOM. The `"chest-x-ray-classification"` task hands every input (path, bytes,
+DICOM, PIL image, array) to the model's image processor, which reads it at full precision. Scores are
+per-finding sigmoids for the multi-label models, as with the standard task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoModelForImageClassification, ImageClassificationPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+CXR_TASK = "chest-x-ray-classification"
+
+
+class ChestXRayClassificationPipeline(ImageClassificationPipeline):
+    """`ImageClassificationPipeline` whose inputs are read by the hf-cxr image processor, not `load_image`.
+
+    `top_k` defaults to every finding (the standard task stops at 5).
+    """
+
+    def _sanitize_parameters(self, top_k: int | None = None, **kwargs: Any):
+        preprocess, forward, postprocess = super()._sanitize_parameters(top_k=top_k, **kwargs)
+        if top_k is None:
+            postprocess["top_k"] = self.model.config.num_labels
+        return preprocess, forward, postprocess
+
+    def preprocess(self, image: Any, timeout: float | None = None):
+        return self.image_processor(images=image, return_tensors="pt").to(self.dtype)
+
+
+def register_pipeline() -> None:
+    PIPELINE_REGISTRY.register_pipeline(
+        CXR_TASK, pipeline_class=ChestXRayClassificationPipeline, pt_model=AutoModelForImageClassification
+    )

@@ -1,0 +1,140 @@
+"""Multi-label losses for imbalanced chest findings, shared by the 2D models and the training scripts.
+
+Every loss takes raw logits [B, K] and float targets [B, K] in [0, 1]; a target equal to `IGNORE_LABEL`
+(-100, the transformers convention) is left out of the loss, which is how CheXpert's "uncertain, ignore"
+labels and a teacher's missing findings are skipped. The mean is over the labels that are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_LABEL = -100.0
+LOSS_TYPES = ("bce", "focal", "class_balanced_focal", "asymmetric")
+
+
+def _masked_mean(per_label: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    kept = keep.sum()
+    return (per_label * keep).sum() / kept.clamp(min=1)
+
+
+def _split_targets(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets with ignored entries zeroed, float mask of kept entries)."""
+    keep = (targets != IGNORE_LABEL).to(targets.dtype)
+    return targets * keep, keep
+
+
+def class_balance_weights(
+    positive_counts: Sequence[float], num_samples: int, mode: str = "effective_number", beta: float = 0.9999
+) -> torch.Tensor:
+    """Per-class weights that grow as a finding gets rarer, normalised to mean 1.
+
+    `effective_number` is Cui et al. (CVPR 2019): w_c = (1 - beta) / (1 - beta^n_c).
+    `inverse_frequency` is (N / n_c)^beta with beta typically 0.5.
+    """
+    counts = torch.tensor([max(float(c), 1.0) for c in positive_counts], dtype=torch.float64)
+    if mode == "effective_number":
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"class_balance_beta must lie in [0, 1) for effective_number, got {beta}")
+        weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+    elif mode == "inverse_frequency":
+        weights = torch.pow(float(num_samples) / counts, beta)
+    else:
+        raise ValueError(f"class_balance_mode must be 'effective_number' or 'inverse_frequency', got {mode!r}")
+    return (weights / weights.mean()).to(torch.float32)
+
+
+class MultiLabelBCELoss(nn.Module):
+    """Binary cross-entropy on logits, optionally with one weight per class."""
+
+    def __init__(self, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets, keep = _split_targets(targets.to(logits.dtype))
+        per_label = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        if self.class_weights is not None:
+            per_label = per_label * self.class_weights
+        return _masked_mean(per_label, keep)
+
+
+class FocalLoss(MultiLabelBCELoss):
+    """Focal loss (Lin et al. 2017): BCE scaled by (1 - p_t)^gamma to concentrate on hard examples.
+
+    With `class_weights` it is the class-balanced focal loss of Cui et al.
+    """
+
+    def __init__(self, gamma: float = 2.0, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__(class_weights)
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets, keep = _split_targets(targets.to(logits.dtype))
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        probs = torch.sigmoid(logits)
+        p_t = probs * targets + (1 - probs) * (1 - targets)
+        per_label = (1 - p_t).pow(self.gamma) * bce
+        if self.class_weights is not None:
+            per_label = per_label * self.class_weights
+        return _masked_mean(per_label, keep)
+
+
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss (Ridnik et al., ICCV 2021) for many-negative multi-label data.
+
+    Negatives are focused harder (gamma_neg > gamma_pos) and easy negatives with p < clip are discarded by
+    shifting their probability down by `clip`.
+    """
+
+    def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05) -> None:
+        super().__init__()
+        self.gamma_pos, self.gamma_neg, self.clip = gamma_pos, gamma_neg, clip
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets, keep = _split_targets(targets.to(logits.dtype))
+        probs = torch.sigmoid(logits)
+        probs_neg = (probs - self.clip).clamp(min=0) if self.clip > 0 else probs
+        # log(p) and log(1 - p_shifted), written with logsigmoid where possible for stability.
+        log_pos = F.logsigmoid(logits)
+        log_neg = torch.log((1 - probs_neg).clamp(min=1e-8))
+        loss_pos = targets * (1 - probs).pow(self.gamma_pos) * log_pos
+        loss_neg = (1 - targets) * probs_neg.pow(self.gamma_neg) * log_neg
+        return _masked_mean(-(loss_pos + loss_neg), keep)
+
+
+def build_loss(
+    loss_type: str,
+    *,
+    focal_gamma: float = 2.0,
+    class_positive_counts: Sequence[float] | None = None,
+    num_train_samples: int | None = None,
+    class_balance_mode: str = "effective_number",
+    class_balance_beta: float = 0.9999,
+    asymmetric_gamma_pos: float = 0.0,
+    asymmetric_gamma_neg: float = 4.0,
+    asymmetric_clip: float = 0.05,
+) -> nn.Module:
+    """The loss a config names; `class_balanced_focal` needs the training split's positive counts."""
+    if loss_type == "bce":
+        return MultiLabelBCELoss()
+    if loss_type == "focal":
+        return FocalLoss(gamma=focal_gamma)
+    if loss_type == "class_balanced_focal":
+        if not class_positive_counts or not num_train_samples:
+            raise ValueError(
+                "loss 'class_balanced_focal' needs config.class_positive_counts and config.num_train_samples "
+                "(the training split's positives per finding and its size); set them from the dataset"
+            )
+        weights = class_balance_weights(
+            class_positive_counts, num_train_samples, mode=class_balance_mode, beta=class_balance_beta
+        )
+        return FocalLoss(gamma=focal_gamma, class_weights=weights)
+    if loss_type == "asymmetric":
+        return AsymmetricLoss(asymmetric_gamma_pos, asymmetric_gamma_neg, asymmetric_clip)
+    raise ValueError(f"loss must be one of {LOSS_TYPES}, got {loss_type!r}")
+

@@ -1,0 +1,276 @@
+"""CR-MSNet: a dual-branch multi-scale attention network for multi-label chest X-ray classification.
+
+Global branch (a CoAtNet by default) and local branch (a ResNet) each refined by PMS-CSA; global tokens query
+local tokens by cross-attention; an adaptive gate decides per image and channel how much of the fused view
+to add to the purely global one. Built from the paper's description (no public code exists); every choice
+the paper leaves open is a `CRMSNetConfig` field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_cr_msnet import CRMSNetConfig
+from .layers import ChannelAttention, CrossAttention, SpatialAttention
+from .losses import build_loss
+from .pretrained import CXRPreTrainedMixin
+
+
+@dataclass
+class CRMSNetModelOutput(ModelOutput):
+    """Features of CR-MSNet.
+
+    Args:
+        pooler_output (`torch.FloatTensor` [B, fusion_dim]): the gated image vector z fed to the classifier.
+        last_hidden_state (`torch.FloatTensor` [B, N_global, fusion_dim]): global tokens after cross-attention.
+        global_features (`torch.FloatTensor` [B, C_g, H_g, W_g]): the global map after PMS-CSA.
+        local_features (`torch.FloatTensor` [B, C_l, H_l, W_l]): the local map after PMS-CSA.
+        gate (`torch.FloatTensor` [B, fusion_dim]): the adaptive gate g in (0, 1).
+        cross_attentions (`torch.FloatTensor` [B, heads, N_global, N_local], *optional*): global-to-local
+            attention weights, returned with `output_attentions=True`.
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    global_features: torch.FloatTensor | None = None
+    local_features: torch.FloatTensor | None = None
+    gate: torch.FloatTensor | None = None
+    cross_attentions: torch.FloatTensor | None = None
+
+
+@dataclass
+class CRMSNetImageClassifierOutput(ModelOutput):
+    """Classification output: raw logits (apply a sigmoid for per-finding probabilities).
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): the configured multi-label loss, when `labels` are given.
+        logits (`torch.FloatTensor` [B, num_labels]): one logit per finding.
+        gate (`torch.FloatTensor` [B, fusion_dim]): the adaptive gate.
+        cross_attentions (`torch.FloatTensor`, *optional*): see `CRMSNetModelOutput`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    gate: torch.FloatTensor | None = None
+    cross_attentions: torch.FloatTensor | None = None
+
+
+class PMSCSA(nn.Module):
+    """Parallel Multi-Scale Channel-Spatial Attention.
+
+    A channel path (avg+max pooled, shared MLP) and a multi-scale spatial path (channel mean+max through
+    parallel k = 3/5/7 convs, summed) run side by side on the same input; their weights re-scale the input
+    around the identity so its structure is kept: x * (1 + a_c + a_s). [B, C, H, W] -> [B, C, H, W].
+    """
+
+    def __init__(self, channels: int, reduction: int, kernel_sizes: list[int], combine: str) -> None:
+        super().__init__()
+        self.channel_attention = ChannelAttention(channels, reduction)
+        self.spatial_attention = SpatialAttention(tuple(kernel_sizes))
+        self.combine = combine
+        if combine == "learned":
+            self.channel_weight = nn.Parameter(torch.ones(1))
+            self.spatial_weight = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel = self.channel_attention(x)  # [B, C, 1, 1]
+        spatial = self.spatial_attention(x)  # [B, 1, H, W]
+        if self.combine == "learned":
+            channel, spatial = self.channel_weight * channel, self.spatial_weight * spatial
+        return x * (1 + channel + spatial)
+
+
+class AdaptiveGate(nn.Module):
+    """g = sigmoid(MLP([pool(G); pool(CA)])): how much of the fused view to trust, per image and channel."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2 * dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, pooled_global: torch.Tensor, pooled_fused: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(self.act(self.fc1(torch.cat([pooled_global, pooled_fused], dim=-1)))))
+
+
+def _mark_as_timm(module: nn.Module) -> nn.Module:
+    """Flag a timm backbone's modules so `_init_weights` leaves timm's own initialisation in place."""
+    for submodule in module.modules():
+        submodule._hf_cxr_timm_owned = True
+    return module
+
+
+class CRMSNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
+    config_class = CRMSNetConfig
+    config: CRMSNetConfig
+    base_model_prefix = "cr_msnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False
+    _no_split_modules = ["CRMSNetModel"]
+    base_model_class_name = "CRMSNetModel"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "_hf_cxr_timm_owned", False):
+            # timm initialised the backbone when it was built; only buffers computed at build time need
+            # recomputing after a meta-device construction.
+            if hasattr(module, "init_non_persistent_buffers"):
+                module.init_non_persistent_buffers()
+            return
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, PMSCSA) and module.combine == "learned":
+            init.ones_(module.channel_weight)
+            init.ones_(module.spatial_weight)
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
+        """Gradient checkpointing is timm's own (`set_grad_checkpointing`) inside both backbones."""
+        for module in self.modules():
+            if isinstance(module, CRMSNetModel):
+                module.global_backbone.set_grad_checkpointing(enable)
+                module.local_backbone.set_grad_checkpointing(enable)
+
+
+class CRMSNetModel(CRMSNetPreTrainedModel):
+    """The two branches, PMS-CSA, cross-attention fusion and adaptive gate; returns the gated image vector."""
+
+    def __init__(self, config: CRMSNetConfig) -> None:
+        super().__init__(config)
+        self.global_backbone = _mark_as_timm(
+            timm.create_model(
+                config.global_backbone,
+                pretrained=False,
+                num_classes=0,
+                global_pool="",
+                in_chans=config.num_channels,
+                img_size=config.image_size,
+                drop_path_rate=config.drop_path_rate,
+                **config.global_backbone_kwargs,
+            )
+        )
+        self.local_backbone = _mark_as_timm(
+            timm.create_model(
+                config.local_backbone,
+                pretrained=False,
+                features_only=True,
+                out_indices=(config.local_feature_index,),
+                in_chans=config.num_channels,
+                drop_path_rate=config.drop_path_rate,
+                **config.local_backbone_kwargs,
+            )
+        )
+        global_channels = self.global_backbone.num_features
+        local_channels = self.local_backbone.feature_info.channels()[-1]
+        pms = (config.pms_csa_reduction, config.pms_csa_kernel_sizes, config.pms_csa_combine)
+        self.global_attention = PMSCSA(global_channels, *pms)
+        self.local_attention = PMSCSA(local_channels, *pms)
+        self.global_proj = nn.Linear(global_channels, config.fusion_dim)
+        self.local_proj = nn.Linear(local_channels, config.fusion_dim)
+        self.cross_attention = CrossAttention(config.fusion_dim, config.num_attention_heads, config.attention_dropout)
+        self.reverse_cross_attention = (
+            CrossAttention(config.fusion_dim, config.num_attention_heads, config.attention_dropout)
+            if config.bidirectional_fusion
+            else None
+        )
+        self.gate = AdaptiveGate(config.fusion_dim, config.gate_hidden_dim)
+        self.norm = nn.LayerNorm(config.fusion_dim)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CRMSNetModelOutput | tuple:
+        if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            shape = None if pixel_values is None else tuple(pixel_values.shape)
+            raise ValueError(
+                f"pixel_values must be [batch, {self.config.num_channels}, height, width], got {shape}; "
+                "use the model's image processor"
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        global_map = self.global_attention(self.global_backbone.forward_features(pixel_values))  # [B, Cg, h, w]
+        local_map = self.local_attention(self.local_backbone(pixel_values)[-1])  # [B, Cl, 2h, 2w]
+        global_tokens = self.global_proj(global_map.flatten(2).transpose(1, 2))  # [B, Ng, d]
+        local_tokens = self.local_proj(local_map.flatten(2).transpose(1, 2))  # [B, Nl, d]
+        fused_tokens, attention = self.cross_attention(global_tokens, local_tokens, bool(output_attentions))
+        pooled_global = global_tokens.mean(dim=1)
+        pooled_fused = fused_tokens.mean(dim=1)
+        if self.reverse_cross_attention is not None:
+            reverse_tokens, _ = self.reverse_cross_attention(local_tokens, global_tokens)
+            pooled_fused = pooled_fused + reverse_tokens.mean(dim=1)
+        gate = self.gate(pooled_global, pooled_fused)  # [B, d]
+        pooled = self.norm(pooled_global + gate * pooled_fused)
+        output = CRMSNetModelOutput(
+            pooler_output=pooled,
+            last_hidden_state=fused_tokens,
+            global_features=global_map,
+            local_features=local_map,
+            gate=gate,
+            cross_attentions=attention,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class CRMSNetForImageClassification(CRMSNetPreTrainedModel):
+    """CR-MSNet with a multi-label head; returns logits, and the configured loss when `labels` are given."""
+
+    def __init__(self, config: CRMSNetConfig) -> None:
+        super().__init__(config)
+        self.cr_msnet = CRMSNetModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.fusion_dim, config.num_labels)
+        self.criterion = build_loss(
+            config.loss,
+            focal_gamma=config.focal_gamma,
+            class_positive_counts=config.class_positive_counts,
+            num_train_samples=config.num_train_samples,
+            class_balance_mode=config.class_balance_mode,
+            class_balance_beta=config.class_balance_beta,
+            asymmetric_gamma_pos=config.asymmetric_gamma_pos,
+            asymmetric_gamma_neg=config.asymmetric_gamma_neg,
+            asymmetric_clip=config.asymmetric_clip,
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CRMSNetImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        features = self.cr_msnet(pixel_values, output_attentions=output_attentions, return_dict=True)
+        logits = self.classifier(self.dropout(features.pooler_output))
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"labels must be multi-hot floats of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
+                )
+            loss = self.criterion(logits.float(), labels.float())
+        output = CRMSNetImageClassifierOutput(
+            loss=loss, logits=logits, gate=features.gate, cross_attentions=features.cross_attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["CRMSNetForImageClassification", "CRMSNetModel", "CRMSNetPreTrainedModel"]
