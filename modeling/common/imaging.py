@@ -70,8 +70,7 @@ def load_radiograph(source: Any, *, name: str | None = None) -> np.ndarray:
     if type(source).__name__ in ("Dataset", "FileDataset") and hasattr(source, "file_meta"):
         return dicom_to_unit_float(source, name)
     raise ValueError(
-        f"{name}: unsupported input type; pass a path, bytes, PIL image, numpy array, torch tensor "
-        "or pydicom Dataset"
+        f"{name}: unsupported input type; pass a path, bytes, PIL image, numpy array, torch tensor or pydicom Dataset"
     )
 
 

@@ -137,4 +137,3 @@ def build_loss(
     if loss_type == "asymmetric":
         return AsymmetricLoss(asymmetric_gamma_pos, asymmetric_gamma_neg, asymmetric_clip)
     raise ValueError(f"loss must be one of {LOSS_TYPES}, got {loss_type!r}")
-

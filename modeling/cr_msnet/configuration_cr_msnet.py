@@ -142,7 +142,9 @@ class CRMSNetConfig(PretrainedConfig):
         if self.loss not in LOSS_TYPES:
             raise ValueError(f"CRMSNetConfig.loss must be one of {LOSS_TYPES}, got {self.loss!r}")
         if self.pms_csa_combine not in ("residual", "learned"):
-            raise ValueError(f"CRMSNetConfig.pms_csa_combine must be 'residual' or 'learned', got {self.pms_csa_combine!r}")
+            raise ValueError(
+                f"CRMSNetConfig.pms_csa_combine must be 'residual' or 'learned', got {self.pms_csa_combine!r}"
+            )
         if self.local_feature_index not in (1, 2, 3, 4):
             raise ValueError(f"CRMSNetConfig.local_feature_index must be 1-4, got {self.local_feature_index}")
         if self.fusion_dim % self.num_attention_heads:
