@@ -1,0 +1,233 @@
+"""MXA-EfficientViT configuration (Rand & Ibrahim, "Beyond Conventional Transformers: The Medical X-ray Attention
+(MXA) Block for Improved Multi-Label Diagnosis Using Knowledge Distillation", 2025)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from transformers import PretrainedConfig
+
+from .labels import CHEXPERT_LABELS, label_maps
+from .losses import LOSS_TYPES
+
+# The six published EfficientViT widths / depths / heads (Liu et al. 2023; the MXA paper's Table 2) and the
+# per-head depthwise query kernels of the Microsoft release (timm's `efficientvit_m0..m5`).
+MXA_EFFICIENTVIT_VARIANTS: dict[str, dict[str, tuple[int, ...]]] = {
+    "m0": {"embed_dim": (64, 128, 192), "depth": (1, 2, 3), "num_heads": (4, 4, 4), "kernels": (5, 5, 5, 5)},
+    "m1": {"embed_dim": (128, 144, 192), "depth": (1, 2, 3), "num_heads": (2, 3, 3), "kernels": (7, 5, 3, 3)},
+    "m2": {"embed_dim": (128, 192, 224), "depth": (1, 2, 3), "num_heads": (4, 3, 2), "kernels": (7, 5, 3, 3)},
+    "m3": {"embed_dim": (128, 240, 320), "depth": (1, 2, 3), "num_heads": (4, 3, 4), "kernels": (5, 5, 5, 5)},
+    "m4": {"embed_dim": (128, 256, 384), "depth": (1, 2, 3), "num_heads": (4, 4, 4), "kernels": (7, 5, 3, 3)},
+    "m5": {"embed_dim": (192, 288, 384), "depth": (1, 3, 4), "num_heads": (3, 3, 4), "kernels": (7, 5, 3, 3)},
+}
+
+MXA_FUSIONS = ("parallel", "alpha", "reference")
+ROI_POOLINGS = ("differentiable", "reference")
+
+MXA_EFFICIENTVIT_PRESETS: dict[str, dict[str, Any]] = {
+    # The paper does not name its variant in the text; every published training run of the authors
+    # (`args.txt` of their "IM5" runs) trains EfficientViT_MultiLabel_M5, so M5 at 224 px is the paper preset.
+    "paper": {"variant": "m5"},
+    # Well under a second per CPU training step, for tests and demos: M0's modules with narrower, shallower
+    # stages at 64 px (feature maps 4/2/1), MXA and both heads kept.
+    "tiny": {
+        "variant": "m0",
+        "image_size": 64,
+        "embed_dim": (32, 48, 64),
+        "depth": (1, 1, 1),
+        "num_heads": (2, 2, 2),
+    },
+}
+
+
+class MXAEfficientViTConfig(PretrainedConfig):
+    r"""Configuration of an MXA-EfficientViT: EfficientViT (MSRA) with the Medical X-ray Attention block in every
+    attention block and a second (distillation) head. Every ambiguity of the paper is a field with a documented
+    default; the `reference` values reproduce the authors' public code.
+
+    Args:
+        variant (`str`, defaults to `"m5"`): EfficientViT size, `m0`..`m5`; sets `embed_dim`, `depth`,
+            `num_heads` and `kernels` to the published values unless those are given explicitly.
+        embed_dim (`list[int]`, *optional*): width of the three stages (e.g. M5: 192, 288, 384).
+        depth (`list[int]`, *optional*): EfficientViT blocks per stage (e.g. M5: 1, 3, 4).
+        num_heads (`list[int]`, *optional*): cascaded-group-attention heads per stage (e.g. M5: 3, 3, 4).
+        kernels (`list[int]`, *optional*): depthwise kernel on each head's query (M0/M3: 5,5,5,5; others 7,5,3,3);
+            needs at least `max(num_heads)` odd entries.
+        key_dim (`int`, defaults to 16): query/key width per head (all published variants).
+        window_size (`int`, defaults to 7): local-window attention size (paper: 7x7).
+        image_size (`int`, defaults to 224): input height and width; a multiple of 16 (the patch stride).
+        num_channels (`int`, defaults to 1): input channels (grey radiograph, no ImageNet normalisation; the
+            processor scales intensities to [-1024, 1024] as torchxrayvision does).
+        use_mxa (`bool`, defaults to `True`): insert the MXA block; `False` is the paper's baseline, the plain
+            multi-label EfficientViT.
+        mxa_fusion (`str`, defaults to `"parallel"`): how MXA joins the local-window attention (LWA) of a block:
+            `parallel` x + LWA(x) + MXA(x) (the paper's text), `alpha` x + (1 - a) LWA(x) + a MXA(x) with a learned
+            a = sigmoid(theta) per block, or `reference` (the public code) y = (x + LWA(x)) + (x + MXA(x)) followed
+            by y + LWA(y): the identity doubled and the same attention run twice.
+        mxa_alpha_init (`float`, defaults to 0.5): initial a of the `alpha` fusion, in (0, 1).
+        roi_pooling (`str`, defaults to `"differentiable"`): `differentiable` orders the predicted corners with
+            min/max and samples the box with a bilinear grid (one sample per output cell, as RoIAlign), so the ROI
+            predictor is trained by the classification loss as the paper states; `reference` crops integer pixel
+            indices and resizes the crop bilinearly (the public code: the ROI predictor never receives a gradient).
+        roi_initial_box (`list[float]`, defaults to `[0.05, 0.05, 0.95, 0.95]`): the box (x1, y1, x2, y2) the ROI
+            predictor outputs at initialisation (through the bias of its last convolution), so that MXA starts by
+            seeing almost the whole map and learns to zoom in; `None` keeps a zero bias, whose box is the
+            degenerate point (0.5, 0.5, 0.5, 0.5).
+        mxa_channel_reduction (`int`, defaults to 16): reduction r of the CBAM channel-attention MLP.
+        mxa_spatial_kernel_size (`int`, defaults to 7): kernel of the CBAM spatial-attention convolution.
+        distillation_head (`bool`, defaults to `True`): add `head_dist` beside `head` (DeiT-style); the output
+            `logits` are the mean of the two heads. `False` keeps the single head.
+        classifier_dropout (`float`, defaults to 0.0): dropout inside each head (the paper disables dropout).
+        loss (`str`, defaults to `"bce"`): the label loss when `labels` are passed: `bce` (the paper),
+            `focal`, `class_balanced_focal` or `asymmetric`. Distillation is a training-time component
+            (`hf_cxr.distillation`), not part of the saved model.
+        focal_gamma (`float`, defaults to 2.0): focusing parameter of the focal losses.
+        class_positive_counts (`list[int]`, *optional*): positives per finding in the training split (for
+            `class_balanced_focal`; written by the training script from the dataset).
+        num_train_samples (`int`, *optional*): size of the training split (with `class_positive_counts`).
+        class_balance_mode (`str`, defaults to `"effective_number"`): `effective_number` or `inverse_frequency`.
+        class_balance_beta (`float`, defaults to 0.9999): beta of the chosen class-balance rule.
+        asymmetric_gamma_pos, asymmetric_gamma_neg, asymmetric_clip (`float`, defaults 0, 4, 0.05): ASL.
+        decision_thresholds (`dict[str, float]`, *optional*): per-finding thresholds chosen on the validation
+            split by the evaluation step; 0.5 where absent.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of the MXA layers (the timm
+            backbone and heads keep timm's own initialisation).
+        labels / id2label: the findings, by default CheXpert's 14 in CheXpert's column order.
+    """
+
+    model_type = "mxa_efficientvit"
+    presets: ClassVar[dict[str, dict[str, Any]]] = MXA_EFFICIENTVIT_PRESETS
+    variants: ClassVar[dict[str, dict[str, tuple[int, ...]]]] = MXA_EFFICIENTVIT_VARIANTS
+    # Per-head logits and ROI boxes are extras: Trainer's prediction loop keeps only `logits`.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["cls_logits", "distillation_logits", "roi_boxes"]
+
+    def __init__(
+        self,
+        variant: str = "m5",
+        embed_dim: list[int] | tuple[int, ...] | None = None,
+        depth: list[int] | tuple[int, ...] | None = None,
+        num_heads: list[int] | tuple[int, ...] | None = None,
+        kernels: list[int] | tuple[int, ...] | None = None,
+        key_dim: int = 16,
+        window_size: int = 7,
+        image_size: int = 224,
+        num_channels: int = 1,
+        use_mxa: bool = True,
+        mxa_fusion: str = "parallel",
+        mxa_alpha_init: float = 0.5,
+        roi_pooling: str = "differentiable",
+        roi_initial_box: list[float] | tuple[float, ...] | None = (0.05, 0.05, 0.95, 0.95),
+        mxa_channel_reduction: int = 16,
+        mxa_spatial_kernel_size: int = 7,
+        distillation_head: bool = True,
+        classifier_dropout: float = 0.0,
+        loss: str = "bce",
+        focal_gamma: float = 2.0,
+        class_positive_counts: list[int] | None = None,
+        num_train_samples: int | None = None,
+        class_balance_mode: str = "effective_number",
+        class_balance_beta: float = 0.9999,
+        asymmetric_gamma_pos: float = 0.0,
+        asymmetric_gamma_neg: float = 4.0,
+        asymmetric_clip: float = 0.05,
+        decision_thresholds: dict[str, float] | None = None,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ) -> None:
+        if variant not in MXA_EFFICIENTVIT_VARIANTS:
+            raise ValueError(
+                f"MXAEfficientViTConfig.variant must be one of {sorted(MXA_EFFICIENTVIT_VARIANTS)}, got {variant!r}"
+            )
+        published = MXA_EFFICIENTVIT_VARIANTS[variant]
+        self.variant = variant
+        self.embed_dim = [int(v) for v in (embed_dim if embed_dim is not None else published["embed_dim"])]
+        self.depth = [int(v) for v in (depth if depth is not None else published["depth"])]
+        self.num_heads = [int(v) for v in (num_heads if num_heads is not None else published["num_heads"])]
+        self.kernels = [int(v) for v in (kernels if kernels is not None else published["kernels"])]
+        self.key_dim = key_dim
+        self.window_size = window_size
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.use_mxa = use_mxa
+        self.mxa_fusion = mxa_fusion
+        self.mxa_alpha_init = mxa_alpha_init
+        self.roi_pooling = roi_pooling
+        self.roi_initial_box = [float(v) for v in roi_initial_box] if roi_initial_box is not None else None
+        self.mxa_channel_reduction = mxa_channel_reduction
+        self.mxa_spatial_kernel_size = mxa_spatial_kernel_size
+        self.distillation_head = distillation_head
+        self.classifier_dropout = classifier_dropout
+        self.loss = loss
+        self.focal_gamma = focal_gamma
+        self.class_positive_counts = list(class_positive_counts) if class_positive_counts is not None else None
+        self.num_train_samples = num_train_samples
+        self.class_balance_mode = class_balance_mode
+        self.class_balance_beta = class_balance_beta
+        self.asymmetric_gamma_pos = asymmetric_gamma_pos
+        self.asymmetric_gamma_neg = asymmetric_gamma_neg
+        self.asymmetric_clip = asymmetric_clip
+        self.decision_thresholds = dict(decision_thresholds or {})
+        self.initializer_range = initializer_range
+        if "id2label" not in kwargs and "num_labels" not in kwargs:
+            kwargs["id2label"], kwargs["label2id"] = label_maps(kwargs.pop("labels", CHEXPERT_LABELS))
+        kwargs.setdefault("problem_type", "multi_label_classification")
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        name = type(self).__name__
+        for field in ("embed_dim", "depth", "num_heads"):
+            values = getattr(self, field)
+            if len(values) != 3 or any(v < 1 for v in values):
+                raise ValueError(f"{name}.{field} needs three positive stage values, got {values}")
+        for stage, (width, heads) in enumerate(zip(self.embed_dim, self.num_heads, strict=True)):
+            if width % heads:
+                raise ValueError(f"{name}: stage {stage} width {width} is not divisible by its {heads} heads")
+        if self.embed_dim[0] % 8:
+            raise ValueError(f"{name}.embed_dim[0] must be a multiple of 8 (patch embedding), got {self.embed_dim[0]}")
+        if len(self.kernels) < max(self.num_heads) or any(k < 1 or k % 2 == 0 for k in self.kernels):
+            raise ValueError(f"{name}.kernels needs {max(self.num_heads)} odd sizes (one per head), got {self.kernels}")
+        if self.key_dim < 1 or self.window_size < 1:
+            raise ValueError(f"{name}.key_dim and window_size must be positive, got {self.key_dim}, {self.window_size}")
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(f"{name}.image_size must be a positive multiple of 16, got {self.image_size}")
+        if self.num_channels < 1:
+            raise ValueError(f"{name}.num_channels must be positive, got {self.num_channels}")
+        if self.mxa_fusion not in MXA_FUSIONS:
+            raise ValueError(f"{name}.mxa_fusion must be one of {MXA_FUSIONS}, got {self.mxa_fusion!r}")
+        if not 0.0 < self.mxa_alpha_init < 1.0:
+            raise ValueError(f"{name}.mxa_alpha_init must lie in (0, 1), got {self.mxa_alpha_init}")
+        if self.roi_pooling not in ROI_POOLINGS:
+            raise ValueError(f"{name}.roi_pooling must be one of {ROI_POOLINGS}, got {self.roi_pooling!r}")
+        box = self.roi_initial_box
+        if box is not None and (len(box) != 4 or not all(0.0 < v < 1.0 for v in box)):
+            raise ValueError(f"{name}.roi_initial_box must be four values in (0, 1), got {box}")
+        if self.mxa_channel_reduction < 1:
+            raise ValueError(f"{name}.mxa_channel_reduction must be positive, got {self.mxa_channel_reduction}")
+        if self.mxa_spatial_kernel_size < 1 or self.mxa_spatial_kernel_size % 2 == 0:
+            raise ValueError(f"{name}.mxa_spatial_kernel_size must be odd, got {self.mxa_spatial_kernel_size}")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"{name}.classifier_dropout must lie in [0, 1), got {self.classifier_dropout}")
+        if self.loss not in LOSS_TYPES:
+            raise ValueError(f"{name}.loss must be one of {LOSS_TYPES}, got {self.loss!r}")
+        counts = self.class_positive_counts
+        if counts is not None and len(counts) != self.num_labels:
+            raise ValueError(f"{name}.class_positive_counts has {len(counts)} entries for {self.num_labels} labels")
+
+    @property
+    def roi_initial_logits(self) -> list[float] | None:
+        """The bias of the ROI predictor's last convolution that yields `roi_initial_box` at initialisation."""
+        if self.roi_initial_box is None:
+            return None
+        return [math.log(v / (1.0 - v)) for v in self.roi_initial_box]
+
+    @classmethod
+    def from_preset(cls, preset: str = "paper", **overrides: Any) -> MXAEfficientViTConfig:
+        """A config from a named preset (`paper`: M5 at 224 px, or `tiny`), with any field overridden."""
+        if preset not in cls.presets:
+            raise ValueError(f"unknown {cls.model_type} preset {preset!r}; choose from {sorted(cls.presets)}")
+        return cls(**{**cls.presets[preset], **overrides})
+
+
+__all__ = ["MXA_EFFICIENTVIT_PRESETS", "MXA_EFFICIENTVIT_VARIANTS", "MXAEfficientViTConfig"]
