@@ -1,0 +1,346 @@
+"""MA-MSF: a Momentum-Anchored Multi-Scale Fusion network for long-tailed multi-label chest X-ray classification.
+
+An EfficientNetV2-S (timm) is the online network. A copy of its final expansion block (`conv_head` + `bn2`; the
+last stage too with `anchor_scope="last_stage"`) is the *anchor*: it gets no gradients and follows the online block
+only by an exponential moving average, `update_anchor()`, called after every optimizer step. The online map h and
+the anchor map z_ema are fused (concat or sum), passed through parallel 1x1/3x3/5x5 convolutions, concatenated,
+mixed by a 1x1 convolution, pooled and classified. Built from the paper's description (no public code exists);
+every choice the paper leaves open is an `MAMSFConfig` field.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.distributed as dist
+from timm.models import checkpoint_seq
+from torch import nn
+from torch.func import functional_call
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_ma_msf import MAMSFConfig
+from .losses import build_loss
+from .pretrained import CXRPreTrainedMixin
+
+
+@dataclass
+class MAMSFModelOutput(ModelOutput):
+    """Features of MA-MSF.
+
+    Args:
+        pooler_output (`torch.FloatTensor` [B, fusion_dim]): the pooled fused vector fed to the classifier.
+        last_hidden_state (`torch.FloatTensor` [B, fusion_dim, H/32, W/32]): the fused multi-scale map.
+        online_features (`torch.FloatTensor` [B, C, H/32, W/32]): h, the online final expansion block's output.
+        anchor_features (`torch.FloatTensor` [B, C, H/32, W/32]): z_ema, the momentum anchor's output.
+    """
+
+    pooler_output: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    online_features: torch.FloatTensor | None = None
+    anchor_features: torch.FloatTensor | None = None
+
+
+@dataclass
+class MAMSFImageClassifierOutput(ModelOutput):
+    """Classification output: raw logits (apply a sigmoid for per-finding probabilities).
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): the configured multi-label loss, when `labels` are given.
+        logits (`torch.FloatTensor` [B, num_labels]): one logit per finding.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+def _mark_as_timm(module: nn.Module) -> nn.Module:
+    """Flag a timm backbone's modules so `_init_weights` leaves timm's own initialisation in place."""
+    for submodule in module.modules():
+        submodule._hf_cxr_timm_owned = True
+    return module
+
+
+def _peft_neutral(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Name -> tensor with PEFT's `base_layer.` wrapping removed, so the online block and its anchor still pair up
+    by name when a LoRA adapter wraps layers of both (each side's LoRA tensors then pair up too)."""
+    return {name.replace("base_layer.", ""): tensor for name, tensor in named}
+
+
+class MomentumAnchor(nn.Module):
+    """A slowly moving copy of the online network's last layers: theta_a <- m * theta_a + (1 - m) * theta_online.
+
+    It owns its tensors (a deep copy: safetensors refuses shared storage), its parameters never require or receive
+    gradients, and it is always in eval mode: its BatchNorm normalises with the running statistics copied from the
+    online block at each update, never with the current batch (a teacher-like branch whose output must not depend
+    on batch composition, and whose statistics must not drift between updates).
+    """
+
+    def __init__(self, online_layers: nn.Sequential) -> None:
+        super().__init__()
+        self.layers = copy.deepcopy(online_layers)
+        self.layers.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> MomentumAnchor:
+        """Stays in eval mode whatever `model.train()` asks (see the class docstring)."""
+        return super().train(False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # Detached weights: no gradient can reach the anchor even if someone sets requires_grad on it, while the
+        # gradient with respect to the input still flows back into the shared trunk.
+        weights = {name: param.detach() for name, param in self.layers.named_parameters()}
+        return functional_call(self.layers, weights, (hidden_states,))
+
+    @torch.no_grad()
+    def update(self, online_layers: nn.Module, momentum: float) -> None:
+        """One EMA step towards `online_layers` (same structure as the anchor), BN buffers copied."""
+        if momentum == 1.0:
+            return  # a frozen anchor: neither weights nor statistics move
+        online_params = _peft_neutral(online_layers.named_parameters())
+        online_buffers = _peft_neutral(online_layers.named_buffers())
+        for name, anchor_param in _peft_neutral(self.layers.named_parameters()).items():
+            if name not in online_params:
+                raise RuntimeError(f"the online block has no parameter {name!r} to update the momentum anchor from")
+            source = online_params[name].detach().to(anchor_param.dtype)
+            anchor_param.mul_(momentum).add_(source, alpha=1.0 - momentum)
+        for name, anchor_buffer in _peft_neutral(self.layers.named_buffers()).items():
+            anchor_buffer.copy_(online_buffers[name])
+        self._sync_buffers()
+
+    def _sync_buffers(self) -> None:
+        """Under torch.distributed every process copies rank 0's BN statistics, as DDP's own buffer broadcast does.
+
+        The EMA of the weights is already identical everywhere (it is computed from all-reduced weights), but each
+        process's online running statistics saw only its own batches; without this the anchors would differ.
+        """
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        buffers = [buffer for buffer in self.layers.buffers() if buffer.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([buffer.reshape(-1) for buffer in buffers])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for buffer in buffers:
+            buffer.copy_(flat[offset : offset + buffer.numel()].view_as(buffer))
+            offset += buffer.numel()
+
+
+class ConvNormAct(nn.Module):
+    """k x k convolution (same padding) -> BatchNorm -> SiLU, the unit of the multi-scale fusion."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class MultiScaleFusion(nn.Module):
+    """Parallel convolutions of several kernel sizes (1/3/5) over the fused map, concatenated and mixed by a 1x1.
+
+    [B, C_in, h, w] -> [B, out_channels, h, w]: each kernel size sees a different neighbourhood of the same
+    positions, so small and extended findings both contribute.
+    """
+
+    def __init__(self, in_channels: int, kernel_sizes: list[int], branch_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(ConvNormAct(in_channels, branch_channels, k) for k in kernel_sizes)
+        self.project = ConvNormAct(branch_channels * len(kernel_sizes), out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+
+
+class MAMSFPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
+    config_class = MAMSFConfig
+    config: MAMSFConfig
+    base_model_prefix = "ma_msf"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False
+    _no_split_modules = ["MAMSFModel"]
+    base_model_class_name = "MAMSFModel"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "_hf_cxr_timm_owned", False):
+            # timm initialised the backbone when it was built, and the anchor is an exact copy of it: re-randomising
+            # either would break anchor == online at construction. Only build-time buffers need recomputing after
+            # a meta-device construction.
+            if hasattr(module, "init_non_persistent_buffers"):
+                module.init_non_persistent_buffers()
+            return
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        # The weight loader re-creates every float parameter with requires_grad=True; the anchor must stay frozen
+        # (else an optimizer or DDP would count it among the trained parameters).
+        model = super().from_pretrained(*args, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model
+        for module in loaded.modules():
+            if isinstance(module, MomentumAnchor):
+                module.requires_grad_(False)
+        return model
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
+        """Gradient checkpointing is timm's own (`set_grad_checkpointing`) over the backbone's blocks."""
+        for module in self.modules():
+            if isinstance(module, MAMSFModel):
+                module.backbone.set_grad_checkpointing(enable)
+
+    def update_anchor(self, momentum: float | None = None) -> None:
+        """theta_a <- m * theta_a + (1 - m) * theta_online with m = `momentum` or `config.anchor_momentum`, BN
+        buffers copied. Call after every optimizer step (`hf_cxr.callbacks.AnchorUpdateCallback` does it for
+        Trainer). Under torch.distributed call it on every process: it broadcasts rank 0's BN statistics."""
+        for module in self.modules():
+            if isinstance(module, MAMSFModel):
+                module._update_anchor(self.config.anchor_momentum if momentum is None else float(momentum))
+
+
+class MAMSFModel(MAMSFPreTrainedModel):
+    """The online EfficientNet, its momentum anchor and the multi-scale fusion; returns the pooled fused vector."""
+
+    def __init__(self, config: MAMSFConfig) -> None:
+        super().__init__(config)
+        self.backbone = _mark_as_timm(
+            timm.create_model(
+                config.backbone,
+                pretrained=False,
+                num_classes=0,
+                global_pool="",
+                in_chans=config.num_channels,
+                drop_path_rate=config.drop_path_rate,
+                **config.backbone_kwargs,
+            )
+        )
+        for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"):
+            if not hasattr(self.backbone, name):
+                raise ValueError(f"MAMSFConfig.backbone must be a timm EfficientNet-family model; {name!r} is missing")
+        self.anchor = MomentumAnchor(self._online_head())
+        channels = self.backbone.num_features
+        fusion_in = 2 * channels if config.fusion == "concat" else channels
+        self.fusion = MultiScaleFusion(
+            fusion_in, config.fusion_kernels, config.fusion_branch_channels, config.fusion_dim
+        )
+        self.post_init()
+
+    def _online_head(self) -> nn.Sequential:
+        """The online layers the anchor mirrors, as a view over the backbone's own modules (nothing is copied)."""
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        if self.config.anchor_scope == "last_stage":
+            layers["last_stage"] = self.backbone.blocks[-1]
+        layers["conv_head"] = self.backbone.conv_head
+        layers["bn2"] = self.backbone.bn2
+        return nn.Sequential(layers)
+
+    def _run_blocks(self, blocks: nn.Sequential, x: torch.Tensor, stages: bool) -> torch.Tensor:
+        """Run `blocks` (a sequence of stages, or one stage's blocks), checkpointing each block when timm's
+        gradient checkpointing is on."""
+        if self.backbone.grad_checkpointing and torch.is_grad_enabled() and len(blocks) > 0:
+            return checkpoint_seq(blocks, x, flatten=stages)
+        return blocks(x)
+
+    def _update_anchor(self, momentum: float) -> None:
+        self.anchor.update(self._online_head(), momentum)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MAMSFModelOutput | tuple:
+        if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            shape = None if pixel_values is None else tuple(pixel_values.shape)
+            raise ValueError(
+                f"pixel_values must be [batch, {self.config.num_channels}, height, width], got {shape}; "
+                "use the model's image processor"
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        backbone = self.backbone
+        last_stage = self.config.anchor_scope == "last_stage"
+        trunk_blocks = backbone.blocks[:-1] if last_stage else backbone.blocks
+        hidden = self._run_blocks(trunk_blocks, backbone.bn1(backbone.conv_stem(pixel_values)), stages=True)
+        online = self._run_blocks(backbone.blocks[-1], hidden, stages=False) if last_stage else hidden
+        online = backbone.bn2(backbone.conv_head(online))  # h: [B, C, H/32, W/32]
+        anchored = self.anchor(hidden.detach() if self.config.anchor_stop_gradient else hidden)  # z_ema
+        fused = torch.cat([online, anchored], dim=1) if self.config.fusion == "concat" else online + anchored
+        fused = self.fusion(fused)  # [B, fusion_dim, H/32, W/32]
+        output = MAMSFModelOutput(
+            pooler_output=fused.mean(dim=(2, 3)),
+            last_hidden_state=fused,
+            online_features=online,
+            anchor_features=anchored,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class MAMSFForImageClassification(MAMSFPreTrainedModel):
+    """MA-MSF with a multi-label head; returns logits, and the configured loss when `labels` are given."""
+
+    def __init__(self, config: MAMSFConfig) -> None:
+        super().__init__(config)
+        self.ma_msf = MAMSFModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.fusion_dim, config.num_labels)
+        self.criterion = build_loss(
+            config.loss,
+            focal_gamma=config.focal_gamma,
+            class_positive_counts=config.class_positive_counts,
+            num_train_samples=config.num_train_samples,
+            class_balance_mode=config.class_balance_mode,
+            class_balance_beta=config.class_balance_beta,
+            asymmetric_gamma_pos=config.asymmetric_gamma_pos,
+            asymmetric_gamma_neg=config.asymmetric_gamma_neg,
+            asymmetric_clip=config.asymmetric_clip,
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MAMSFImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        features = self.ma_msf(pixel_values, return_dict=True)
+        logits = self.classifier(self.dropout(features.pooler_output))
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"labels must be multi-hot floats of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
+                )
+            loss = self.criterion(logits.float(), labels.float())
+        output = MAMSFImageClassifierOutput(loss=loss, logits=logits)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["MAMSFForImageClassification", "MAMSFModel", "MAMSFPreTrainedModel", "MomentumAnchor"]
