@@ -12,6 +12,12 @@ from hf_cxr.modeling.cr_msnet import (
     CRMSNetImageProcessor,
     CRMSNetModel,
 )
+from hf_cxr.modeling.ma_msf import (
+    MAMSFConfig,
+    MAMSFForImageClassification,
+    MAMSFImageProcessor,
+    MAMSFModel,
+)
 from hf_cxr.models import (
     ARCHITECTURES,
     build_config,
@@ -36,6 +42,10 @@ __all__ = [
     "CRMSNetImageProcessor",
     "CRMSNetModel",
     "ChestXRayClassificationPipeline",
+    "MAMSFConfig",
+    "MAMSFForImageClassification",
+    "MAMSFImageProcessor",
+    "MAMSFModel",
     "build_config",
     "build_image_processor",
     "build_model",

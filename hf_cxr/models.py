@@ -24,6 +24,7 @@ from hf_cxr.modeling.cr_msnet import (
     CRMSNetImageProcessor,
     CRMSNetModel,
 )
+from hf_cxr.modeling.ma_msf import MAMSFConfig, MAMSFForImageClassification, MAMSFImageProcessor, MAMSFModel
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "cr_msnet": Architecture(CRMSNetConfig, CRMSNetModel, CRMSNetForImageClassification, CRMSNetImageProcessor),
+    "ma_msf": Architecture(MAMSFConfig, MAMSFModel, MAMSFForImageClassification, MAMSFImageProcessor),
 }
 
 

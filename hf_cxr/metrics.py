@@ -1,0 +1,55 @@
+"""Multi-label ranking metrics on probabilities, and the `compute_metrics` hook for `transformers.Trainer`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from hf_cxr.losses import IGNORE_LABEL
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def per_class_roc_auc(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
+    """ROC-AUC of each finding; NaN where the finding has only one class among the scored images.
+
+    Entries equal to `IGNORE_LABEL` (e.g. CheXpert's uncertain labels) are left out of that finding's AUC.
+    """
+    if probabilities.shape != targets.shape or probabilities.shape[1] != len(label_names):
+        raise ValueError(
+            f"probabilities {probabilities.shape}, targets {targets.shape} and {len(label_names)} label names "
+            "must agree"
+        )
+    scores = {}
+    for index, name in enumerate(label_names):
+        keep = targets[:, index] != IGNORE_LABEL
+        truth = targets[keep, index]
+        if truth.size == 0 or np.unique(truth).size < 2:
+            scores[name] = math.nan
+        else:
+            scores[name] = float(roc_auc_score(truth, probabilities[keep, index]))
+    return scores
+
+
+def macro_roc_auc(per_class: Mapping[str, float]) -> float:
+    """Mean of the per-class AUCs that are defined (NaN when none is)."""
+    defined = [value for value in per_class.values() if not math.isnan(value)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def make_compute_metrics(id2label: Mapping[int, str]) -> Callable:
+    """A `Trainer(compute_metrics=...)` function reporting `auc_macro` and `auc_<finding>` from logits."""
+    label_names = [id2label[index] for index in sorted(id2label)]
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        per_class = per_class_roc_auc(sigmoid(np.asarray(logits)), np.asarray(eval_prediction.label_ids), label_names)
+        return {"auc_macro": macro_roc_auc(per_class), **{f"auc_{name}": value for name, value in per_class.items()}}
+
+    return compute_metrics
