@@ -1,11 +1,14 @@
 """Run in a fresh interpreter: load a saved hf-cxr model folder or Hub repo id, optionally with hf_cxr blocked.
 
-Usage: python load_without_hf_cxr.py MODEL_DIR_OR_REPO_ID PIXELS.npy EXPECTED_LOGITS.npy IMAGE.png (block|import) THREADS
+Usage: python load_without_hf_cxr.py MODEL PIXELS.npy EXPECTED_LOGITS.npy IMAGE.png (block|import) THREADS
+
+MODEL is a saved folder or a Hub repo id.
 
 `block` makes `import hf_cxr` fail, as on a machine where only transformers is installed, so everything must
 come from the saved remote code (`trust_remote_code=True`). `import` imports hf_cxr and passes no
 `trust_remote_code`. THREADS is the caller's torch thread count: CPU reductions split over another number of
-threads sum in another order, so bit-exact logits need the same count. Exits non-zero (with a message) when any check fails.
+threads sum in another order, so bit-exact logits need the same count. Exits non-zero (with a message) when
+any check fails.
 """
 
 import os
