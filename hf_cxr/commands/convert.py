@@ -1,0 +1,128 @@
+"""`hf-cxr convert <dataset>`: turn a raw download into a `datasets` folder (see `hf_cxr.data`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hf_cxr.data.chestxray14 import DEFAULT_IMAGE_SIZE as NIH_SIZE
+from hf_cxr.data.chestxray14 import DEFAULT_VALIDATION_FRACTION, convert_chestxray14
+from hf_cxr.data.chexpert import DEFAULT_IMAGE_SIZE as CHEXPERT_SIZE
+from hf_cxr.data.chexpert import UNCERTAIN_POLICIES, convert_chexpert
+from hf_cxr.data.lung_pet_ct_dx import DEFAULT_FRACTIONS, TASKS, convert_lung_pet_ct_dx
+
+
+def _image_size(text: str) -> int | None:
+    """A positive size, or 0 / 'original' to keep the images' own size."""
+    if text.lower() in ("0", "original", "none"):
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {value}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, image_size: int | None = None) -> None:
+    parser.add_argument("--root", type=Path, required=True, help="the raw download's folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
+    if image_size is not None:
+        parser.add_argument(
+            "--image-size",
+            type=_image_size,
+            default=image_size,
+            help=f"stored shorter side in px (default {image_size}; 0 keeps the original size)",
+        )
+    parser.add_argument("--num-proc", type=int, default=None, help="worker processes for reading/resizing")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable files (each is listed in the card) instead of failing"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("convert", help="convert a raw dataset download into a Hugging Face dataset")
+    datasets_parsers = parser.add_subparsers(dest="dataset", required=True)
+
+    nih = datasets_parsers.add_parser("chestxray14", help="NIH ChestX-ray14")
+    _common(nih, NIH_SIZE)
+    nih.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=DEFAULT_VALIDATION_FRACTION,
+        help=f"share of train_val patients held out for validation (default {DEFAULT_VALIDATION_FRACTION})",
+    )
+    nih.set_defaults(func=_run_chestxray14)
+
+    chexpert = datasets_parsers.add_parser("chexpert", help="Stanford CheXpert (-small or full)")
+    _common(chexpert, CHEXPERT_SIZE)
+    chexpert.add_argument(
+        "--uncertain", choices=UNCERTAIN_POLICIES, default="ignore", help="what uncertain (-1) labels become"
+    )
+    chexpert.add_argument("--frontal-only", action="store_true", help="leave out lateral views")
+    chexpert.set_defaults(func=_run_chexpert)
+
+    lung = datasets_parsers.add_parser("lung-pet-ct-dx", help="TCIA Lung-PET-CT-Dx (CT series)")
+    _common(lung)
+    lung.add_argument("--clinical", type=Path, required=True, help="clinical table (.xlsx or .csv)")
+    lung.add_argument("--task", choices=sorted(TASKS), default="abeg", help="ag: A vs G; abeg: four classes")
+    lung.add_argument("--annotations", type=Path, default=None, help="annotation XML folder (default: under --root)")
+    lung.add_argument("--validation-fraction", type=float, default=DEFAULT_FRACTIONS["validation"])
+    lung.add_argument("--test-fraction", type=float, default=DEFAULT_FRACTIONS["test"])
+    lung.set_defaults(func=_run_lung)
+
+
+def _done(result: Any) -> int:
+    print(f"wrote {result.out_dir} ({', '.join(f'{k}: {v.num_rows}' for k, v in result.dataset.items())})")
+    if result.skipped:
+        print(f"{len(result.skipped)} files skipped, listed in {result.out_dir / 'skipped_files.txt'}")
+    return 0
+
+
+def _run_chestxray14(args: argparse.Namespace) -> int:
+    return _done(
+        convert_chestxray14(
+            args.root,
+            args.out,
+            image_size=args.image_size,
+            num_proc=args.num_proc,
+            seed=args.seed,
+            validation_fraction=args.validation_fraction,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+        )
+    )
+
+
+def _run_chexpert(args: argparse.Namespace) -> int:
+    return _done(
+        convert_chexpert(
+            args.root,
+            args.out,
+            uncertain=args.uncertain,
+            frontal_only=args.frontal_only,
+            image_size=args.image_size,
+            num_proc=args.num_proc,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+        )
+    )
+
+
+def _run_lung(args: argparse.Namespace) -> int:
+    return _done(
+        convert_lung_pet_ct_dx(
+            args.root,
+            args.clinical,
+            args.out,
+            task=args.task,
+            annotations_dir=args.annotations,
+            seed=args.seed,
+            validation_fraction=args.validation_fraction,
+            test_fraction=args.test_fraction,
+            num_proc=args.num_proc,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+        )
+    )

@@ -1,0 +1,472 @@
+"""NIH ChestX-ray14 (raw download -> `datasets.DatasetDict`).
+
+Raw layout as NIH ships it (or as common mirrors unpack it), under `root`:
+`Data_Entry_2017_v2020.csv` (or `Data_Entry_2017.csv`, either may be gzipped), `BBox_List_2017.csv` (optional),
+`train_val_list.txt`, `test_list.txt`, and the PNGs in `images/` or `images_001/images/ ... images_012/images/`.
+
+Splits: the official test list is `test`; `train` and `validation` divide the official train_val list by
+patient (seeded; `validation_fraction` of the patients, 0.1 by default). Every check fails loudly: a patient in
+two splits, a listed image missing on disk, an unknown finding name.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from tqdm.auto import tqdm
+
+from hf_cxr.data._common import (
+    RESEARCH_USE,
+    ConversionResult,
+    MissingFilesError,
+    SplitPlan,
+    check_patients_disjoint,
+    default_out_dir,
+    encode_or_report,
+    generate_dataset_dict,
+    list_message,
+    markdown_table,
+    render_card,
+    skipped_section,
+    split_by_patient,
+)
+from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_NO_FINDING
+
+TABLE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+BBOX_NAME = "BBox_List_2017.csv"
+TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
+DEFAULT_IMAGE_SIZE = 512
+DEFAULT_VALIDATION_FRACTION = 0.1
+# NIH gives boxes in the pixel coordinates of its 1024 x 1024 PNGs, whatever size a mirror's copies have.
+BBOX_COORDINATE_SIZE = 1024
+# NIH's box list spells one finding differently from the label table.
+_BBOX_FINDING_NAMES = {"Infiltrate": "Infiltration"}
+_FINDING_INDEX = {name: index for index, name in enumerate(CHESTXRAY14_LABELS)}
+
+HOMEPAGE = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
+CITATION = (
+    "Wang X, Peng Y, Lu L, Lu Z, Bagheri M, Summers R. ChestX-ray8: Hospital-scale Chest X-ray Database and "
+    "Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax Diseases. IEEE CVPR 2017, "
+    "3462-3471."
+)
+LICENSE = "NIH Clinical Center: released for unrestricted use, with attribution (link, acknowledgement, citation)"
+
+FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "image_id": datasets.Value("string"),
+        "labels": datasets.List(datasets.Value("float32"), length=len(CHESTXRAY14_LABELS)),
+        "finding_labels": datasets.Value("string"),
+        "patient_id": datasets.Value("int32"),
+        "follow_up": datasets.Value("int32"),
+        "patient_age": datasets.Value("int32"),
+        "patient_sex": datasets.Value("string"),
+        "view_position": datasets.Value("string"),
+        "original_width": datasets.Value("int32"),
+        "original_height": datasets.Value("int32"),
+        "acquisition_width": datasets.Value("int32"),
+        "acquisition_height": datasets.Value("int32"),
+        "acquisition_pixel_spacing": datasets.List(datasets.Value("float32"), length=2),
+        "bboxes": datasets.List(
+            {
+                "finding": datasets.Value("string"),
+                "x": datasets.Value("float32"),
+                "y": datasets.Value("float32"),
+                "width": datasets.Value("float32"),
+                "height": datasets.Value("float32"),
+            }
+        ),
+    }
+)
+
+
+@dataclass(frozen=True)
+class NIHRecord:
+    """One row of NIH's `Data_Entry` table, labels already parsed."""
+
+    image_id: str
+    finding_labels: str
+    labels: tuple[float, ...]
+    follow_up: int
+    patient_id: int
+    patient_age: int
+    patient_sex: str
+    view_position: str
+    acquisition_width: int
+    acquisition_height: int
+    acquisition_pixel_spacing: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class NIHBox:
+    """One `BBox_List_2017.csv` box, in the 1024-px coordinates of NIH's PNGs (stored rescaled to the image)."""
+
+    finding: str
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+@dataclass
+class _Item:
+    """What a generator needs for one example (cheap to pickle to worker processes)."""
+
+    path: str
+    record: NIHRecord
+    boxes: list[NIHBox] = field(default_factory=list)
+
+
+def parse_finding_labels(text: str, where: str = "") -> tuple[float, ...]:
+    """NIH's `Finding Labels` string ("Effusion|Mass", or "No Finding") -> 14 floats in `CHESTXRAY14_LABELS` order.
+
+    Unknown names, duplicates, an empty string and "No Finding" combined with a finding are errors: each of
+    them means the table is not the one this code knows.
+    """
+    where = f" ({where})" if where else ""
+    names = [name.strip() for name in text.split("|")]
+    if names == [CHESTXRAY14_NO_FINDING]:
+        return (0.0,) * len(CHESTXRAY14_LABELS)
+    vector = [0.0] * len(CHESTXRAY14_LABELS)
+    for name in names:
+        if name == CHESTXRAY14_NO_FINDING:
+            raise ValueError(f"'{CHESTXRAY14_NO_FINDING}' combined with findings in {text!r}{where}")
+        if name not in _FINDING_INDEX:
+            raise ValueError(f"unknown finding {name!r} in {text!r}{where}; known: {', '.join(CHESTXRAY14_LABELS)}")
+        if vector[_FINDING_INDEX[name]]:
+            raise ValueError(f"finding {name!r} listed twice in {text!r}{where}")
+        vector[_FINDING_INDEX[name]] = 1.0
+    return tuple(vector)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else open(path, newline="")
+
+
+def _parse_age(text: str, where: str) -> int:
+    """Ages are integers in the 2020 table and strings like '058Y' in some older copies."""
+    value = text.strip().upper().rstrip("Y")
+    if not value.isdigit():
+        raise ValueError(f"cannot read patient age {text!r} ({where})")
+    return int(value)
+
+
+def read_nih_table(path: Path | str) -> list[NIHRecord]:
+    """Parse `Data_Entry_2017[_v2020].csv[.gz]`, validating every row; errors name the line.
+
+    Columns are taken by position (NIH's header splits `OriginalImage[Width,Height]` over two columns and the
+    2017 table has a trailing empty column), after checking the header is the one NIH ships.
+    """
+    path = Path(path)
+    records: list[NIHRecord] = []
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        expected = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender"]
+        if header is None or [column.strip() for column in header[:6]] != expected:
+            raise ValueError(f"'{path}' is not NIH's Data_Entry table (header {header})")
+        seen: set[str] = set()
+        for line_number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            where = f"'{path}' line {line_number}"
+            if len(row) < 11:
+                raise ValueError(f"{where}: expected at least 11 columns, got {len(row)}")
+            image_id = row[0].strip()
+            if image_id in seen:
+                raise ValueError(f"{where}: image {image_id} listed twice")
+            seen.add(image_id)
+            try:
+                records.append(
+                    NIHRecord(
+                        image_id=image_id,
+                        finding_labels=row[1].strip(),
+                        labels=parse_finding_labels(row[1], where),
+                        follow_up=int(row[2]),
+                        patient_id=int(row[3]),
+                        patient_age=_parse_age(row[4], where),
+                        patient_sex=row[5].strip(),
+                        view_position=row[6].strip(),
+                        acquisition_width=int(float(row[7])),
+                        acquisition_height=int(float(row[8])),
+                        acquisition_pixel_spacing=(float(row[9]), float(row[10])),
+                    )
+                )
+            except ValueError as error:
+                message = str(error)
+                raise ValueError(message if where in message else f"{where}: {message}") from error
+    return records
+
+
+def read_nih_bboxes(path: Path | str) -> dict[str, list[NIHBox]]:
+    """Parse `BBox_List_2017.csv[.gz]` into image id -> boxes (finding names as in the label table)."""
+    path = Path(path)
+    boxes: dict[str, list[NIHBox]] = {}
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [column.strip() for column in header[:2]] != ["Image Index", "Finding Label"]:
+            raise ValueError(f"'{path}' is not NIH's BBox_List table (header {header})")
+        for line_number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            finding = _BBOX_FINDING_NAMES.get(row[1].strip(), row[1].strip())
+            if finding not in _FINDING_INDEX:
+                raise ValueError(f"'{path}' line {line_number}: unknown finding {row[1]!r}")
+            x, y, width, height = (float(value) for value in row[2:6])
+            boxes.setdefault(row[0].strip(), []).append(NIHBox(finding, x, y, width, height))
+    return boxes
+
+
+def _find_first(root: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        for candidate in (root / name, root / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def index_images(root: Path) -> dict[str, Path]:
+    """Image file name -> path, from `images/` and `images_NNN/images/` (duplicates are an error)."""
+    folders = [root / "images", *sorted(root.glob("images_*/images")), *sorted(root.glob("images_*"))]
+    index: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.lower().endswith(".png") or not entry.is_file():
+                    continue
+                if entry.name in index and index[entry.name] != Path(entry.path):
+                    raise ValueError(f"image {entry.name} found twice: '{index[entry.name]}' and '{entry.path}'")
+                index[entry.name] = Path(entry.path)
+    return index
+
+
+def _read_list(path: Path) -> list[str]:
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    duplicates = [name for name, count in Counter(names).items() if count > 1]
+    if duplicates:
+        raise ValueError(f"'{path}' lists images more than once: {list_message(duplicates)}")
+    return names
+
+
+def _generate(items: list[_Item], log_dir: str, image_size: int | None, skip_bad: bool) -> Iterator[dict[str, Any]]:
+    for item in tqdm(items, desc="ChestX-ray14 images", unit="img", mininterval=5.0):
+        stored = encode_or_report(Path(item.path), image_size, log_dir, skip_bad)
+        if stored is None:
+            continue
+        record = item.record
+        scale_x = stored.width / BBOX_COORDINATE_SIZE
+        scale_y = stored.height / BBOX_COORDINATE_SIZE
+        yield {
+            "image": {"bytes": stored.data, "path": None},
+            "image_id": record.image_id,
+            "labels": list(record.labels),
+            "finding_labels": record.finding_labels,
+            "patient_id": record.patient_id,
+            "follow_up": record.follow_up,
+            "patient_age": record.patient_age,
+            "patient_sex": record.patient_sex,
+            "view_position": record.view_position,
+            "original_width": stored.original_width,
+            "original_height": stored.original_height,
+            "acquisition_width": record.acquisition_width,
+            "acquisition_height": record.acquisition_height,
+            "acquisition_pixel_spacing": list(record.acquisition_pixel_spacing),
+            "bboxes": [
+                {
+                    "finding": box.finding,
+                    "x": box.x * scale_x,
+                    "y": box.y * scale_y,
+                    "width": box.width * scale_x,
+                    "height": box.height * scale_y,
+                }
+                for box in item.boxes
+            ],
+        }
+
+
+def _summarize(
+    dataset: datasets.DatasetDict, skipped: list[dict[str, str]], settings: dict[str, Any], left_out: int
+) -> tuple[dict[str, Any], str]:
+    counts: dict[str, dict[str, int]] = {}
+    for split, part in dataset.items():
+        labels = np.asarray(part.data.column("labels").to_pylist(), dtype=np.float32).reshape(-1, 14)
+        patients = len(set(part.data.column("patient_id").to_pylist()))
+        counts[split] = {"images": part.num_rows, "patients": patients, "No Finding": int((labels.sum(1) == 0).sum())}
+        counts[split].update({name: int(labels[:, i].sum()) for i, name in enumerate(CHESTXRAY14_LABELS)})
+    report = {
+        "dataset": "chestxray14",
+        "settings": settings,
+        "counts": counts,
+        "images_in_table_but_in_no_official_list": left_out,
+        "skipped_files": skipped,
+    }
+    splits = list(counts)
+    rows = [[name, *(counts[split][name] for split in splits)] for name in ("images", "patients", "No Finding")]
+    rows += [[name, *(counts[split][name] for split in splits)] for name in CHESTXRAY14_LABELS]
+    table = markdown_table(["", *splits], rows)
+    print(f"ChestX-ray14 conversion (image size {settings['image_size']}):\n{table}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (listed in the card)")
+    card = render_card(
+        "dataset_chestxray14.md",
+        _FALLBACK_CARD,
+        counts_table=table,
+        total_images=sum(count["images"] for count in counts.values()),
+        image_size=settings["image_size"] or "original",
+        validation_fraction=settings["validation_fraction"],
+        seed=settings["seed"],
+        left_out=left_out,
+        skipped_section=skipped_section(skipped),
+        labels=", ".join(f"`{name}`" for name in CHESTXRAY14_LABELS),
+        citation=CITATION,
+        homepage=HOMEPAGE,
+        research_use=RESEARCH_USE,
+    )
+    return report, card
+
+
+_FALLBACK_CARD = """# NIH ChestX-ray14 ($total_images images)
+
+$research_use
+
+Findings (order of `labels`): $labels. Images stored with the shorter side at $image_size px; validation =
+$validation_fraction of the train_val patients, seed $seed; $left_out table rows are in no official list.
+
+$counts_table
+
+$skipped_section
+
+Source: NIH Clinical Center, $homepage. Cite: $citation
+"""
+
+
+def build_chestxray14(
+    root: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    image_size: int | None = DEFAULT_IMAGE_SIZE,
+    num_proc: int | None = None,
+    seed: int = 0,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+) -> datasets.DatasetDict:
+    """Convert a raw ChestX-ray14 download into a `DatasetDict` (train/validation/test) saved at `out_dir`.
+
+    Returns the dataset as `datasets.load_from_disk(out_dir)` reads it. `image_size` is the stored shorter
+    side (None keeps NIH's 1024 px); `num_proc` worker processes read and resize images; `skip_bad` skips
+    unreadable images instead of failing, listing each one in the card and `skipped_files.txt`.
+    """
+    return convert_chestxray14(
+        root,
+        out_dir,
+        image_size=image_size,
+        num_proc=num_proc,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+    ).dataset
+
+
+def convert_chestxray14(
+    root: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    image_size: int | None = DEFAULT_IMAGE_SIZE,
+    num_proc: int | None = None,
+    seed: int = 0,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+) -> ConversionResult:
+    """`build_chestxray14`, returning also the output folder, the skipped files and the report."""
+    root = Path(root).expanduser()
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    table_path = _find_first(root, TABLE_NAMES)
+    if table_path is None:
+        raise FileNotFoundError(f"no {' or '.join(TABLE_NAMES)} in '{root}'")
+    missing_lists = [name for name in (TRAIN_VAL_LIST, TEST_LIST) if not (root / name).is_file()]
+    if missing_lists:
+        raise MissingFilesError(f"official split list(s) in '{root}'", missing_lists)
+    records = {record.image_id: record for record in read_nih_table(table_path)}
+    bbox_path = _find_first(root, (BBOX_NAME,))
+    boxes = read_nih_bboxes(bbox_path) if bbox_path else {}
+    lists = {"train_val": _read_list(root / TRAIN_VAL_LIST), "test": _read_list(root / TEST_LIST)}
+
+    unknown = [name for names in lists.values() for name in names if name not in records]
+    if unknown:
+        raise ValueError(f"{len(unknown)} listed images are not in '{table_path}': {list_message(unknown)}")
+    in_both = set(lists["train_val"]) & set(lists["test"])
+    if in_both:
+        raise ValueError(f"{len(in_both)} images are in both official lists: {list_message(sorted(in_both))}")
+    patients_of = {name: [records[image].patient_id for image in images] for name, images in lists.items()}
+    check_patients_disjoint(patients_of)
+    unknown_boxes = sorted(set(boxes) - set(records))
+    if unknown_boxes:
+        raise ValueError(f"'{bbox_path}' has boxes for images not in the table: {list_message(unknown_boxes)}")
+
+    image_index = index_images(root)
+    missing = [name for images in lists.values() for name in images if name not in image_index]
+    if missing:
+        raise MissingFilesError(f"listed images (looked in '{root}/images' and '{root}/images_*/images')", missing)
+
+    train_val_patients = sorted(set(patients_of["train_val"]))
+    assignment = split_by_patient(
+        {str(patient): "all" for patient in train_val_patients},
+        {"train": 1.0 - validation_fraction, "validation": validation_fraction},
+        seed,
+    )
+    split_images: dict[str, list[str]] = {"train": [], "validation": [], "test": list(lists["test"])}
+    for image in lists["train_val"]:
+        split_images[assignment[str(records[image].patient_id)]].append(image)
+    check_patients_disjoint({split: [records[i].patient_id for i in images] for split, images in split_images.items()})
+
+    plans = {
+        split: SplitPlan(
+            items=[_Item(str(image_index[name]), records[name], boxes.get(name, [])) for name in sorted(images)],
+            generator=_generate,
+            extra={"image_size": image_size, "skip_bad": skip_bad},
+        )
+        for split, images in split_images.items()
+    }
+    left_out = len(records) - len(lists["train_val"]) - len(lists["test"])
+    settings = {
+        "image_size": image_size,
+        "seed": seed,
+        "validation_fraction": validation_fraction,
+        "skip_bad": skip_bad,
+        "table": table_path.name,
+    }
+    info = datasets.DatasetInfo(
+        description="NIH ChestX-ray14 converted by hf-cxr. " + RESEARCH_USE,
+        citation=CITATION,
+        homepage=HOMEPAGE,
+        license=LICENSE,
+    )
+    return generate_dataset_dict(
+        out_dir if out_dir is not None else default_out_dir("chestxray14"),
+        plans,
+        FEATURES,
+        info,
+        num_proc=num_proc,
+        writer_batch_size=200,
+        summarize=lambda dataset, skipped: _summarize(dataset, skipped, settings, left_out),
+        overwrite=overwrite,
+    )

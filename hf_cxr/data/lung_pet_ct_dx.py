@@ -1,0 +1,587 @@
+"""TCIA Lung-PET-CT-Dx (raw download -> `datasets.DatasetDict`, one example per CT series).
+
+Raw layout as the archive ships it: `Lung_Dx-XNNNN/<study>/<series>/*.dcm` (folder names with spaces; file
+names say nothing about slice order), the annotation XMLs (`Annotation/A0001/<SOPInstanceUID>.xml`, PASCAL VOC)
+under `root` or in `annotations_dir`, and the clinical table (xlsx or csv; columns `NewPatientID`, `Sex`, `Age`,
+`weight (kg)`, `T-Stage`, `N-Stage`, `Ｍ-Stage`, `Histopathological grading`, `Smoking History`).
+
+Each CT series of 512x512 slices becomes one example: the volume sorted by slice position, in HU (int16), with
+its spacing, the lesion slice range and boxes from the XMLs, the encoded clinical features (and their raw
+values), and the label from the ID letter (A adenocarcinoma, B small cell, E large cell, G squamous cell).
+PET series, localisers and other matrix sizes are skipped and counted. Splits are by patient, seeded and
+stratified by class.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import datasets
+import numpy as np
+from tqdm.auto import tqdm
+
+from hf_cxr.data._common import (
+    RESEARCH_USE,
+    BadFileError,
+    ConversionResult,
+    SplitPlan,
+    check_patients_disjoint,
+    default_out_dir,
+    generate_dataset_dict,
+    handle_bad_file,
+    list_message,
+    markdown_table,
+    render_card,
+    skipped_section,
+    split_by_patient,
+)
+from hf_cxr.data.tables import read_table
+from hf_cxr.modeling.common.ct import read_ct_series, read_series_header
+
+TASKS: dict[str, tuple[str, ...]] = {"ag": ("A", "G"), "abeg": ("A", "B", "E", "G")}
+HISTOLOGY = {
+    "A": "adenocarcinoma",
+    "B": "small_cell_carcinoma",
+    "E": "large_cell_carcinoma",
+    "G": "squamous_cell_carcinoma",
+}
+MATRIX_SIZE = 512
+DEFAULT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+_PATIENT_DIR = re.compile(r"Lung_Dx-([A-Z])(\d+)")
+
+# Clinical features, in the order of `clinical_features`; each is encoded to [-1, 1] with fixed ranges (not
+# fitted on the data, so the encoding does not depend on the split); a missing value is 0 with mask 0.
+CLINICAL_FEATURE_NAMES = ("sex", "age", "weight", "t_stage", "n_stage", "m_stage", "smoking")
+AGE_RANGE = (20.0, 100.0)
+WEIGHT_RANGE_KG = (30.0, 130.0)
+STAGE_MAX = {"t_stage": 4, "n_stage": 3, "m_stage": 1}
+_MISSING = {"", "na", "n/a", "nan", "none", "unknown", "-"}
+_STAGE_UNKNOWN = {"x", "tx", "nx", "mx"}  # TNM "cannot be assessed"
+_STAGE = re.compile(r"^[tnm]?\s*(is|\d)\s*([a-c]\d?)?$", re.IGNORECASE)
+_YES = {"1", "yes", "y", "true", "smoker", "current", "former", "ex-smoker"}
+_NO = {"0", "no", "n", "false", "never", "non-smoker", "nonsmoker"}
+# Raw column names, after Unicode NFKC (the archive's `Ｍ-Stage` has a full-width M) and lower-casing.
+_CLINICAL_COLUMNS = {
+    "patient": "newpatientid",
+    "sex": "sex",
+    "age": "age",
+    "weight": "weight (kg)",
+    "t_stage": "t-stage",
+    "n_stage": "n-stage",
+    "m_stage": "m-stage",
+    "grading": "histopathological grading",
+    "smoking": "smoking history",
+}
+
+HOMEPAGE = "https://doi.org/10.7937/TCIA.2020.NNC2-0461"
+CITATION = (
+    "Li P, Wang S, Li T, Lu J, HuangFu Y, Wang D. A Large-Scale CT and PET/CT Dataset for Lung Cancer Diagnosis "
+    "(Lung-PET-CT-Dx). The Cancer Imaging Archive (2020). https://doi.org/10.7937/TCIA.2020.NNC2-0461"
+)
+LICENSE = "cc-by-4.0 (TCIA data usage policy: do not attempt to re-identify subjects)"
+
+
+def features_for(task: str) -> datasets.Features:
+    """The dataset's features; `label` names depend on the task."""
+    return datasets.Features(
+        {
+            "volume": datasets.Array3D(shape=(None, MATRIX_SIZE, MATRIX_SIZE), dtype="int16"),
+            "patient_id": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=[HISTOLOGY[letter] for letter in TASKS[task]]),
+            "histology": datasets.Value("string"),
+            "study": datasets.Value("string"),
+            "series": datasets.Value("string"),
+            "series_instance_uid": datasets.Value("string"),
+            "series_description": datasets.Value("string"),
+            "num_slices": datasets.Value("int32"),
+            "slice_spacing": datasets.Value("float32"),
+            "slice_thickness": datasets.Value("float32"),
+            "pixel_spacing": datasets.List(datasets.Value("float32"), length=2),
+            "slice_positions": datasets.List(datasets.Value("float32")),
+            "sop_instance_uids": datasets.List(datasets.Value("string")),
+            "lesion_slice_range": datasets.List(datasets.Value("int32"), length=2),
+            "boxes": datasets.List(
+                {
+                    "slice_index": datasets.Value("int32"),
+                    "label": datasets.Value("string"),
+                    "xmin": datasets.Value("float32"),
+                    "ymin": datasets.Value("float32"),
+                    "xmax": datasets.Value("float32"),
+                    "ymax": datasets.Value("float32"),
+                }
+            ),
+            "clinical_features": datasets.List(datasets.Value("float32"), length=len(CLINICAL_FEATURE_NAMES)),
+            "clinical_mask": datasets.List(datasets.Value("float32"), length=len(CLINICAL_FEATURE_NAMES)),
+            "sex": datasets.Value("string"),
+            "age": datasets.Value("string"),
+            "weight_kg": datasets.Value("string"),
+            "t_stage": datasets.Value("string"),
+            "n_stage": datasets.Value("string"),
+            "m_stage": datasets.Value("string"),
+            "histopathological_grading": datasets.Value("string"),
+            "smoking_history": datasets.Value("string"),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------- clinical
+
+
+@dataclass(frozen=True)
+class ClinicalRecord:
+    """One patient's clinical row: raw texts, and the encoded vector with its mask."""
+
+    raw: dict[str, str]
+    features: tuple[float, ...]
+    mask: tuple[float, ...]
+
+
+def _scale(value: float, low: float, high: float) -> float:
+    return float(np.clip(2.0 * (value - low) / (high - low) - 1.0, -1.0, 1.0))
+
+
+def _is_missing(text: str) -> bool:
+    return text.strip().lower() in _MISSING
+
+
+def encode_clinical(raw: dict[str, str], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Raw clinical texts -> (features in [-1, 1], mask), in `CLINICAL_FEATURE_NAMES` order.
+
+    sex: M +1, F -1. age and weight: linear on `AGE_RANGE` / `WEIGHT_RANGE_KG`, clipped. T (0-4, Tis = 0),
+    N (0-3), M (0-1) stages: the main number linearly to [-1, 1]; the sub-letter (1a, 1b ...) stays in the raw
+    column. smoking: any smoking history +1, never -1. Values that cannot be read are errors, not guesses.
+    """
+    values: list[float] = []
+    mask: list[float] = []
+    for name in CLINICAL_FEATURE_NAMES:
+        text = raw[name].strip()
+        if _is_missing(text) or (name in STAGE_MAX and text.lower() in _STAGE_UNKNOWN):
+            values.append(0.0)
+            mask.append(0.0)
+            continue
+        lowered = text.lower()
+        if name == "sex":
+            if lowered not in ("m", "male", "f", "female"):
+                raise ValueError(f"{where}: sex {text!r} is not M or F")
+            value = 1.0 if lowered.startswith("m") else -1.0
+        elif name in ("age", "weight"):
+            try:
+                number = float(lowered.removesuffix("kg").removesuffix("y").strip())
+            except ValueError as error:
+                raise ValueError(f"{where}: {name} {text!r} is not a number") from error
+            value = _scale(number, *(AGE_RANGE if name == "age" else WEIGHT_RANGE_KG))
+        elif name in STAGE_MAX:
+            match = _STAGE.match(lowered)
+            if match is None:
+                raise ValueError(f"{where}: {name.replace('_', '-')} {text!r} is not a TNM stage")
+            stage = 0 if match.group(1) == "is" else int(match.group(1))
+            if stage > STAGE_MAX[name]:
+                raise ValueError(f"{where}: {name.replace('_', '-')} {text!r} exceeds {STAGE_MAX[name]}")
+            value = _scale(stage, 0, STAGE_MAX[name])
+        else:
+            if lowered not in _YES | _NO:
+                raise ValueError(f"{where}: smoking history {text!r} is neither yes/1 nor no/0")
+            value = 1.0 if lowered in _YES else -1.0
+        values.append(value)
+        mask.append(1.0)
+    return tuple(values), tuple(mask)
+
+
+def short_patient_id(text: str) -> str:
+    """'Lung_Dx-A0002' or 'A0002' -> 'A0002' (the clinical table and the folders spell it either way)."""
+    return text.strip().removeprefix("Lung_Dx-")
+
+
+def read_clinical_table(path: Path | str) -> dict[str, ClinicalRecord]:
+    """The clinical table (xlsx or csv) -> short patient id -> `ClinicalRecord`."""
+    path = Path(path)
+    rows = read_table(path)
+    if not rows:
+        raise ValueError(f"'{path}': clinical table has no rows")
+    columns = {unicodedata.normalize("NFKC", name).strip().lower(): name for name in rows[0]}
+    missing = [wanted for wanted in _CLINICAL_COLUMNS.values() if wanted not in columns]
+    if missing:
+        raise ValueError(f"'{path}': clinical table lacks columns {missing} (has {sorted(rows[0])})")
+    records: dict[str, ClinicalRecord] = {}
+    for line, row in enumerate(rows, start=2):
+        raw = {key: row[columns[column]] for key, column in _CLINICAL_COLUMNS.items()}
+        patient = short_patient_id(raw.pop("patient"))
+        where = f"'{path}' row {line} ({patient})"
+        if not patient:
+            raise ValueError(f"'{path}' row {line}: empty NewPatientID")
+        if patient in records:
+            raise ValueError(f"{where}: patient listed twice")
+        features, mask = encode_clinical(raw, where)
+        records[patient] = ClinicalRecord(raw, features, mask)
+    return records
+
+
+# --------------------------------------------------------------------------------------------- annotations
+
+
+def read_voc_boxes(path: Path | str) -> list[dict[str, Any]]:
+    """A PASCAL VOC XML (LabelImg) -> boxes `{label, xmin, ymin, xmax, ymax}` in pixels."""
+    path = Path(path)
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise ValueError(f"'{path}': not a readable annotation XML ({error})") from error
+    boxes = []
+    for obj in root.iter("object"):
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError(f"'{path}': object without <bndbox>")
+        try:
+            coords = {key: float(box.findtext(key, "")) for key in ("xmin", "ymin", "xmax", "ymax")}
+        except ValueError as error:
+            raise ValueError(f"'{path}': box coordinates are not numbers ({error})") from error
+        boxes.append({"label": (obj.findtext("name") or "").strip(), **coords})
+    return boxes
+
+
+def index_annotations(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Annotation folder -> patient folder name (A0002) -> SOPInstanceUID -> boxes."""
+    index: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    for path in sorted(folder.rglob("*.xml")):
+        index[path.parent.name][path.stem] = read_voc_boxes(path)
+    return dict(index)
+
+
+def find_annotation_dir(root: Path) -> Path | None:
+    """An `Annotation` folder (the archive's name for the XML download) under root, if there is one."""
+    for depth_pattern in ("Annotation", "*/Annotation", "*/*/Annotation"):
+        found = sorted(path for path in root.glob(depth_pattern) if path.is_dir())
+        if found:
+            return found[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------- series
+
+
+@dataclass
+class _SeriesItem:
+    """One CT series to convert (cheap to pickle to worker processes)."""
+
+    patient_id: str
+    letter: str
+    study: str
+    series: str
+    files: list[str]
+    clinical: ClinicalRecord
+    annotations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def find_patient_dirs(root: Path) -> list[Path]:
+    """`Lung_Dx-XNNNN` folders at most three levels under root (or root itself)."""
+    if _PATIENT_DIR.fullmatch(root.name):
+        return [root]
+    found: list[Path] = []
+    for pattern in ("Lung_Dx-*", "*/Lung_Dx-*", "*/*/Lung_Dx-*"):
+        found = sorted(path for path in root.glob(pattern) if path.is_dir() and _PATIENT_DIR.fullmatch(path.name))
+        if found:
+            break
+    return found
+
+
+def _series_folders(patient_dir: Path) -> list[tuple[Path, list[str]]]:
+    folders = []
+    for folder, _, files in os.walk(patient_dir):
+        dicoms = sorted(os.path.join(folder, name) for name in files if name.lower().endswith(".dcm"))
+        if dicoms:
+            folders.append((Path(folder), dicoms))
+    return sorted(folders)
+
+
+def _generate(items: list[_SeriesItem], log_dir: str, task: str, skip_bad: bool) -> Iterator[dict[str, Any]]:
+    letters = TASKS[task]
+    for item in tqdm(items, desc="Lung-PET-CT-Dx series", unit="series", mininterval=5.0):
+        try:
+            volume = read_ct_series(item.files)
+        except (ValueError, OSError) as error:
+            handle_bad_file(log_dir, Path(item.files[0]).parent, str(error), skip_bad)
+            continue
+        slice_of = {uid: index for index, uid in enumerate(volume.sop_instance_uids)}
+        boxes = [
+            {"slice_index": slice_of[uid], **box}
+            for uid, uid_boxes in item.annotations.items()
+            if uid in slice_of
+            for box in uid_boxes
+        ]
+        boxes.sort(key=lambda box: (box["slice_index"], box["xmin"], box["ymin"]))
+        annotated = [box["slice_index"] for box in boxes]
+        raw = item.clinical.raw
+        yield {
+            "volume": volume.hu,
+            "patient_id": item.patient_id,
+            "label": letters.index(item.letter),
+            "histology": item.letter,
+            "study": item.study,
+            "series": item.series,
+            "series_instance_uid": volume.series_instance_uid,
+            "series_description": volume.series_description,
+            "num_slices": volume.hu.shape[0],
+            "slice_spacing": volume.slice_spacing,
+            "slice_thickness": volume.slice_thickness if volume.slice_thickness is not None else float("nan"),
+            "pixel_spacing": list(volume.pixel_spacing),
+            "slice_positions": volume.positions,
+            "sop_instance_uids": volume.sop_instance_uids,
+            "lesion_slice_range": [min(annotated), max(annotated)] if annotated else [-1, -1],
+            "boxes": boxes,
+            "clinical_features": list(item.clinical.features),
+            "clinical_mask": list(item.clinical.mask),
+            "sex": raw["sex"],
+            "age": raw["age"],
+            "weight_kg": raw["weight"],
+            "t_stage": raw["t_stage"],
+            "n_stage": raw["n_stage"],
+            "m_stage": raw["m_stage"],
+            "histopathological_grading": raw["grading"],
+            "smoking_history": raw["smoking"],
+        }
+
+
+def _summarize(
+    dataset: datasets.DatasetDict,
+    skipped: list[dict[str, str]],
+    settings: dict[str, Any],
+    series_skipped: Counter,
+    patients_left_out: Counter,
+    annotation_count: int,
+) -> tuple[dict[str, Any], str]:
+    names = dataset[next(iter(dataset))].features["label"].names
+    counts: dict[str, dict[str, Any]] = {}
+    matched = 0
+    for split, part in dataset.items():
+        labels = part.data.column("label").to_pylist()
+        patients = part.data.column("patient_id").to_pylist()
+        boxes = part.data.column("boxes").to_pylist()
+        matched += sum(len({box["slice_index"] for box in series_boxes}) for series_boxes in boxes)
+        counts[split] = {
+            "series": part.num_rows,
+            "patients": len(set(patients)),
+            "series_with_boxes": sum(bool(series_boxes) for series_boxes in boxes),
+            **{name: sum(label == index for label in labels) for index, name in enumerate(names)},
+        }
+    report = {
+        "dataset": "lung_pet_ct_dx",
+        "settings": settings,
+        "counts": counts,
+        "series_not_converted": dict(series_skipped),
+        "patients_left_out": dict(patients_left_out),
+        "annotation_files": annotation_count,
+        "annotation_files_matched_to_converted_slices": matched,
+        "skipped_files": skipped,
+    }
+    splits = list(counts)
+    rows = [
+        [name, *(counts[split][name] for split in splits)]
+        for name in ("series", "patients", "series_with_boxes", *names)
+    ]
+    table = markdown_table(["", *splits], rows)
+    not_converted = ", ".join(f"{reason}: {count}" for reason, count in sorted(series_skipped.items())) or "none"
+    left_out = ", ".join(f"{reason}: {count}" for reason, count in sorted(patients_left_out.items())) or "none"
+    print(f"Lung-PET-CT-Dx conversion (task {settings['task']}):\n{table}")
+    print(f"series not converted: {not_converted}; patients left out: {left_out}")
+    print(f"annotation XMLs: {annotation_count}, matched to converted slices: {matched}")
+    card = render_card(
+        "dataset_lung_pet_ct_dx.md",
+        _FALLBACK_CARD,
+        counts_table=table,
+        total_series=sum(count["series"] for count in counts.values()),
+        task=settings["task"],
+        classes=", ".join(f"{index} = {name}" for index, name in enumerate(names)),
+        fractions=", ".join(f"{split} {share}" for split, share in settings["fractions"].items()),
+        seed=settings["seed"],
+        series_not_converted=not_converted,
+        patients_left_out=left_out,
+        annotation_count=annotation_count,
+        annotation_matched=matched,
+        clinical_features=", ".join(f"`{name}`" for name in CLINICAL_FEATURE_NAMES),
+        skipped_section=skipped_section(skipped),
+        citation=CITATION,
+        homepage=HOMEPAGE,
+        research_use=RESEARCH_USE,
+    )
+    return report, card
+
+
+_FALLBACK_CARD = """# Lung-PET-CT-Dx, CT series ($total_series series, task $task)
+
+$research_use Licence: CC BY 4.0; do not attempt to re-identify subjects.
+
+Classes: $classes. Splits by patient ($fractions, seed $seed). Series not converted: $series_not_converted.
+Patients left out: $patients_left_out. Annotation XMLs: $annotation_count ($annotation_matched on converted
+slices). Clinical features: $clinical_features.
+
+$counts_table
+
+$skipped_section
+
+Source: $homepage. Cite: $citation
+"""
+
+
+def build_lung_pet_ct_dx(
+    root: Path | str,
+    clinical: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    task: str = "abeg",
+    annotations_dir: Path | str | None = None,
+    seed: int = 0,
+    validation_fraction: float = DEFAULT_FRACTIONS["validation"],
+    test_fraction: float = DEFAULT_FRACTIONS["test"],
+    num_proc: int | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+) -> datasets.DatasetDict:
+    """Convert a Lung-PET-CT-Dx download into a `DatasetDict` of CT series saved at `out_dir`.
+
+    `task`: `ag` (adenocarcinoma vs squamous cell, other patients left out and counted) or `abeg` (four
+    classes). `clinical`: the clinical table (.xlsx or .csv); every converted patient must be in it.
+    """
+    return convert_lung_pet_ct_dx(
+        root,
+        clinical,
+        out_dir,
+        task=task,
+        annotations_dir=annotations_dir,
+        seed=seed,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        num_proc=num_proc,
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+    ).dataset
+
+
+def convert_lung_pet_ct_dx(
+    root: Path | str,
+    clinical: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    task: str = "abeg",
+    annotations_dir: Path | str | None = None,
+    seed: int = 0,
+    validation_fraction: float = DEFAULT_FRACTIONS["validation"],
+    test_fraction: float = DEFAULT_FRACTIONS["test"],
+    num_proc: int | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+) -> ConversionResult:
+    """`build_lung_pet_ct_dx`, returning also the output folder, the skipped files and the report."""
+    root = Path(root).expanduser()
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    fractions = {
+        "train": 1.0 - validation_fraction - test_fraction,
+        "validation": validation_fraction,
+        "test": test_fraction,
+    }
+    if min(fractions.values()) < 0:
+        raise ValueError(f"validation_fraction + test_fraction must not exceed 1, got {fractions}")
+    clinical_records = read_clinical_table(clinical)
+    patient_dirs = find_patient_dirs(root)
+    if not patient_dirs:
+        raise FileNotFoundError(f"no Lung_Dx-XNNNN patient folders under '{root}'")
+    annotation_root = Path(annotations_dir).expanduser() if annotations_dir is not None else find_annotation_dir(root)
+    if annotations_dir is not None and not annotation_root.is_dir():
+        raise FileNotFoundError(f"annotations folder '{annotation_root}' does not exist")
+    annotations = index_annotations(annotation_root) if annotation_root is not None else {}
+    annotation_count = sum(len(per_patient) for per_patient in annotations.values())
+
+    series_skipped: Counter = Counter()
+    patients_left_out: Counter = Counter()
+    missing_clinical: list[str] = []
+    unreadable: list[dict[str, str]] = []
+    items_by_patient: dict[str, list[_SeriesItem]] = defaultdict(list)
+    for patient_dir in tqdm(patient_dirs, desc="Scanning series headers", unit="patient", mininterval=5.0):
+        letter = _PATIENT_DIR.fullmatch(patient_dir.name).group(1)
+        if letter not in HISTOLOGY:
+            raise ValueError(f"'{patient_dir}': class letter {letter!r} is not one of {sorted(HISTOLOGY)}")
+        if letter not in TASKS[task]:
+            patients_left_out[f"class {letter} not in task {task}"] += 1
+            continue
+        short = short_patient_id(patient_dir.name)
+        if short not in clinical_records:
+            missing_clinical.append(patient_dir.name)
+            continue
+        for folder, files in _series_folders(patient_dir):
+            try:
+                header = read_series_header(files[0])
+            except ValueError as error:
+                if not skip_bad:
+                    raise BadFileError(folder, str(error)) from error
+                unreadable.append({"path": str(folder), "reason": str(error)})
+                continue
+            reason = _skip_reason(header)
+            if reason:
+                series_skipped[reason] += 1
+                continue
+            items_by_patient[patient_dir.name].append(
+                _SeriesItem(
+                    patient_id=patient_dir.name,
+                    letter=letter,
+                    study=folder.parent.name,
+                    series=folder.name,
+                    files=files,
+                    clinical=clinical_records[short],
+                    annotations=annotations.get(short, {}),
+                )
+            )
+    if missing_clinical:
+        raise ValueError(
+            f"{len(missing_clinical)} patients are not in the clinical table '{clinical}': "
+            f"{list_message(missing_clinical)}"
+        )
+    assignment = split_by_patient(
+        {patient: series[0].letter for patient, series in items_by_patient.items()}, fractions, seed
+    )
+    split_items: dict[str, list[_SeriesItem]] = {split: [] for split in fractions}
+    for patient, series in sorted(items_by_patient.items()):
+        split_items[assignment[patient]].extend(series)
+    check_patients_disjoint({split: [item.patient_id for item in items] for split, items in split_items.items()})
+
+    settings = {"task": task, "seed": seed, "fractions": fractions, "skip_bad": skip_bad}
+    plans = {
+        split: SplitPlan(items, _generate, {"task": task, "skip_bad": skip_bad}) for split, items in split_items.items()
+    }
+    info = datasets.DatasetInfo(
+        description="Lung-PET-CT-Dx CT series converted by hf-cxr. " + RESEARCH_USE,
+        citation=CITATION,
+        homepage=HOMEPAGE,
+        license=LICENSE,
+    )
+    return generate_dataset_dict(
+        out_dir if out_dir is not None else default_out_dir("lung_pet_ct_dx"),
+        plans,
+        features_for(task),
+        info,
+        num_proc=num_proc,
+        writer_batch_size=2,
+        summarize=lambda dataset, skipped: _summarize(
+            dataset, skipped, settings, series_skipped, patients_left_out, annotation_count
+        ),
+        overwrite=overwrite,
+        already_skipped=unreadable,
+    )
+
+
+def _skip_reason(header: Any) -> str | None:
+    """Why a series is not converted (None: convert it)."""
+    if header.modality != "CT":
+        return f"modality {header.modality or 'unknown'}"
+    if "LOCALIZER" in header.image_type:
+        return "CT localizer"
+    if (header.rows, header.columns) != (MATRIX_SIZE, MATRIX_SIZE):
+        return f"CT matrix {header.rows}x{header.columns}"
+    return None

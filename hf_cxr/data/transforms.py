@@ -1,0 +1,86 @@
+"""`dataset.with_transform(...)` functions that turn converted rows into model inputs.
+
+Both take the model's image processor, which owns all intensity handling (bit depth, grey -> channels,
+normalisation), so training and inference see identical preprocessing. Output per batch: `pixel_values`
+float32 [B, C, H, W] and `labels` float32 [B, K] (the Trainer's BCE needs floats; -100 marks an ignored
+label, as the CheXpert converter writes for `--uncertain ignore`). Use with
+`TrainingArguments(remove_unused_columns=False)`: the transform needs the raw `image` column.
+
+Training augmentation is deliberately small and geometric, applied to the grey image in [0, 1] before the
+processor resizes it: a random affine (rotation, shift, scale) and a mild brightness/contrast jitter, the
+range the CheXNet-style recipes use. No horizontal flip by default: it moves the heart to the right, which is
+itself a finding (dextrocardia) and changes what left/right-sided labels mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from hf_cxr.imaging import load_radiograph
+
+
+def _labels_tensor(values: Sequence[Any]) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.float32))
+
+
+def eval_transform(
+    image_processor: Any, image_column: str = "image", label_column: str = "labels"
+) -> Callable[[dict[str, list[Any]]], dict[str, torch.Tensor]]:
+    """Deterministic preprocessing: the processor on each image, labels as float32."""
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        output = {"pixel_values": image_processor(list(batch[image_column]), return_tensors="pt")["pixel_values"]}
+        if label_column in batch:
+            output["labels"] = _labels_tensor(batch[label_column])
+        return output
+
+    return transform
+
+
+def train_augmentation(
+    degrees: float = 7.0,
+    translate: float = 0.05,
+    scale: tuple[float, float] = (0.9, 1.1),
+    brightness: float = 0.1,
+    contrast: float = 0.1,
+    horizontal_flip: float = 0.0,
+) -> v2.Compose:
+    """The augmentation `train_transform` applies to a grey [1, H, W] float image (see the module doc)."""
+    steps: list[Any] = [
+        v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
+        v2.ColorJitter(brightness=brightness, contrast=contrast),
+    ]
+    if horizontal_flip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=horizontal_flip))
+    return v2.Compose(steps)
+
+
+def train_transform(
+    image_processor: Any,
+    image_column: str = "image",
+    label_column: str = "labels",
+    augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[dict[str, list[Any]]], dict[str, torch.Tensor]]:
+    """`eval_transform` plus random augmentation (default `train_augmentation()`) before the processor.
+
+    Each image is read at full precision as grey [0, 1], augmented as a [1, H, W] tensor, clamped back to
+    [0, 1] and handed to the processor, which resizes and normalises it as at inference.
+    """
+    augment = augmentation if augmentation is not None else train_augmentation()
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+        images = []
+        for index, image in enumerate(batch[image_column]):
+            grey = torch.from_numpy(load_radiograph(image, name=f"{image_column}[{index}]"))[None]
+            images.append(augment(grey).clamp_(0.0, 1.0))
+        output = {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"]}
+        if label_column in batch:
+            output["labels"] = _labels_tensor(batch[label_column])
+        return output
+
+    return transform
