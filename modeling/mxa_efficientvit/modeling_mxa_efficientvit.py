@@ -15,6 +15,7 @@ part of a LoRA adapter: add the norms to `modules_to_save` when adapting to a ne
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import timm
@@ -161,6 +162,10 @@ class MXABlock(nn.Module):
         return refined * self.spatial_attention(refined)
 
 
+def _logit(probability: float) -> float:
+    return math.log(probability / (1.0 - probability))
+
+
 class MXAMixer(nn.Module):
     """Replaces an EfficientViT block's residual token mixer: local-window attention and MXA side by side.
 
@@ -175,7 +180,7 @@ class MXAMixer(nn.Module):
         self.fusion = fusion
         self.alpha_init = alpha_init
         if fusion == "alpha":
-            self.alpha_logit = nn.Parameter(torch.full((1,), torch.logit(torch.tensor(alpha_init)).item()))
+            self.alpha_logit = nn.Parameter(torch.full((1,), _logit(alpha_init)))
 
     def set_input_size(self, resolution: int) -> None:
         self.m.set_input_size(resolution)
@@ -238,7 +243,7 @@ class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
                 else:
                     init.copy_(module.bias, torch.tensor(initial_bias, dtype=module.bias.dtype))
         elif isinstance(module, MXAMixer) and module.fusion == "alpha":
-            init.constant_(module.alpha_logit, torch.logit(torch.tensor(module.alpha_init)).item())
+            init.constant_(module.alpha_logit, _logit(module.alpha_init))
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
         """Gradient checkpointing is timm's own (`set_grad_checkpointing`: one checkpoint per stage)."""
