@@ -18,6 +18,12 @@ from hf_cxr.modeling.ma_msf import (
     MAMSFImageProcessor,
     MAMSFModel,
 )
+from hf_cxr.modeling.mxa_efficientvit import (
+    MXAEfficientViTConfig,
+    MXAEfficientViTForImageClassification,
+    MXAEfficientViTImageProcessor,
+    MXAEfficientViTModel,
+)
 from hf_cxr.models import (
     ARCHITECTURES,
     build_config,
@@ -46,6 +52,10 @@ __all__ = [
     "MAMSFForImageClassification",
     "MAMSFImageProcessor",
     "MAMSFModel",
+    "MXAEfficientViTConfig",
+    "MXAEfficientViTForImageClassification",
+    "MXAEfficientViTImageProcessor",
+    "MXAEfficientViTModel",
     "build_config",
     "build_image_processor",
     "build_model",
