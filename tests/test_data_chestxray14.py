@@ -161,6 +161,7 @@ def test_card_and_report_hold_counts(converted: tuple[Path, dict]) -> None:
     dataset = datasets.load_from_disk(str(out))
     assert f"| images | {dataset['train'].num_rows} | {dataset['validation'].num_rows} | 4 |" in card
     assert "Wang X, Peng Y" in card and "nihcc.app.box.com" in card and "Research use only" in card
+    assert "## Limitations and biases" in card  # rendered from hub_cards/dataset_chestxray14.md
     assert re.search(r"\$\w", card) is None  # every placeholder filled
     assert not (out / "skipped_files.txt").exists()
 

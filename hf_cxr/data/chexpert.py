@@ -37,7 +37,7 @@ from hf_cxr.data._common import (
     render_card,
     skipped_section,
 )
-from hf_cxr.labels import CHEXPERT_LABELS
+from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL
 
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
@@ -85,6 +85,19 @@ class CheXpertRecord:
     ap_pa: str
     sex: str
     age: int
+
+
+def shared_finding_columns() -> tuple[list[str], list[int], list[int]]:
+    """For cross-dataset evaluation (a ChestX-ray14 model scored on CheXpert without retraining).
+
+    Returns (ChestX-ray14 names, their column indices in a ChestX-ray14 model's logits, the matching column
+    indices in this dataset's `labels`), for exactly the findings both label sets share
+    (`hf_cxr.labels.CHESTXRAY14_TO_CHEXPERT`): score `logits[:, nih]` against `labels[:, chexpert]`.
+    """
+    names = [name for name in CHESTXRAY14_LABELS if name in CHESTXRAY14_TO_CHEXPERT]
+    nih = [CHESTXRAY14_LABELS.index(name) for name in names]
+    chexpert = [CHEXPERT_LABELS.index(CHESTXRAY14_TO_CHEXPERT[name]) for name in names]
+    return names, nih, chexpert
 
 
 def _parse_label(text: str, where: str) -> float | None:
@@ -194,11 +207,12 @@ def _summarize(
     for split, part in dataset.items():
         labels = np.asarray(part.data.column("labels").to_pylist(), dtype=np.float32).reshape(-1, 14)
         flags = np.asarray(part.data.column("uncertain").to_pylist(), dtype=bool).reshape(-1, 14)
+        positive = (labels == 1.0) & ~flags  # before the uncertainty policy
         counts[split] = {
             "images": part.num_rows,
             "patients": len(set(part.data.column("patient_id").to_pylist())),
             "frontal": sum(view == "Frontal" for view in part.data.column("frontal_lateral").to_pylist()),
-            "positive": {name: int((labels[:, i] == 1.0).sum()) for i, name in enumerate(CHEXPERT_LABELS)},
+            "positive": {name: int(positive[:, i].sum()) for i, name in enumerate(CHEXPERT_LABELS)},
             "uncertain": {name: int(flags[:, i].sum()) for i, name in enumerate(CHEXPERT_LABELS)},
         }
     report = {
