@@ -13,6 +13,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoVideoProcessor,
     PretrainedConfig,
     PreTrainedModel,
 )
@@ -25,6 +26,12 @@ from hf_cxr.modeling.cr_msnet import (
     CRMSNetModel,
 )
 from hf_cxr.modeling.ma_msf import MAMSFConfig, MAMSFForImageClassification, MAMSFImageProcessor, MAMSFModel
+from hf_cxr.modeling.mxa_efficientvit import (
+    MXAEfficientViTConfig,
+    MXAEfficientViTForImageClassification,
+    MXAEfficientViTImageProcessor,
+    MXAEfficientViTModel,
+)
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,37 @@ class Architecture:
     task_model_class: type[PreTrainedModel]
     image_processor_class: type[BaseImageProcessor]
     task_auto_class: type = AutoModelForImageClassification
+    # Module names for `peft.LoraConfig(target_modules=...)` (attention and projection layers); the classifier
+    # goes in `modules_to_save`.
+    lora_target_modules: tuple[str, ...] = ()
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "cr_msnet": Architecture(CRMSNetConfig, CRMSNetModel, CRMSNetForImageClassification, CRMSNetImageProcessor),
-    "ma_msf": Architecture(MAMSFConfig, MAMSFModel, MAMSFForImageClassification, MAMSFImageProcessor),
+    "cr_msnet": Architecture(
+        CRMSNetConfig,
+        CRMSNetModel,
+        CRMSNetForImageClassification,
+        CRMSNetImageProcessor,
+        lora_target_modules=("q_proj", "k_proj", "v_proj", "out_proj", "global_proj", "local_proj"),
+    ),
+    # LoRA on the backbone's pointwise convs and the fusion convs; the momentum anchor (conv_head + bn2) is left
+    # out so that it stays an EMA of the online block, never a trainable adapter.
+    "ma_msf": Architecture(
+        MAMSFConfig,
+        MAMSFModel,
+        MAMSFForImageClassification,
+        MAMSFImageProcessor,
+        lora_target_modules=("conv_pw", "conv_pwl", "conv"),
+    ),
+    # LoRA on the cascaded group attention: per-head query/key/value convs (up to 4 heads) and the output
+    # projection; both heads live in `classifier` (modules_to_save).
+    "mxa_efficientvit": Architecture(
+        MXAEfficientViTConfig,
+        MXAEfficientViTModel,
+        MXAEfficientViTForImageClassification,
+        MXAEfficientViTImageProcessor,
+        lora_target_modules=("qkvs.0.conv", "qkvs.1.conv", "qkvs.2.conv", "qkvs.3.conv", "proj.1.conv"),
+    ),
 }
 
 
@@ -57,6 +90,10 @@ def register_architectures() -> None:
         AutoImageProcessor.register(
             arch.config_class, image_processor_classes={"torchvision": arch.image_processor_class}, exist_ok=True
         )
+        # The pipeline factory also looks for a video processor and, finding our image processor's auto_map,
+        # would ask on stdin whether to trust remote code; registering "no video processor" for our config
+        # tells it the model type is known locally, so nothing prompts.
+        AutoVideoProcessor.register(arch.config_class, video_processor_classes={"torchvision": None}, exist_ok=True)
         arch.config_class.register_for_auto_class()
         arch.base_model_class.register_for_auto_class("AutoModel")
         arch.task_model_class.register_for_auto_class(arch.task_auto_class.__name__)
