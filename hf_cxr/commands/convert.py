@@ -23,7 +23,7 @@ def _image_size(text: str) -> int | None:
     return value
 
 
-def _common(parser: argparse.ArgumentParser, image_size: int | None = None) -> None:
+def _common(parser: argparse.ArgumentParser, image_size: int | None = None, seed: bool = True) -> None:
     parser.add_argument("--root", type=Path, required=True, help="the raw download's folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
     if image_size is not None:
@@ -34,7 +34,8 @@ def _common(parser: argparse.ArgumentParser, image_size: int | None = None) -> N
             help=f"stored shorter side in px (default {image_size}; 0 keeps the original size)",
         )
     parser.add_argument("--num-proc", type=int, default=None, help="worker processes for reading/resizing")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    if seed:  # CheXpert keeps Stanford's splits: nothing is drawn at random
+        parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     parser.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable files (each is listed in the card) instead of failing"
     )
@@ -56,7 +57,7 @@ def add_parser(subparsers: Any) -> None:
     nih.set_defaults(func=_run_chestxray14)
 
     chexpert = datasets_parsers.add_parser("chexpert", help="Stanford CheXpert (-small or full)")
-    _common(chexpert, CHEXPERT_SIZE)
+    _common(chexpert, CHEXPERT_SIZE, seed=False)
     chexpert.add_argument(
         "--uncertain", choices=UNCERTAIN_POLICIES, default="ignore", help="what uncertain (-1) labels become"
     )

@@ -36,6 +36,9 @@ REPORT_NAME = "conversion_report.json"
 _SKIP_LOG_PREFIX = "skipped-"
 _ERROR_LOG_PREFIX = "errors-"
 _MAX_LISTED = 50
+# Arrow shard size of the saved folder. `save_to_disk` holds about a shard in memory while writing it, so this
+# bounds the conversion's memory whatever the dataset's size (one big shard would grow with the dataset).
+SHARD_SIZE = "50MB"
 
 
 class MissingFilesError(FileNotFoundError):
@@ -316,7 +319,7 @@ def generate_dataset_dict(
         dataset = datasets.DatasetDict(splits)
         skipped = sorted([*already_skipped, *read_skipped(log_dir)], key=lambda entry: entry["path"])
         report, card = summarize(dataset, skipped)
-        dataset.save_to_disk(str(final_dir))
+        dataset.save_to_disk(str(final_dir), max_shard_size=SHARD_SIZE)
         (final_dir / "README.md").write_text(card, encoding="utf-8")
         (final_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if skipped:
