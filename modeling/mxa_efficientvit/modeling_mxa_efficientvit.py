@@ -255,6 +255,9 @@ class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
 class MXAEfficientViTModel(MXAEfficientViTPreTrainedModel):
     """The EfficientViT backbone with MXA in every attention block; returns the pooled image vector."""
 
+    # Loading the features-only model from a classifier checkpoint: the heads are expected to be left behind.
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
+
     def __init__(self, config: MXAEfficientViTConfig) -> None:
         super().__init__(config)
         self.backbone = _mark_as_timm(
