@@ -138,7 +138,12 @@ class MXABlock(nn.Module):
     """
 
     def __init__(
-        self, channels: int, reduction: int, spatial_kernel_size: int, roi_pooling: str, initial_logits: list[float]
+        self,
+        channels: int,
+        reduction: int,
+        spatial_kernel_size: int,
+        roi_pooling: str,
+        initial_logits: list[float] | None,
     ) -> None:
         super().__init__()
         self.roi_pooling = roi_pooling
@@ -374,9 +379,10 @@ class MXAEfficientViTForImageClassification(MXAEfficientViTPreTrainedModel):
         **kwargs,
     ) -> MXAEfficientViTImageClassifierOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        expected = (pixel_values.shape[0], self.config.num_labels) if isinstance(pixel_values, torch.Tensor) else None
-        if labels is not None and (expected is None or tuple(labels.shape) != expected):
-            raise ValueError(f"labels must be multi-hot floats of shape {expected}, got {tuple(labels.shape)}")
+        if labels is not None and isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
+            expected = (pixel_values.shape[0], self.config.num_labels)
+            if tuple(labels.shape) != expected:
+                raise ValueError(f"labels must be multi-hot floats of shape {expected}, got {tuple(labels.shape)}")
         features = self.mxa_efficientvit(
             pixel_values,
             output_attentions=output_attentions,
