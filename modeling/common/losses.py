@@ -8,6 +8,7 @@ labels and a teacher's missing findings are skipped. The mean is over the labels
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import nn
 
 IGNORE_LABEL = -100.0
 LOSS_TYPES = ("bce", "focal", "class_balanced_focal", "asymmetric")
+CLASS_BALANCE_MODES = ("effective_number", "inverse_frequency")
 
 
 def _masked_mean(per_label: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -137,3 +139,18 @@ def build_loss(
     if loss_type == "asymmetric":
         return AsymmetricLoss(asymmetric_gamma_pos, asymmetric_gamma_neg, asymmetric_clip)
     raise ValueError(f"loss must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def build_loss_from_config(config: Any) -> nn.Module:
+    """The loss a model config names, with that config's loss fields (see `CXRClassifierConfig`)."""
+    return build_loss(
+        config.loss,
+        focal_gamma=config.focal_gamma,
+        class_positive_counts=config.class_positive_counts,
+        num_train_samples=config.num_train_samples,
+        class_balance_mode=config.class_balance_mode,
+        class_balance_beta=config.class_balance_beta,
+        asymmetric_gamma_pos=config.asymmetric_gamma_pos,
+        asymmetric_gamma_neg=config.asymmetric_gamma_neg,
+        asymmetric_clip=config.asymmetric_clip,
+    )

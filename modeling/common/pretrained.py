@@ -5,6 +5,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
+from transformers import initialization as init
+
+
+def mark_as_timm(module: nn.Module) -> nn.Module:
+    """Flag a timm backbone's modules so `_init_weights` leaves timm's own initialisation in place."""
+    for submodule in module.modules():
+        submodule._hf_cxr_timm_owned = True
+    return module
 
 
 class CXRPreTrainedMixin:
@@ -12,6 +21,31 @@ class CXRPreTrainedMixin:
 
     # Name of the architecture's features-only class, listed in the saved auto_map as `AutoModel`.
     base_model_class_name: ClassVar[str]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise the layers hf-cxr adds; timm backbones keep the initialisation timm gave them."""
+        if getattr(module, "_hf_cxr_timm_owned", False):
+            # Only buffers computed at build time need recomputing after a meta-device construction.
+            if hasattr(module, "init_non_persistent_buffers"):
+                module.init_non_persistent_buffers()
+            return
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         # The auto_map written for remote code only names the class being saved; add the base model so that

@@ -19,8 +19,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_cr_msnet import CRMSNetConfig
 from .layers import ChannelAttention, CrossAttention, SpatialAttention
-from .losses import build_loss
-from .pretrained import CXRPreTrainedMixin
+from .losses import build_loss_from_config
+from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
 
 @dataclass
@@ -100,13 +100,6 @@ class AdaptiveGate(nn.Module):
         return torch.sigmoid(self.fc2(self.act(self.fc1(torch.cat([pooled_global, pooled_fused], dim=-1)))))
 
 
-def _mark_as_timm(module: nn.Module) -> nn.Module:
-    """Flag a timm backbone's modules so `_init_weights` leaves timm's own initialisation in place."""
-    for submodule in module.modules():
-        submodule._hf_cxr_timm_owned = True
-    return module
-
-
 class CRMSNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = CRMSNetConfig
     config: CRMSNetConfig
@@ -120,21 +113,8 @@ class CRMSNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if getattr(module, "_hf_cxr_timm_owned", False):
-            # timm initialised the backbone when it was built; only buffers computed at build time need
-            # recomputing after a meta-device construction.
-            if hasattr(module, "init_non_persistent_buffers"):
-                module.init_non_persistent_buffers()
-            return
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, PMSCSA) and module.combine == "learned":
+        super()._init_weights(module)
+        if isinstance(module, PMSCSA) and module.combine == "learned":
             init.ones_(module.channel_weight)
             init.ones_(module.spatial_weight)
 
@@ -151,7 +131,7 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
 
     def __init__(self, config: CRMSNetConfig) -> None:
         super().__init__(config)
-        self.global_backbone = _mark_as_timm(
+        self.global_backbone = mark_as_timm(
             timm.create_model(
                 config.global_backbone,
                 pretrained=False,
@@ -163,7 +143,7 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
                 **config.global_backbone_kwargs,
             )
         )
-        self.local_backbone = _mark_as_timm(
+        self.local_backbone = mark_as_timm(
             timm.create_model(
                 config.local_backbone,
                 pretrained=False,
@@ -236,17 +216,7 @@ class CRMSNetForImageClassification(CRMSNetPreTrainedModel):
         self.cr_msnet = CRMSNetModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.fusion_dim, config.num_labels)
-        self.criterion = build_loss(
-            config.loss,
-            focal_gamma=config.focal_gamma,
-            class_positive_counts=config.class_positive_counts,
-            num_train_samples=config.num_train_samples,
-            class_balance_mode=config.class_balance_mode,
-            class_balance_beta=config.class_balance_beta,
-            asymmetric_gamma_pos=config.asymmetric_gamma_pos,
-            asymmetric_gamma_neg=config.asymmetric_gamma_neg,
-            asymmetric_clip=config.asymmetric_clip,
-        )
+        self.criterion = build_loss_from_config(config)
         self.post_init()
 
     def forward(

@@ -23,12 +23,11 @@ from timm.models import checkpoint_seq
 from torch import nn
 from torch.func import functional_call
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_ma_msf import MAMSFConfig
-from .losses import build_loss
-from .pretrained import CXRPreTrainedMixin
+from .losses import build_loss_from_config
+from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
 
 @dataclass
@@ -59,13 +58,6 @@ class MAMSFImageClassifierOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-
-
-def _mark_as_timm(module: nn.Module) -> nn.Module:
-    """Flag a timm backbone's modules so `_init_weights` leaves timm's own initialisation in place."""
-    for submodule in module.modules():
-        submodule._hf_cxr_timm_owned = True
-    return module
 
 
 def _peft_neutral(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -174,30 +166,6 @@ class MAMSFPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     _no_split_modules = ["MAMSFModel"]
     base_model_class_name = "MAMSFModel"
 
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        if getattr(module, "_hf_cxr_timm_owned", False):
-            # timm initialised the backbone when it was built, and the anchor is an exact copy of it: re-randomising
-            # either would break anchor == online at construction. Only build-time buffers need recomputing after
-            # a meta-device construction.
-            if hasattr(module, "init_non_persistent_buffers"):
-                module.init_non_persistent_buffers()
-            return
-        if isinstance(module, nn.Conv2d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=self.config.initializer_range)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            init.zeros_(module.num_batches_tracked)
-
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
         # The weight loader re-creates every float parameter with requires_grad=True; the anchor must stay frozen
@@ -229,7 +197,7 @@ class MAMSFModel(MAMSFPreTrainedModel):
 
     def __init__(self, config: MAMSFConfig) -> None:
         super().__init__(config)
-        self.backbone = _mark_as_timm(
+        self.backbone = mark_as_timm(
             timm.create_model(
                 config.backbone,
                 pretrained=False,
@@ -309,17 +277,7 @@ class MAMSFForImageClassification(MAMSFPreTrainedModel):
         self.ma_msf = MAMSFModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.fusion_dim, config.num_labels)
-        self.criterion = build_loss(
-            config.loss,
-            focal_gamma=config.focal_gamma,
-            class_positive_counts=config.class_positive_counts,
-            num_train_samples=config.num_train_samples,
-            class_balance_mode=config.class_balance_mode,
-            class_balance_beta=config.class_balance_beta,
-            asymmetric_gamma_pos=config.asymmetric_gamma_pos,
-            asymmetric_gamma_neg=config.asymmetric_gamma_neg,
-            asymmetric_clip=config.asymmetric_clip,
-        )
+        self.criterion = build_loss_from_config(config)
         self.post_init()
 
     def forward(

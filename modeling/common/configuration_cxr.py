@@ -1,0 +1,102 @@
+"""Configuration fields every hf-cxr 2D multi-label classifier shares; each architecture's config subclasses it."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from transformers import PretrainedConfig
+
+from .labels import CHESTXRAY14_LABELS, label_maps
+from .losses import CLASS_BALANCE_MODES, LOSS_TYPES
+
+
+class CXRClassifierConfig(PretrainedConfig):
+    r"""Shared fields of the multi-label chest X-ray classifiers (documented once here).
+
+    Args:
+        image_size (`int`, defaults to 224): input height and width.
+        num_channels (`int`, defaults to 3): input channels.
+        classifier_dropout (`float`, defaults to 0.2): dropout before the classifier.
+        loss (`str`, defaults to `"bce"`): `bce`, `focal`, `class_balanced_focal` or `asymmetric` (the training recipe
+            picks the paper's loss for each stage).
+        focal_gamma (`float`, defaults to 2.0): focusing parameter of the focal losses.
+        class_positive_counts (`list[int]`, *optional*): positives per finding in the training split (needed by
+            `class_balanced_focal`; the training script writes it from the dataset).
+        num_train_samples (`int`, *optional*): size of the training split (with `class_positive_counts`).
+        class_balance_mode (`str`, defaults to `"effective_number"`): `effective_number` (Cui et al., CVPR 2019) or
+            `inverse_frequency` ((N / n_c)^beta).
+        class_balance_beta (`float`, defaults to 0.9999): beta of the chosen class-balance rule.
+        asymmetric_gamma_pos, asymmetric_gamma_neg, asymmetric_clip (`float`, defaults 0, 4, 0.05): the asymmetric
+            loss of Ridnik et al. (ICCV 2021).
+        decision_thresholds (`dict[str, float]`, *optional*): per-finding thresholds chosen on the validation split by
+            the evaluation step (Youden); 0.5 where absent.
+        initializer_range (`float`, defaults to 0.02): std of the truncated-normal init of linear layers outside the
+            timm backbones.
+        labels (`list[str]`, *optional*): finding names, in output order; defaults to the architecture's dataset
+            (`default_labels`). `id2label`/`label2id` are derived from it. `problem_type` is
+            `multi_label_classification`: one sigmoid per finding, never a softmax.
+    """
+
+    default_labels: ClassVar[tuple[str, ...]] = CHESTXRAY14_LABELS
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        num_channels: int = 3,
+        classifier_dropout: float = 0.2,
+        loss: str = "bce",
+        focal_gamma: float = 2.0,
+        class_positive_counts: list[int] | None = None,
+        num_train_samples: int | None = None,
+        class_balance_mode: str = "effective_number",
+        class_balance_beta: float = 0.9999,
+        asymmetric_gamma_pos: float = 0.0,
+        asymmetric_gamma_neg: float = 4.0,
+        asymmetric_clip: float = 0.05,
+        decision_thresholds: dict[str, float] | None = None,
+        initializer_range: float = 0.02,
+        **kwargs: Any,
+    ) -> None:
+        self.image_size = image_size
+        self.num_channels = num_channels
+        self.classifier_dropout = classifier_dropout
+        self.loss = loss
+        self.focal_gamma = focal_gamma
+        self.class_positive_counts = list(class_positive_counts) if class_positive_counts is not None else None
+        self.num_train_samples = num_train_samples
+        self.class_balance_mode = class_balance_mode
+        self.class_balance_beta = class_balance_beta
+        self.asymmetric_gamma_pos = asymmetric_gamma_pos
+        self.asymmetric_gamma_neg = asymmetric_gamma_neg
+        self.asymmetric_clip = asymmetric_clip
+        self.decision_thresholds = dict(decision_thresholds or {})
+        self.initializer_range = initializer_range
+        if "id2label" not in kwargs and "num_labels" not in kwargs:
+            kwargs["id2label"], kwargs["label2id"] = label_maps(kwargs.pop("labels", self.default_labels))
+        kwargs.setdefault("problem_type", "multi_label_classification")
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _fail(self, field: str, problem: str) -> None:
+        raise ValueError(f"{type(self).__name__}.{field} {problem}")
+
+    def _validate(self) -> None:
+        """Checks of the shared fields; subclasses extend it with their own (and call this one)."""
+        if self.loss not in LOSS_TYPES:
+            self._fail("loss", f"must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if self.class_balance_mode not in CLASS_BALANCE_MODES:
+            self._fail("class_balance_mode", f"must be one of {CLASS_BALANCE_MODES}, got {self.class_balance_mode!r}")
+        counts = self.class_positive_counts
+        if counts is not None and len(counts) != self.num_labels:
+            self._fail("class_positive_counts", f"has {len(counts)} entries for {self.num_labels} labels")
+        unknown = sorted(set(self.decision_thresholds) - set(self.id2label.values()))
+        if unknown:
+            self._fail("decision_thresholds", f"names findings the model does not have: {unknown}")
+
+    @classmethod
+    def from_preset(cls, preset: str = "paper", **overrides: Any) -> CXRClassifierConfig:
+        """A config from a named preset (`paper`: the published configuration, `tiny`: CPU seconds), overridden."""
+        if preset not in cls.presets:
+            raise ValueError(f"unknown {cls.model_type} preset {preset!r}; choose from {sorted(cls.presets)}")
+        return cls(**{**cls.presets[preset], **overrides})
