@@ -7,6 +7,7 @@ from hf_cxr.modeling.common.losses import (
     FocalLoss,
     MultiLabelBCELoss,
     build_loss,
+    build_loss_from_config,
     class_balance_weights,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "FocalLoss",
     "MultiLabelBCELoss",
     "build_loss",
+    "build_loss_from_config",
     "class_balance_weights",
 ]

@@ -1,0 +1,107 @@
+"""Training recipes: YAML files holding a paper's hyper-parameters, and the one schema `train.py` reads.
+
+A recipe is looked up by name in `training_scripts/recipes/` (shipped inside the package as `hf_cxr.recipes_data`)
+or given as a path. Command-line flags override its fields. Every key is either used or refused: an unknown
+key is an error, so a typo never silently trains something else.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The keys a recipe may hold, per section. Values are documented in `training_scripts/recipes/README.md`.
+RECIPE_SCHEMA: dict[str, set[str]] = {
+    "model": {"model_type", "preset", "overrides", "backbone_init"},
+    "data": {
+        "dataset", "labels", "train_split", "validation_split", "image_size", "num_channels", "resize_mode",
+        "split_protocol", "uncertain_labels", "views", "intensity_range", "interpolation",
+    },
+    "split_protocols": None,  # free-form documentation of the split protocols a recipe supports
+    "anchor": {"update", "carry_over_between_stages"},
+    "curriculum": None,  # stage name -> STAGE_KEYS
+    "augmentation": {
+        "random_resized_crop", "horizontal_flip", "rotate", "affine", "elastic", "gaussian_blur", "mixup", "cutmix",
+    },
+    "optimization": {
+        "optimizer", "learning_rate", "weight_decay", "betas", "eps", "batch_size", "epochs", "scheduler",
+        "warmup_epochs", "warmup_learning_rate", "min_learning_rate", "cooldown_epochs", "gradient_clipping", "ema",
+        "seed", "mixed_precision", "gradient_accumulation_steps",
+    },
+    "distillation": {
+        "enabled", "teacher", "teacher_labels", "teacher_outputs", "type", "alpha", "temperature",
+        "dynamic_weights", "no_finding", "unmapped_labels",
+    },
+    "evaluation": {"metrics", "select_best_by", "threshold"},
+}  # fmt: skip
+STAGE_KEYS = {
+    "description", "exclude_no_finding", "loss", "focal_gamma", "class_balance_mode", "class_balance_beta",
+    "asymmetric_gamma_pos", "asymmetric_gamma_neg", "asymmetric_clip", "epochs", "learning_rate",
+}  # fmt: skip
+
+
+def recipes_dir() -> Path:
+    """Where the shipped recipes live (the repository's `training_scripts/recipes`, packaged as data)."""
+    return Path(str(resources.files("hf_cxr.recipes_data")))
+
+
+def available_recipes() -> list[str]:
+    return sorted(path.stem for path in recipes_dir().glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """A recipe by shipped name (e.g. `cr_msnet_chestxray14`) or YAML path, validated against the schema."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = recipes_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no recipe '{name_or_path}': not a file and not one of {available_recipes()}")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"'{path}': not valid YAML ({error})") from error
+    validate_recipe(recipe, str(path))
+    return recipe
+
+
+def validate_recipe(recipe: Mapping[str, Any], where: str = "recipe") -> None:
+    """Raise `ValueError` naming every key the training script would not use."""
+    unknown = [f"{section}" for section in recipe if section not in RECIPE_SCHEMA]
+    for section, keys in RECIPE_SCHEMA.items():
+        values = recipe.get(section) or {}
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where}: section '{section}' must be a mapping")
+        if keys is not None:
+            unknown += [f"{section}.{key}" for key in values if key not in keys]
+    for stage, values in (recipe.get("curriculum") or {}).items():
+        unknown += [f"curriculum.{stage}.{key}" for key in (values or {}) if key not in STAGE_KEYS]
+    if unknown:
+        raise ValueError(f"{where}: unknown recipe keys {unknown}")
+
+
+def set_by_path(recipe: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """`optimization.learning_rate=3e-4`-style override (the value is parsed as YAML)."""
+    parts = dotted_key.split(".")
+    node = recipe
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set '{dotted_key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(recipe: Mapping[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """A copy of `recipe` with each `section.key=value` assignment applied, validated."""
+    result = copy.deepcopy(dict(recipe))
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ValueError(f"--set expects section.key=value, got '{assignment}'")
+        key, raw = assignment.split("=", 1)
+        set_by_path(result, key.strip(), yaml.safe_load(raw))
+    validate_recipe(result, "recipe after --set")
+    return result

@@ -1,0 +1,605 @@
+"""The Accelerate training loop behind `training_scripts/train.py` and `hf-cxr train`.
+
+One loop for every 2D architecture and every machine: CPU, one GPU, or many GPUs/nodes under
+`accelerate launch` (DDP; FSDP/DeepSpeed through Accelerate's own config), mixed precision, gradient
+accumulation and an optional `torch.compile`. A recipe (YAML, see `hf_cxr.recipes`) gives the paper's
+hyper-parameters: a curriculum of stages (e.g. abnormal images first, then all images with a class-balanced
+loss), optimiser and schedule, augmentation, gradient clipping, model EMA and distillation.
+
+Checkpoints (`accelerator.save_state`: model, optimiser, scheduler, RNG, EMA, position in the data) are written
+atomically every `checkpointing_steps`; `--resume-from-checkpoint latest` continues the same run and ends with
+the same weights as an uninterrupted one. The best model on the validation split (never the test split) is
+written to the output folder with `save_pretrained`, with its image processor and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from hf_cxr.callbacks import update_model_anchor
+from hf_cxr.data.transforms import eval_transform, train_transform
+from hf_cxr.losses import build_loss_from_config
+from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
+from hf_cxr.models import build_image_processor, build_model
+from hf_cxr.recipes import apply_overrides, load_recipe
+
+CHECKPOINT_PREFIX = "step-"
+LOSS_FIELDS = (
+    "loss", "focal_gamma", "class_balance_mode", "class_balance_beta",
+    "asymmetric_gamma_pos", "asymmetric_gamma_neg", "asymmetric_clip",
+)  # fmt: skip
+
+
+@dataclass
+class Stage:
+    """One curriculum stage: which images, which loss, how long, at which learning rate."""
+
+    name: str
+    exclude_no_finding: bool = False
+    loss_fields: dict[str, Any] = field(default_factory=dict)
+    epochs: float = 1.0
+    learning_rate: float | None = None
+    steps: int = 0  # optimizer steps, resolved once the data is known
+
+
+class TrainingProgress:
+    """The position in the run and the best validation result so far (saved as JSON in each checkpoint)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.best_metric = -math.inf
+        self.best_step = -1
+        self.history: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "best_metric": self.best_metric, "best_step": self.best_step,
+                "history": self.history}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.best_metric, self.best_step = state["step"], state["best_metric"], state["best_step"]
+        self.history = state["history"]
+
+
+class CSVTracker(GeneralTracker):
+    """Accelerate tracker writing one `metrics.csv` row per logged step (no extra dependency)."""
+
+    name = "csv"
+    requires_logging_directory = True
+    main_process_only = True
+
+    def __init__(self, run_name: str, logging_dir: str | os.PathLike) -> None:
+        super().__init__()
+        self.path = Path(logging_dir) / run_name / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tracker(self) -> Path:
+        return self.path
+
+    def store_init_configuration(self, values: dict) -> None:
+        (self.path.parent / "config.json").write_text(json.dumps(values, indent=2, default=str))
+
+    def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
+        with self.path.open("a") as handle:
+            for key, value in values.items():
+                handle.write(f"{step},{key},{value}\n")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `train.py` / `hf-cxr train` command line; flags override the recipe."""
+    parser.add_argument("--model", required=True, help="model_type, e.g. cr_msnet, ma_msf, mxa_efficientvit")
+    parser.add_argument("--preset", default=None, help="paper (the published configuration) or tiny")
+    parser.add_argument("--dataset", required=True, help="a converted dataset folder (hf-cxr convert) or a Hub id")
+    parser.add_argument("--output-dir", required=True, help="the final model, checkpoints and logs go here")
+    parser.add_argument("--recipe", default=None, help="recipe name in training_scripts/recipes or a YAML path")
+    parser.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (overrides epochs)")
+    parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--per-device-batch-size", type=int, default=None)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None, help="overrides every stage's learning rate")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--checkpointing-steps", type=int, default=500)
+    parser.add_argument("--keep-checkpoints", type=int, default=2, help="how many recent checkpoints to keep")
+    parser.add_argument("--eval-steps", type=int, default=None, help="validate every N steps (default: per epoch)")
+    parser.add_argument("--stop-after-steps", type=int, default=None,
+                        help="leave after N optimizer steps of this invocation (e.g. a preemptible job's slot); "
+                        "resume with --resume-from-checkpoint latest")  # fmt: skip
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--teacher", default=None, help="distillation teacher: local path or Hub id")
+    parser.add_argument("--log-with", default="csv", help="Accelerate trackers: csv, tensorboard, wandb, all")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any recipe field, e.g. --set optimization.weight_decay=0.05")  # fmt: skip
+    return parser
+
+
+def resolve_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe named by `--recipe` (or an empty one) with `--set` and the explicit flags applied."""
+    recipe = load_recipe(args.recipe) if args.recipe else {}
+    model_type = (recipe.get("model") or {}).get("model_type")
+    if model_type and model_type != args.model:
+        raise ValueError(f"recipe '{args.recipe}' is for model {model_type!r}, not {args.model!r}")
+    recipe = apply_overrides(recipe, list(args.set))
+    opt = recipe.setdefault("optimization", {})
+    for flag, key in (
+        ("per_device_batch_size", "batch_size"),
+        ("gradient_accumulation_steps", "gradient_accumulation_steps"),
+        ("mixed_precision", "mixed_precision"),
+        ("seed", "seed"),
+    ):
+        if getattr(args, flag) is not None:
+            opt[key] = getattr(args, flag)
+    if args.learning_rate is not None:
+        opt["learning_rate"] = args.learning_rate
+        for stage in (recipe.get("curriculum") or {}).values():
+            stage["learning_rate"] = args.learning_rate
+    if args.teacher:
+        recipe.setdefault("distillation", {}).update({"enabled": True, "teacher": args.teacher})
+    return recipe
+
+
+def stages_from_recipe(recipe: dict[str, Any]) -> list[Stage]:
+    """The curriculum stages, in order; a recipe without a curriculum is one stage on all images."""
+    opt = recipe.get("optimization") or {}
+    curriculum = recipe.get("curriculum") or {"all": {"epochs": opt.get("epochs", 1)}}
+    stages = []
+    for name, values in curriculum.items():
+        values = values or {}
+        stages.append(
+            Stage(
+                name=name,
+                exclude_no_finding=bool(values.get("exclude_no_finding", False)),
+                loss_fields={key: values[key] for key in LOSS_FIELDS if key in values},
+                epochs=float(values.get("epochs", opt.get("epochs", 1))),
+                learning_rate=values.get("learning_rate", opt.get("learning_rate")),
+            )
+        )
+    return stages
+
+
+def augmentation_from_recipe(section: dict[str, Any] | None) -> torch.nn.Module:
+    """torchvision v2 transforms for a grey [1, H, W] image in [0, 1], from the recipe's `augmentation`."""
+    section = section or {}
+    steps: list[Any] = []
+
+    def maybe(transform: Any, p: float) -> Any:
+        return transform if p >= 1.0 else v2.RandomApply([transform], p=p)
+
+    if (crop := section.get("random_resized_crop")) and crop.get("p", 1.0) > 0:
+        # Crop a region and scale it back to the input size; the processor resizes to the model's size after.
+        steps.append(_ResizedCrop(tuple(crop.get("scale", (0.8, 1.0))), tuple(crop.get("ratio", (0.75, 4 / 3)))))
+    if (flip := section.get("horizontal_flip")) and flip.get("p", 0) > 0:
+        steps.append(v2.RandomHorizontalFlip(p=flip["p"]))
+    if (rotate := section.get("rotate")) and rotate.get("p", 1.0) > 0:
+        steps.append(maybe(v2.RandomRotation(rotate["degrees"]), rotate.get("p", 1.0)))
+    if (affine := section.get("affine")) and affine.get("p", 1.0) > 0:
+        transform = v2.RandomAffine(
+            degrees=0, translate=tuple(affine.get("translate", (0, 0))), scale=tuple(affine.get("scale", (1, 1))),
+            shear=affine.get("shear", 0) or None,
+        )  # fmt: skip
+        steps.append(maybe(transform, affine.get("p", 1.0)))
+    if (elastic := section.get("elastic")) and elastic.get("p", 1.0) > 0:
+        transform = v2.ElasticTransform(alpha=elastic.get("alpha", 50.0), sigma=elastic.get("sigma", 5.0))
+        steps.append(maybe(transform, elastic.get("p", 1.0)))
+    if (blur := section.get("gaussian_blur")) and blur.get("p", 1.0) > 0:
+        transform = v2.GaussianBlur(blur.get("kernel_size", 3), sigma=tuple(blur.get("sigma", (0.1, 1.0))))
+        steps.append(maybe(transform, blur.get("p", 1.0)))
+    for unsupported in ("mixup", "cutmix"):
+        if section.get(unsupported):
+            raise ValueError(f"augmentation.{unsupported} is not supported by train.py; set it to 0")
+    return v2.Compose(steps) if steps else v2.Identity()
+
+
+class _ResizedCrop(torch.nn.Module):
+    """RandomResizedCrop back to the input's own size (the processor resizes to the model's size later)."""
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float]) -> None:
+        super().__init__()
+        self.scale, self.ratio = scale, ratio
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return v2.RandomResizedCrop(tuple(image.shape[-2:]), scale=self.scale, ratio=self.ratio)(image)
+
+
+def lr_at(step: int, stages: Sequence[Stage], opt: dict[str, Any], steps_per_epoch: Sequence[int]) -> float:
+    """The learning rate after `step` optimizer steps: per stage, linear warm-up (first stage), cosine decay
+    to `min_learning_rate`, then `cooldown_epochs` at the minimum."""
+    min_lr = float(opt.get("min_learning_rate", 0.0))
+    start = 0
+    for index, stage in enumerate(stages):
+        if step < start + stage.steps or index == len(stages) - 1:
+            within = step - start
+            base = float(stage.learning_rate)
+            warmup = round(float(opt.get("warmup_epochs", 0)) * steps_per_epoch[index]) if index == 0 else 0
+            cooldown = round(float(opt.get("cooldown_epochs", 0)) * steps_per_epoch[index])
+            warmup, cooldown = min(warmup, stage.steps // 2), min(cooldown, stage.steps // 2)
+            if within < warmup:
+                warm_start = float(opt.get("warmup_learning_rate", 0.0))
+                return warm_start + (base - warm_start) * (within + 1) / warmup
+            decay_steps = max(stage.steps - warmup - cooldown, 1)
+            progress = min(max(within - warmup, 0) / decay_steps, 1.0)
+            if opt.get("scheduler", "cosine") == "constant":
+                return base
+            return min_lr + (base - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        start += stage.steps
+    raise AssertionError("unreachable")
+
+
+def _label_counts(split: datasets.Dataset) -> tuple[list[int], int]:
+    labels = np.asarray(split.with_format("numpy")["labels"], dtype=np.float32)
+    return (labels == 1).sum(axis=0).astype(int).tolist(), int(labels.shape[0])
+
+
+def _no_finding_mask(split: datasets.Dataset) -> list[bool]:
+    labels = np.asarray(split.with_format("numpy")["labels"], dtype=np.float32)
+    return (labels != 1).all(axis=1).tolist()
+
+
+def load_training_data(dataset: str, train_split: str, validation_split: str) -> datasets.DatasetDict:
+    """A converted dataset folder (`save_to_disk`) or a Hub dataset id; both splits must exist."""
+    data = datasets.load_from_disk(dataset) if Path(dataset).exists() else datasets.load_dataset(dataset)
+    missing = [name for name in (train_split, validation_split) if name not in data]
+    if missing:
+        raise ValueError(f"dataset '{dataset}' has no split {missing} (it has {sorted(data)})")
+    return data
+
+
+def _evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, id2label: dict) -> dict:
+    """Validation loss and AUCs from every process's predictions (`gather_for_metrics` drops the padding)."""
+    model.eval()
+    all_logits, all_labels, losses = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            output = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
+            logits, labels = accelerator.gather_for_metrics((output.logits.float(), batch["labels"]))
+            all_logits.append(logits.cpu())
+            all_labels.append(labels.cpu())
+            losses.append(accelerator.gather_for_metrics(output.loss.detach().float().reshape(1)).mean().cpu())
+    model.train()
+    probabilities = torch.sigmoid(torch.cat(all_logits)).numpy()
+    labels = torch.cat(all_labels).numpy()
+    names = [id2label[i] for i in sorted(id2label)]
+    per_class = per_class_roc_auc(probabilities, labels, names)
+    keep = labels != -100
+    micro = math.nan
+    if keep.any() and np.unique(labels[keep]).size == 2:
+        from sklearn.metrics import roc_auc_score
+
+        micro = float(roc_auc_score(labels[keep], probabilities[keep]))
+    return {"loss": float(torch.stack(losses).mean()), "auc_macro": macro_roc_auc(per_class), "auc_micro": micro,
+            **{f"auc_{name}": value for name, value in per_class.items()}}  # fmt: skip
+
+
+TRAINING_STATE = "training_state.json"
+EMA_WEIGHTS = "ema.safetensors"
+
+
+def _save_checkpoint(
+    accelerator: Accelerator, checkpoints: Path, keep: int, progress: TrainingProgress, scheduler: Any, ema: Any
+) -> None:
+    """`save_state` (model, optimiser, RNG) plus the run's position, schedule and EMA weights (JSON and
+    safetensors: no pickled objects), into a temporary folder renamed when complete, so that a crash never
+    leaves a half-written checkpoint."""
+    final = checkpoints / f"{CHECKPOINT_PREFIX}{progress.step:08d}"
+    partial = checkpoints / f".{final.name}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        state = {"progress": progress.state_dict(), "scheduler": scheduler.state_dict()}
+        (partial / TRAINING_STATE).write_text(json.dumps(state))
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, str(partial / EMA_WEIGHTS))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        for old in sorted(checkpoints.glob(f"{CHECKPOINT_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(
+    accelerator: Accelerator, folder: Path, progress: TrainingProgress, scheduler: Any, ema: Any
+) -> None:
+    accelerator.load_state(str(folder))
+    state = json.loads((folder / TRAINING_STATE).read_text())
+    progress.load_state_dict(state["progress"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.module.load_state_dict(load_file(str(folder / EMA_WEIGHTS)))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = sorted((Path(output_dir) / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+    return found[-1] if found else None
+
+
+def _save_model(model: Any, processor: Any, output_dir: Path, metrics: dict[str, Any]) -> None:
+    """Write the model folder atomically: weights, config with remote code, processor, metrics."""
+    staging = output_dir / ".model.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for path in staging.iterdir():
+        os.replace(path, output_dir / path.name)
+    staging.rmdir()
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the metrics written to `metrics.json`."""
+    recipe = resolve_recipe(args)
+    model_section, data_section = recipe.get("model") or {}, recipe.get("data") or {}
+    opt = recipe.get("optimization") or {}
+    output_dir = Path(args.output_dir)
+    seed = int(opt.get("seed", 0))
+    grad_accumulation = int(opt.get("gradient_accumulation_steps", 1))
+    log_with = None if args.log_with == "none" else [CSVTracker("run", output_dir / "logs")] + (
+        [name for name in args.log_with.split(",") if name not in ("csv", "")]
+    )  # fmt: skip
+    accelerator = Accelerator(
+        gradient_accumulation_steps=grad_accumulation,
+        mixed_precision=opt.get("mixed_precision") or "no",
+        log_with=log_with,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(seed)
+
+    preset = args.preset or model_section.get("preset", "paper")
+    overrides = dict(model_section.get("overrides") or {})
+    model = build_model(args.model, preset=preset, **overrides)
+    processor = build_image_processor(args.model, preset=preset)
+    data = load_training_data(
+        args.dataset, data_section.get("train_split", "train"), data_section.get("validation_split", "validation")
+    )
+    train_split = data[data_section.get("train_split", "train")]
+    validation_split = data[data_section.get("validation_split", "validation")]
+
+    stages = stages_from_recipe(recipe)
+    for stage in stages:
+        stage.learning_rate = float(stage.learning_rate if stage.learning_rate is not None else 1e-4)
+    batch_size = int(opt.get("batch_size", 32))
+    augment = augmentation_from_recipe(recipe.get("augmentation"))
+    stage_data = []
+    for stage in stages:
+        split = train_split
+        if stage.exclude_no_finding:
+            keep = [i for i, empty in enumerate(_no_finding_mask(split)) if not empty]
+            split = split.select(keep)
+        stage_data.append(split.with_transform(train_transform(processor, augmentation=augment)))
+    loaders = [
+        DataLoader(split, batch_size=batch_size, shuffle=True, num_workers=args.num_workers, drop_last=False)
+        for split in stage_data
+    ]
+    eval_loader = DataLoader(
+        validation_split.with_transform(eval_transform(processor)), batch_size=batch_size, num_workers=args.num_workers
+    )
+    positive_counts, num_samples = _label_counts(train_split)
+    model.config.class_positive_counts, model.config.num_train_samples = positive_counts, num_samples
+
+    # One AdamW for the whole run; its learning rate comes from `lr_at` (base lr 1.0 x the absolute rate).
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=1.0, weight_decay=float(opt.get("weight_decay", 0.01)),
+        betas=tuple(opt.get("betas", (0.9, 0.999))), eps=float(opt.get("eps", 1e-8)),
+    )  # fmt: skip
+    if args.compile:
+        model = torch.compile(model)
+    model, optimizer, eval_loader, *loaders = accelerator.prepare(model, optimizer, eval_loader, *loaders)
+    steps_per_epoch = [max(math.ceil(len(loader) / grad_accumulation), 1) for loader in loaders]
+    for stage, per_epoch in zip(stages, steps_per_epoch, strict=True):
+        stage.steps = max(round(stage.epochs * per_epoch), 1)
+    if args.max_steps is not None:  # split the budget over the stages in proportion to their epochs
+        total_epochs = sum(stage.epochs for stage in stages)
+        for stage in stages:
+            stage.steps = max(round(args.max_steps * stage.epochs / total_epochs), 1)
+        stages[-1].steps = max(args.max_steps - sum(stage.steps for stage in stages[:-1]), 1)
+    total_steps = sum(stage.steps for stage in stages)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, stages, opt, steps_per_epoch))
+
+    ema = None
+    if (opt.get("ema") or {}).get("enabled"):
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=float(opt["ema"].get("decay", 0.9998)))
+    progress = TrainingProgress()
+    distiller = _build_distillation(recipe.get("distillation"), accelerator, model)
+
+    resume = args.resume_from_checkpoint
+    if resume == "latest":
+        resume = latest_checkpoint(output_dir)
+    if resume:
+        _load_checkpoint(accelerator, Path(resume), progress, scheduler, ema)
+        accelerator.print(f"resumed from {resume} at step {progress.step}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers("run", config={"model": args.model, "preset": preset, "recipe": args.recipe,
+                                             "total_steps": total_steps, "seed": seed})  # fmt: skip
+    clipping = opt.get("gradient_clipping") or {}
+    unwrapped = accelerator.unwrap_model(model)
+    eval_every = args.eval_steps or min(steps_per_epoch)
+    stopped_early = False
+    start_step = progress.step
+    bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_main_process, desc="training")
+    model.train()
+    stage_start = 0
+    for stage, loader in zip(stages, loaders, strict=True):
+        stage_end = stage_start + stage.steps
+        if progress.step >= stage_end:
+            stage_start = stage_end
+            continue
+        _apply_stage_loss(unwrapped, stage)
+        while progress.step < stage_end and not stopped_early:
+            within = progress.step - stage_start
+            epoch, step_in_epoch = divmod(within, steps_per_epoch[stages.index(stage)])
+            loader.set_epoch(epoch + 1000 * stages.index(stage))
+            batches = (
+                accelerator.skip_first_batches(loader, step_in_epoch * grad_accumulation) if step_in_epoch else loader
+            )
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = _training_loss(model, batch, distiller)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        _clip(accelerator, parameters, clipping)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                progress.step += 1
+                update_model_anchor(unwrapped)
+                if ema is not None:
+                    ema.update(unwrapped, step=progress.step)
+                bar.update(1)
+                accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
+                if progress.step % eval_every == 0 or progress.step == total_steps:
+                    _validate_and_keep_best(
+                        accelerator, model, ema, eval_loader, processor, progress, recipe, output_dir
+                    )
+                checkpoint = (output_dir / "checkpoints", args.keep_checkpoints, progress, scheduler, ema)
+                if progress.step % args.checkpointing_steps == 0 or progress.step == total_steps:
+                    _save_checkpoint(accelerator, *checkpoint)
+                if args.stop_after_steps is not None and progress.step - start_step >= args.stop_after_steps:
+                    stopped_early = progress.step < total_steps
+                    if stopped_early and progress.step % args.checkpointing_steps:
+                        _save_checkpoint(accelerator, *checkpoint)
+                    break
+                if progress.step >= stage_end:
+                    break
+        stage_start = stage_end
+        if stopped_early:
+            break
+    bar.close()
+    accelerator.end_training()
+    summary = {"step": progress.step, "total_steps": total_steps, "best_step": progress.best_step,
+               "best_validation_metric": progress.best_metric, "finished": not stopped_early,
+               "stages": [{"name": st.name, "steps": st.steps, "exclude_no_finding": st.exclude_no_finding,
+                           "learning_rate": st.learning_rate, **st.loss_fields} for st in stages],
+               "history": progress.history}  # fmt: skip
+    if accelerator.is_main_process and not stopped_early and (output_dir / "metrics.json").is_file():
+        best = json.loads((output_dir / "metrics.json").read_text())
+        (output_dir / "metrics.json").write_text(json.dumps({**best, "training": summary}, indent=2))
+    return summary
+
+
+def _apply_stage_loss(model: Any, stage: Stage) -> None:
+    """Switch the model's loss to the stage's (e.g. class-balanced focal in stage 2)."""
+    if not stage.loss_fields:
+        return
+    for key, value in stage.loss_fields.items():
+        setattr(model.config, key, value)
+    model.criterion = build_loss_from_config(model.config).to(next(model.parameters()).device)
+
+
+def _training_loss(model: Any, batch: dict[str, torch.Tensor], distiller: Any) -> torch.Tensor:
+    if distiller is None:
+        return model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+    teacher, loss_fn = distiller
+    output = model(pixel_values=batch["pixel_values"])
+    cls_logits = getattr(output, "cls_logits", None)
+    with torch.no_grad():
+        teacher_out = teacher(pixel_values=batch["pixel_values"]).logits
+    return loss_fn(
+        cls_logits if cls_logits is not None else output.logits,
+        batch["labels"],
+        teacher_out,
+        distillation_logits=getattr(output, "distillation_logits", None),
+    )
+
+
+def _build_distillation(section: dict[str, Any] | None, accelerator: Accelerator, model: Any) -> Any:
+    """(frozen teacher, distillation loss) from the recipe's `distillation` section, or None."""
+    if not section or not section.get("enabled"):
+        return None
+    from transformers import AutoModelForImageClassification
+
+    from hf_cxr.distillation import MultiLabelDistillationLoss, TeacherOutputAdapter
+
+    teacher = AutoModelForImageClassification.from_pretrained(section["teacher"]).eval().requires_grad_(False)
+    teacher_labels = [teacher.config.id2label[i] for i in sorted(teacher.config.id2label)]
+    student = accelerator.unwrap_model(model)
+    student_labels = [student.config.id2label[i] for i in sorted(student.config.id2label)]
+    adapter = TeacherOutputAdapter(teacher_labels=teacher_labels, student_labels=student_labels)
+    loss = MultiLabelDistillationLoss(
+        alpha=float(section.get("alpha", 0.5)),
+        distillation_type=section.get("type", "soft"),
+        teacher_outputs=section.get("teacher_outputs", "logits"),
+        adapter=adapter,
+        dynamic_weights=bool(section.get("dynamic_weights", True)),
+    )
+    # The teacher sees the student's pixels, so it must take the same input size and channels.
+    for name in ("image_size", "num_channels"):
+        if getattr(teacher.config, name, None) != getattr(student.config, name):
+            raise ValueError(
+                f"distillation teacher '{section['teacher']}' has {name}={getattr(teacher.config, name, None)}, "
+                f"the student {getattr(student.config, name)}: it must take the student's input"
+            )
+    return accelerator.prepare(teacher), loss.to(accelerator.device)
+
+
+def _clip(accelerator: Accelerator, parameters: list[torch.nn.Parameter], clipping: dict[str, Any]) -> None:
+    mode, value = clipping.get("mode"), clipping.get("value")
+    if not mode or value is None:
+        return
+    if mode == "norm":
+        accelerator.clip_grad_norm_(parameters, float(value))
+    elif mode == "agc":
+        from timm.utils import adaptive_clip_grad
+
+        adaptive_clip_grad(parameters, clip_factor=float(value))
+    else:
+        raise ValueError(f"optimization.gradient_clipping.mode must be 'norm' or 'agc', got {mode!r}")
+
+
+def _validate_and_keep_best(
+    accelerator: Accelerator, model: Any, ema: Any, loader: DataLoader, processor: Any,
+    progress: TrainingProgress, recipe: dict[str, Any], output_dir: Path,
+) -> None:  # fmt: skip
+    """Score the validation split; when it improves, the model folder is rewritten with this model."""
+    scored = ema.module if ema is not None else model
+    metrics = _evaluate(accelerator, scored, loader, accelerator.unwrap_model(model).config.id2label)
+    metric_name = (recipe.get("evaluation") or {}).get("select_best_by", "auc_macro")
+    value = metrics[metric_name]
+    value = -metrics["loss"] if math.isnan(value) else value  # a tiny split may leave every AUC undefined
+    progress.history.append({"step": progress.step, **{f"validation/{k}": v for k, v in metrics.items()}})
+    accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not math.isnan(v)}, step=progress.step)
+    if value > progress.best_metric:
+        progress.best_metric, progress.best_step = value, progress.step
+        if accelerator.is_main_process:
+            best = {"selected_on": "validation", "select_best_by": metric_name, "step": progress.step,
+                    "validation": metrics}  # fmt: skip
+            _save_model(accelerator.unwrap_model(scored), processor, output_dir, best)
+    accelerator.wait_for_everyone()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = add_train_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0])).parse_args(argv)
+    summary = train(args)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""Training recipes (YAML), shipped inside the package as `hf_cxr.recipes_data`; see `hf_cxr.recipes`."""
