@@ -112,7 +112,8 @@ def test_shapes_and_train_versus_eval_logits() -> None:
 
 @pytest.mark.parametrize("roi_pooling", ["differentiable", "reference"])
 def test_roi_boxes_are_ordered_and_inside_the_map(roi_pooling: str) -> None:
-    model = tiny(roi_pooling=roi_pooling, roi_initial_box=[0.8, 0.7, 0.2, 0.3]).eval()  # corners start swapped
+    # Corners start swapped; training mode, so BatchNorm normalises the untrained features as in real training.
+    model = tiny(roi_pooling=roi_pooling, roi_initial_box=[0.8, 0.7, 0.2, 0.3]).train()
     with torch.no_grad():
         boxes = model(pixel_values=images(), output_attentions=True).roi_boxes
     assert len(boxes) == sum(model.config.depth) == len(model.mxa_efficientvit.mxa_blocks)
@@ -121,14 +122,15 @@ def test_roi_boxes_are_ordered_and_inside_the_map(roi_pooling: str) -> None:
         assert (box >= 0).all() and (box <= 1).all()
         assert (box[:, 0] <= box[:, 2]).all() and (box[:, 1] <= box[:, 3]).all()
     if roi_pooling == "differentiable":  # the initial box, reordered: (0.2, 0.3, 0.8, 0.7)
-        assert torch.allclose(boxes[0], torch.tensor([[0.2, 0.3, 0.8, 0.7]]).expand(4, 4), atol=0.02)
+        assert torch.allclose(boxes[0], torch.tensor([[0.2, 0.3, 0.8, 0.7]]).expand(4, 4), atol=0.05)
 
 
 def test_default_initial_box_covers_most_of_the_map() -> None:
-    model = tiny().eval()
+    model = tiny().train()
     with torch.no_grad():
         boxes = model(pixel_values=images(), output_attentions=True).roi_boxes
-    assert torch.allclose(boxes[0], torch.tensor([0.05, 0.05, 0.95, 0.95]).expand(4, 4), atol=0.02)
+    for box in boxes:
+        assert torch.allclose(box, torch.tensor([0.05, 0.05, 0.95, 0.95]).expand(4, 4), atol=0.03)
 
 
 def test_bilinear_roi_pool_geometry() -> None:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from transformers import PretrainedConfig
-
-from .labels import CHEXPERT_LABELS, label_maps
-from .losses import LOSS_TYPES
+from .configuration_cxr import CXRClassifierConfig
+from .labels import CHEXPERT_LABELS
 
 # The six published EfficientViT widths / depths / heads (Liu et al. 2023; the MXA paper's Table 2) and the
 # per-head depthwise query kernels of the Microsoft release (timm's `efficientvit_m0..m5`).
@@ -41,10 +39,14 @@ MXA_EFFICIENTVIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class MXAEfficientViTConfig(PretrainedConfig):
+class MXAEfficientViTConfig(CXRClassifierConfig):
     r"""Configuration of an MXA-EfficientViT: EfficientViT (MSRA) with the Medical X-ray Attention block in every
     attention block and a second (distillation) head. Every ambiguity of the paper is a field with a documented
     default; the `reference` values reproduce the authors' public code.
+
+    Takes the shared classifier fields of `CXRClassifierConfig` (the multi-label loss and its parameters, decision
+    thresholds, initializer range; labels: by default CheXpert's 14 findings in CheXpert's column order), with
+    MXA's own defaults for `image_size`, `num_channels` and `classifier_dropout`, plus:
 
     Args:
         variant (`str`, defaults to `"m5"`): EfficientViT size, `m0`..`m5`; sets `embed_dim`, `depth`,
@@ -79,24 +81,12 @@ class MXAEfficientViTConfig(PretrainedConfig):
         distillation_head (`bool`, defaults to `True`): add `head_dist` beside `head` (DeiT-style); the output
             `logits` are the mean of the two heads. `False` keeps the single head.
         classifier_dropout (`float`, defaults to 0.0): dropout inside each head (the paper disables dropout).
-        loss (`str`, defaults to `"bce"`): the label loss when `labels` are passed: `bce` (the paper),
-            `focal`, `class_balanced_focal` or `asymmetric`. Distillation is a training-time component
-            (`hf_cxr.distillation`), not part of the saved model.
-        focal_gamma (`float`, defaults to 2.0): focusing parameter of the focal losses.
-        class_positive_counts (`list[int]`, *optional*): positives per finding in the training split (for
-            `class_balanced_focal`; written by the training script from the dataset).
-        num_train_samples (`int`, *optional*): size of the training split (with `class_positive_counts`).
-        class_balance_mode (`str`, defaults to `"effective_number"`): `effective_number` or `inverse_frequency`.
-        class_balance_beta (`float`, defaults to 0.9999): beta of the chosen class-balance rule.
-        asymmetric_gamma_pos, asymmetric_gamma_neg, asymmetric_clip (`float`, defaults 0, 4, 0.05): ASL.
-        decision_thresholds (`dict[str, float]`, *optional*): per-finding thresholds chosen on the validation
-            split by the evaluation step; 0.5 where absent.
-        initializer_range (`float`, defaults to 0.02): std of the normal init of the MXA layers (the timm
-            backbone and heads keep timm's own initialisation).
-        labels / id2label: the findings, by default CheXpert's 14 in CheXpert's column order.
+        loss (`str`, defaults to `"bce"`): the label loss when `labels` are passed (paper: `bce`); distillation is a
+            training-time component (`hf_cxr.distillation`), not part of the saved model.
     """
 
     model_type = "mxa_efficientvit"
+    default_labels: ClassVar[tuple[str, ...]] = CHEXPERT_LABELS
     presets: ClassVar[dict[str, dict[str, Any]]] = MXA_EFFICIENTVIT_PRESETS
     variants: ClassVar[dict[str, dict[str, tuple[int, ...]]]] = MXA_EFFICIENTVIT_VARIANTS
     # Per-head logits and ROI boxes are extras: Trainer's prediction loop keeps only `logits`.
@@ -122,17 +112,6 @@ class MXAEfficientViTConfig(PretrainedConfig):
         mxa_spatial_kernel_size: int = 7,
         distillation_head: bool = True,
         classifier_dropout: float = 0.0,
-        loss: str = "bce",
-        focal_gamma: float = 2.0,
-        class_positive_counts: list[int] | None = None,
-        num_train_samples: int | None = None,
-        class_balance_mode: str = "effective_number",
-        class_balance_beta: float = 0.9999,
-        asymmetric_gamma_pos: float = 0.0,
-        asymmetric_gamma_neg: float = 4.0,
-        asymmetric_clip: float = 0.05,
-        decision_thresholds: dict[str, float] | None = None,
-        initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
         if variant not in MXA_EFFICIENTVIT_VARIANTS:
@@ -147,8 +126,6 @@ class MXAEfficientViTConfig(PretrainedConfig):
         self.kernels = [int(v) for v in (kernels if kernels is not None else published["kernels"])]
         self.key_dim = key_dim
         self.window_size = window_size
-        self.image_size = image_size
-        self.num_channels = num_channels
         self.use_mxa = use_mxa
         self.mxa_fusion = mxa_fusion
         self.mxa_alpha_init = mxa_alpha_init
@@ -157,63 +134,44 @@ class MXAEfficientViTConfig(PretrainedConfig):
         self.mxa_channel_reduction = mxa_channel_reduction
         self.mxa_spatial_kernel_size = mxa_spatial_kernel_size
         self.distillation_head = distillation_head
-        self.classifier_dropout = classifier_dropout
-        self.loss = loss
-        self.focal_gamma = focal_gamma
-        self.class_positive_counts = list(class_positive_counts) if class_positive_counts is not None else None
-        self.num_train_samples = num_train_samples
-        self.class_balance_mode = class_balance_mode
-        self.class_balance_beta = class_balance_beta
-        self.asymmetric_gamma_pos = asymmetric_gamma_pos
-        self.asymmetric_gamma_neg = asymmetric_gamma_neg
-        self.asymmetric_clip = asymmetric_clip
-        self.decision_thresholds = dict(decision_thresholds or {})
-        self.initializer_range = initializer_range
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["id2label"], kwargs["label2id"] = label_maps(kwargs.pop("labels", CHEXPERT_LABELS))
-        kwargs.setdefault("problem_type", "multi_label_classification")
-        super().__init__(**kwargs)
-        self._validate()
+        super().__init__(
+            image_size=image_size, num_channels=num_channels, classifier_dropout=classifier_dropout, **kwargs
+        )
 
     def _validate(self) -> None:
-        name = type(self).__name__
+        super()._validate()
         for field in ("embed_dim", "depth", "num_heads"):
             values = getattr(self, field)
             if len(values) != 3 or any(v < 1 for v in values):
-                raise ValueError(f"{name}.{field} needs three positive stage values, got {values}")
+                self._fail(field, f"needs three positive stage values, got {values}")
         for stage, (width, heads) in enumerate(zip(self.embed_dim, self.num_heads, strict=True)):
             if width % heads:
-                raise ValueError(f"{name}: stage {stage} width {width} is not divisible by its {heads} heads")
+                self._fail("embed_dim", f"stage {stage} width {width} is not divisible by its {heads} heads")
         if self.embed_dim[0] % 8:
-            raise ValueError(f"{name}.embed_dim[0] must be a multiple of 8 (patch embedding), got {self.embed_dim[0]}")
+            self._fail("embed_dim", f"[0] must be a multiple of 8 (patch embedding), got {self.embed_dim[0]}")
         if len(self.kernels) < max(self.num_heads) or any(k < 1 or k % 2 == 0 for k in self.kernels):
-            raise ValueError(f"{name}.kernels needs {max(self.num_heads)} odd sizes (one per head), got {self.kernels}")
+            self._fail("kernels", f"needs {max(self.num_heads)} odd sizes (one per head), got {self.kernels}")
         if self.key_dim < 1 or self.window_size < 1:
-            raise ValueError(f"{name}.key_dim and window_size must be positive, got {self.key_dim}, {self.window_size}")
+            self._fail("key_dim", f"and window_size must be positive, got {self.key_dim}, {self.window_size}")
         if self.image_size < 16 or self.image_size % 16:
-            raise ValueError(f"{name}.image_size must be a positive multiple of 16, got {self.image_size}")
+            self._fail("image_size", f"must be a positive multiple of 16, got {self.image_size}")
         if self.num_channels < 1:
-            raise ValueError(f"{name}.num_channels must be positive, got {self.num_channels}")
+            self._fail("num_channels", f"must be positive, got {self.num_channels}")
         if self.mxa_fusion not in MXA_FUSIONS:
-            raise ValueError(f"{name}.mxa_fusion must be one of {MXA_FUSIONS}, got {self.mxa_fusion!r}")
+            self._fail("mxa_fusion", f"must be one of {MXA_FUSIONS}, got {self.mxa_fusion!r}")
         if not 0.0 < self.mxa_alpha_init < 1.0:
-            raise ValueError(f"{name}.mxa_alpha_init must lie in (0, 1), got {self.mxa_alpha_init}")
+            self._fail("mxa_alpha_init", f"must lie in (0, 1), got {self.mxa_alpha_init}")
         if self.roi_pooling not in ROI_POOLINGS:
-            raise ValueError(f"{name}.roi_pooling must be one of {ROI_POOLINGS}, got {self.roi_pooling!r}")
+            self._fail("roi_pooling", f"must be one of {ROI_POOLINGS}, got {self.roi_pooling!r}")
         box = self.roi_initial_box
         if box is not None and (len(box) != 4 or not all(0.0 < v < 1.0 for v in box)):
-            raise ValueError(f"{name}.roi_initial_box must be four values in (0, 1), got {box}")
+            self._fail("roi_initial_box", f"must be four values in (0, 1), got {box}")
         if self.mxa_channel_reduction < 1:
-            raise ValueError(f"{name}.mxa_channel_reduction must be positive, got {self.mxa_channel_reduction}")
+            self._fail("mxa_channel_reduction", f"must be positive, got {self.mxa_channel_reduction}")
         if self.mxa_spatial_kernel_size < 1 or self.mxa_spatial_kernel_size % 2 == 0:
-            raise ValueError(f"{name}.mxa_spatial_kernel_size must be odd, got {self.mxa_spatial_kernel_size}")
+            self._fail("mxa_spatial_kernel_size", f"must be odd, got {self.mxa_spatial_kernel_size}")
         if not 0.0 <= self.classifier_dropout < 1.0:
-            raise ValueError(f"{name}.classifier_dropout must lie in [0, 1), got {self.classifier_dropout}")
-        if self.loss not in LOSS_TYPES:
-            raise ValueError(f"{name}.loss must be one of {LOSS_TYPES}, got {self.loss!r}")
-        counts = self.class_positive_counts
-        if counts is not None and len(counts) != self.num_labels:
-            raise ValueError(f"{name}.class_positive_counts has {len(counts)} entries for {self.num_labels} labels")
+            self._fail("classifier_dropout", f"must lie in [0, 1), got {self.classifier_dropout}")
 
     @property
     def roi_initial_logits(self) -> list[float] | None:
@@ -221,13 +179,6 @@ class MXAEfficientViTConfig(PretrainedConfig):
         if self.roi_initial_box is None:
             return None
         return [math.log(v / (1.0 - v)) for v in self.roi_initial_box]
-
-    @classmethod
-    def from_preset(cls, preset: str = "paper", **overrides: Any) -> MXAEfficientViTConfig:
-        """A config from a named preset (`paper`: M5 at 224 px, or `tiny`), with any field overridden."""
-        if preset not in cls.presets:
-            raise ValueError(f"unknown {cls.model_type} preset {preset!r}; choose from {sorted(cls.presets)}")
-        return cls(**{**cls.presets[preset], **overrides})
 
 
 __all__ = ["MXA_EFFICIENTVIT_PRESETS", "MXA_EFFICIENTVIT_VARIANTS", "MXAEfficientViTConfig"]

@@ -29,8 +29,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_mxa_efficientvit import MXAEfficientViTConfig
 from .layers import ChannelAttention, SpatialAttention
-from .losses import build_loss
-from .pretrained import CXRPreTrainedMixin
+from .losses import build_loss_from_config
+from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
 
 @dataclass
@@ -212,13 +212,6 @@ class MXAEfficientViTHeads(nn.Module):
         return self.head(pooled), (self.head_dist(pooled) if self.head_dist is not None else None)
 
 
-def _mark_as_timm(module: nn.Module) -> nn.Module:
-    """Flag timm-built modules so `_init_weights` leaves timm's own initialisation in place."""
-    for submodule in module.modules():
-        submodule._hf_cxr_timm_owned = True
-    return module
-
-
 class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = MXAEfficientViTConfig
     config: MXAEfficientViTConfig
@@ -232,21 +225,16 @@ class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if getattr(module, "_hf_cxr_timm_owned", False):
-            # timm initialised these when it built them; only buffers computed at build time (the attention-bias
-            # index) need recomputing after a meta-device construction.
-            if hasattr(module, "init_non_persistent_buffers"):
-                module.init_non_persistent_buffers()
-            return
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                initial_bias = getattr(module, "initial_bias", None)
-                if initial_bias is None:
-                    init.zeros_(module.bias)
-                else:
-                    init.copy_(module.bias, torch.tensor(initial_bias, dtype=module.bias.dtype))
+        super()._init_weights(module)
+        initial_bias = getattr(module, "initial_bias", False)
+        if initial_bias is not False:
+            # The ROI predictor's box layer: small weights and a bias that puts the initial box at
+            # `config.roi_initial_box` (a fan-out init of a 4-channel conv would make it jump from image to image).
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if initial_bias is None:
+                init.zeros_(module.bias)
+            else:
+                init.copy_(module.bias, torch.tensor(initial_bias, dtype=module.bias.dtype))
         elif isinstance(module, MXAMixer) and module.fusion == "alpha":
             init.constant_(module.alpha_logit, _logit(module.alpha_init))
 
@@ -265,7 +253,7 @@ class MXAEfficientViTModel(MXAEfficientViTPreTrainedModel):
 
     def __init__(self, config: MXAEfficientViTConfig) -> None:
         super().__init__(config)
-        self.backbone = _mark_as_timm(
+        self.backbone = mark_as_timm(
             timm.create_model(
                 f"efficientvit_{config.variant}",
                 pretrained=False,
@@ -348,7 +336,7 @@ class MXAEfficientViTForImageClassification(MXAEfficientViTPreTrainedModel):
     def __init__(self, config: MXAEfficientViTConfig) -> None:
         super().__init__(config)
         self.mxa_efficientvit = MXAEfficientViTModel(config)
-        self.classifier = _mark_as_timm(
+        self.classifier = mark_as_timm(
             MXAEfficientViTHeads(
                 self.mxa_efficientvit.num_features,
                 config.num_labels,
@@ -356,17 +344,7 @@ class MXAEfficientViTForImageClassification(MXAEfficientViTPreTrainedModel):
                 config.distillation_head,
             )
         )
-        self.criterion = build_loss(
-            config.loss,
-            focal_gamma=config.focal_gamma,
-            class_positive_counts=config.class_positive_counts,
-            num_train_samples=config.num_train_samples,
-            class_balance_mode=config.class_balance_mode,
-            class_balance_beta=config.class_balance_beta,
-            asymmetric_gamma_pos=config.asymmetric_gamma_pos,
-            asymmetric_gamma_neg=config.asymmetric_gamma_neg,
-            asymmetric_clip=config.asymmetric_clip,
-        )
+        self.criterion = build_loss_from_config(config)
         self.post_init()
 
     def forward(
