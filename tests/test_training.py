@@ -130,7 +130,7 @@ def test_recipes_are_validated_and_scheduled() -> None:
     opt = recipe["optimization"]
     assert lr_at(0, stages, opt, [10, 10]) == pytest.approx(3e-4 / 10)  # warm-up over the first epoch
     assert lr_at(9, stages, opt, [10, 10]) == pytest.approx(3e-4)
-    assert lr_at(20, stages, opt, [10, 10]) < lr_at(10, stages, opt, [10, 10]) < 3e-4  # cosine decay
+    assert lr_at(20, stages, opt, [10, 10]) < lr_at(11, stages, opt, [10, 10]) < 3e-4  # cosine decay
     assert lr_at(30, stages, opt, [10, 10]) == pytest.approx(1e-4)  # stage 2 restarts at its own rate
     assert lr_at(69, stages, opt, [10, 10]) == pytest.approx(1e-6, abs=1e-6)
     with pytest.raises(ValueError, match=r"unknown recipe keys.*optimization\.learning_rat"):
