@@ -25,7 +25,6 @@ from typing import Any
 from xml.etree import ElementTree
 
 import datasets
-import numpy as np
 from tqdm.auto import tqdm
 
 from hf_cxr.data._common import (
@@ -44,30 +43,22 @@ from hf_cxr.data._common import (
     split_by_patient,
 )
 from hf_cxr.data.tables import read_table
+from hf_cxr.modeling.common.clinical import (
+    CLINICAL_FEATURE_NAMES,
+    HISTOLOGY,
+    encode_clinical,
+)
 from hf_cxr.modeling.common.ct import read_ct_series, read_series_header
 
 TASKS: dict[str, tuple[str, ...]] = {"ag": ("A", "G"), "abeg": ("A", "B", "E", "G")}
-HISTOLOGY = {
-    "A": "adenocarcinoma",
-    "B": "small_cell_carcinoma",
-    "E": "large_cell_carcinoma",
-    "G": "squamous_cell_carcinoma",
-}
 MATRIX_SIZE = 512
 DEFAULT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 _PATIENT_DIR = re.compile(r"Lung_Dx-([A-Z])(\d+)")
 
-# Clinical features, in the order of `clinical_features`; each is encoded to [-1, 1] with fixed ranges (not
-# fitted on the data, so the encoding does not depend on the split); a missing value is 0 with mask 0.
-CLINICAL_FEATURE_NAMES = ("sex", "age", "weight", "t_stage", "n_stage", "m_stage", "smoking")
-AGE_RANGE = (20.0, 100.0)
-WEIGHT_RANGE_KG = (30.0, 130.0)
-STAGE_MAX = {"t_stage": 4, "n_stage": 3, "m_stage": 1}
-_MISSING = {"", "na", "n/a", "nan", "none", "unknown", "-"}
-_STAGE_UNKNOWN = {"x", "tx", "nx", "mx"}  # TNM "cannot be assessed"
-_STAGE = re.compile(r"^[tnm]?\s*(is|\d)\s*([a-c]\d?)?$", re.IGNORECASE)
-_YES = {"1", "yes", "y", "true", "smoker", "current", "former", "ex-smoker"}
-_NO = {"0", "no", "n", "false", "never", "non-smoker", "nonsmoker"}
+# Clinical features (`CLINICAL_FEATURE_NAMES` order) are encoded to [-1, 1] with fixed ranges (not fitted on the
+# data, so the encoding does not depend on the split); a missing value is 0 with mask 0. The encoding lives in
+# `hf_cxr.modeling.common.clinical`, shared with the MMCAF-Net processor (which must run as Hub remote code).
+
 # Raw column names, after Unicode NFKC (the archive's `Ｍ-Stage` has a full-width M) and lower-casing.
 _CLINICAL_COLUMNS = {
     "patient": "newpatientid",
@@ -142,57 +133,6 @@ class ClinicalRecord:
     raw: dict[str, str]
     features: tuple[float, ...]
     mask: tuple[float, ...]
-
-
-def _scale(value: float, low: float, high: float) -> float:
-    return float(np.clip(2.0 * (value - low) / (high - low) - 1.0, -1.0, 1.0))
-
-
-def _is_missing(text: str) -> bool:
-    return text.strip().lower() in _MISSING
-
-
-def encode_clinical(raw: dict[str, str], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Raw clinical texts -> (features in [-1, 1], mask), in `CLINICAL_FEATURE_NAMES` order.
-
-    sex: M +1, F -1. age and weight: linear on `AGE_RANGE` / `WEIGHT_RANGE_KG`, clipped. T (0-4, Tis = 0),
-    N (0-3), M (0-1) stages: the main number linearly to [-1, 1]; the sub-letter (1a, 1b ...) stays in the raw
-    column. smoking: any smoking history +1, never -1. Values that cannot be read are errors, not guesses.
-    """
-    values: list[float] = []
-    mask: list[float] = []
-    for name in CLINICAL_FEATURE_NAMES:
-        text = raw[name].strip()
-        if _is_missing(text) or (name in STAGE_MAX and text.lower() in _STAGE_UNKNOWN):
-            values.append(0.0)
-            mask.append(0.0)
-            continue
-        lowered = text.lower()
-        if name == "sex":
-            if lowered not in ("m", "male", "f", "female"):
-                raise ValueError(f"{where}: sex {text!r} is not M or F")
-            value = 1.0 if lowered.startswith("m") else -1.0
-        elif name in ("age", "weight"):
-            try:
-                number = float(lowered.removesuffix("kg").removesuffix("y").strip())
-            except ValueError as error:
-                raise ValueError(f"{where}: {name} {text!r} is not a number") from error
-            value = _scale(number, *(AGE_RANGE if name == "age" else WEIGHT_RANGE_KG))
-        elif name in STAGE_MAX:
-            match = _STAGE.match(lowered)
-            if match is None:
-                raise ValueError(f"{where}: {name.replace('_', '-')} {text!r} is not a TNM stage")
-            stage = 0 if match.group(1) == "is" else int(match.group(1))
-            if stage > STAGE_MAX[name]:
-                raise ValueError(f"{where}: {name.replace('_', '-')} {text!r} exceeds {STAGE_MAX[name]}")
-            value = _scale(stage, 0, STAGE_MAX[name])
-        else:
-            if lowered not in _YES | _NO:
-                raise ValueError(f"{where}: smoking history {text!r} is neither yes/1 nor no/0")
-            value = 1.0 if lowered in _YES else -1.0
-        values.append(value)
-        mask.append(1.0)
-    return tuple(values), tuple(mask)
 
 
 def short_patient_id(text: str) -> str:
