@@ -154,3 +154,58 @@ def build_loss_from_config(config: Any) -> nn.Module:
         asymmetric_gamma_neg=config.asymmetric_gamma_neg,
         asymmetric_clip=config.asymmetric_clip,
     )
+
+
+# ------------------------------------------------------------------------------------ single-label (softmax)
+
+SINGLE_LABEL_LOSS_TYPES = ("cross_entropy", "focal", "class_balanced_focal")
+
+
+class SoftmaxFocalLoss(nn.Module):
+    """Single-label focal loss on a softmax: -alpha_y (1 - p_y)^gamma log p_y, mean over kept samples.
+
+    For mutually exclusive classes (e.g. lung cancer histology) where the multi-label losses above do not apply.
+    `gamma = 0` without `class_weights` is cross-entropy. Logits [B, K], integer targets [B]; a target equal to
+    `IGNORE_LABEL` is left out.
+    """
+
+    def __init__(self, gamma: float = 2.0, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.long()
+        keep = targets != int(IGNORE_LABEL)
+        safe_targets = torch.where(keep, targets, torch.zeros_like(targets))
+        log_p = F.log_softmax(logits, dim=-1).gather(1, safe_targets[:, None])[:, 0]  # [B]
+        per_sample = -(1 - log_p.exp()).pow(self.gamma) * log_p
+        if self.class_weights is not None:
+            per_sample = per_sample * self.class_weights.to(per_sample.dtype)[safe_targets]
+        return _masked_mean(per_sample, keep.to(per_sample.dtype))
+
+
+def build_single_label_loss_from_config(config: Any) -> nn.Module:
+    """The softmax loss a single-label config names: `cross_entropy`, `focal` or `class_balanced_focal`.
+
+    `class_balanced_focal` weights each class by `class_balance_weights` of its training-split count
+    (`config.class_positive_counts`, one count per class).
+    """
+    if config.loss == "cross_entropy":
+        return SoftmaxFocalLoss(gamma=0.0)
+    if config.loss == "focal":
+        return SoftmaxFocalLoss(gamma=config.focal_gamma)
+    if config.loss == "class_balanced_focal":
+        if not config.class_positive_counts or not config.num_train_samples:
+            raise ValueError(
+                "loss 'class_balanced_focal' needs config.class_positive_counts (training samples per class) and "
+                "config.num_train_samples; set them from the dataset"
+            )
+        weights = class_balance_weights(
+            config.class_positive_counts,
+            config.num_train_samples,
+            mode=config.class_balance_mode,
+            beta=config.class_balance_beta,
+        )
+        return SoftmaxFocalLoss(gamma=config.focal_gamma, class_weights=weights)
+    raise ValueError(f"single-label loss must be one of {SINGLE_LABEL_LOSS_TYPES}, got {config.loss!r}")
