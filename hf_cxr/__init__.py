@@ -18,6 +18,12 @@ from hf_cxr.modeling.ma_msf import (
     MAMSFImageProcessor,
     MAMSFModel,
 )
+from hf_cxr.modeling.mmcaf_net import (
+    MMCAFNetConfig,
+    MMCAFNetForCTClassification,
+    MMCAFNetModel,
+    MMCAFNetProcessor,
+)
 from hf_cxr.modeling.mxa_efficientvit import (
     MXAEfficientViTConfig,
     MXAEfficientViTForImageClassification,
@@ -31,7 +37,13 @@ from hf_cxr.models import (
     build_model,
     register_architectures,
 )
-from hf_cxr.pipelines import CXR_TASK, ChestXRayClassificationPipeline, register_pipeline
+from hf_cxr.pipelines import (
+    CT_CLINICAL_TASK,
+    CXR_TASK,
+    ChestXRayClassificationPipeline,
+    CTClinicalClassificationPipeline,
+    register_pipeline,
+)
 
 __version__ = "0.1.0"
 
@@ -42,16 +54,22 @@ __all__ = [
     "ARCHITECTURES",
     "CHESTXRAY14_LABELS",
     "CHEXPERT_LABELS",
+    "CT_CLINICAL_TASK",
     "CXR_TASK",
     "CRMSNetConfig",
     "CRMSNetForImageClassification",
     "CRMSNetImageProcessor",
     "CRMSNetModel",
+    "CTClinicalClassificationPipeline",
     "ChestXRayClassificationPipeline",
     "MAMSFConfig",
     "MAMSFForImageClassification",
     "MAMSFImageProcessor",
     "MAMSFModel",
+    "MMCAFNetConfig",
+    "MMCAFNetForCTClassification",
+    "MMCAFNetModel",
+    "MMCAFNetProcessor",
     "MXAEfficientViTConfig",
     "MXAEfficientViTForImageClassification",
     "MXAEfficientViTImageProcessor",

@@ -13,6 +13,8 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForVideoClassification,
+    AutoProcessor,
     AutoVideoProcessor,
     PretrainedConfig,
     PreTrainedModel,
@@ -26,6 +28,12 @@ from hf_cxr.modeling.cr_msnet import (
     CRMSNetModel,
 )
 from hf_cxr.modeling.ma_msf import MAMSFConfig, MAMSFForImageClassification, MAMSFImageProcessor, MAMSFModel
+from hf_cxr.modeling.mmcaf_net import (
+    MMCAFNetConfig,
+    MMCAFNetForCTClassification,
+    MMCAFNetModel,
+    MMCAFNetProcessor,
+)
 from hf_cxr.modeling.mxa_efficientvit import (
     MXAEfficientViTConfig,
     MXAEfficientViTForImageClassification,
@@ -74,6 +82,18 @@ ARCHITECTURES: dict[str, Architecture] = {
         MXAEfficientViTImageProcessor,
         lora_target_modules=("qkvs.0.conv", "qkvs.1.conv", "qkvs.2.conv", "qkvs.3.conv", "proj.1.conv"),
     ),
+    # 3D CT window [B, 1, D, H, W] + 7 clinical values: not an image classifier (the 2D contract does not apply).
+    # A CT window is a clip of slices, so the classifier sits under AutoModelForVideoClassification, the existing
+    # Auto class whose name a saved auto_map can carry for trust_remote_code loading without hf-cxr. Its processor
+    # (a BaseImageProcessor reading DICOM series and clinical records) is also the AutoProcessor.
+    "mmcaf_net": Architecture(
+        MMCAFNetConfig,
+        MMCAFNetModel,
+        MMCAFNetForCTClassification,
+        MMCAFNetProcessor,
+        task_auto_class=AutoModelForVideoClassification,
+        lora_target_modules=("q_proj", "k_proj", "v_proj", "proj_a", "proj_b"),
+    ),
 }
 
 
@@ -98,6 +118,7 @@ def register_architectures() -> None:
         arch.base_model_class.register_for_auto_class("AutoModel")
         arch.task_model_class.register_for_auto_class(arch.task_auto_class.__name__)
         arch.image_processor_class.register_for_auto_class("AutoImageProcessor")
+    AutoProcessor.register(MMCAFNetConfig, MMCAFNetProcessor, exist_ok=True)
 
 
 def _architecture(model_type: str) -> Architecture:

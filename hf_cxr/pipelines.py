@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoModelForImageClassification, ImageClassificationPipeline
+from transformers import AutoModelForImageClassification, AutoModelForVideoClassification, ImageClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+
+from hf_cxr.modeling.mmcaf_net.pipeline_mmcaf_net import CT_CLINICAL_TASK, CTClinicalClassificationPipeline
 
 CXR_TASK = "chest-x-ray-classification"
 
@@ -35,4 +37,9 @@ class ChestXRayClassificationPipeline(ImageClassificationPipeline):
 def register_pipeline() -> None:
     PIPELINE_REGISTRY.register_pipeline(
         CXR_TASK, pipeline_class=ChestXRayClassificationPipeline, pt_model=AutoModelForImageClassification
+    )
+    # MMCAF-Net: CT series + clinical record -> patient-level scores (max over windows); the class lives beside the
+    # model so that a pipeline saved with `save_pretrained` also runs as remote code.
+    PIPELINE_REGISTRY.register_pipeline(
+        CT_CLINICAL_TASK, pipeline_class=CTClinicalClassificationPipeline, pt_model=AutoModelForVideoClassification
     )

@@ -1,0 +1,210 @@
+"""MMCAF-Net configuration (Yu, Ge et al., "Small Lesions-aware Bidirectional Multimodal Multiscale Fusion Network")."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .clinical import ABEG_LABELS, AG_LABELS, CLINICAL_FEATURE_NAMES, HISTOLOGY
+from .configuration_cxr import CXRClassifierConfig
+from .losses import CLASS_BALANCE_MODES, SINGLE_LABEL_LOSS_TYPES
+
+CLASSIFICATION_HEADS = ("fused", "image", "table")
+FREEZABLE_PARTS = ("image_encoder", "table_encoder", "fusion")
+BSF_MODES = ("sum", "concat")
+
+MMCAF_NET_PRESETS: dict[str, dict[str, Any]] = {
+    # The published configuration: PENet-family encoder (256/512/1024, cardinality 32) on 12 x 192 x 192.
+    "paper": {},
+    # Seconds on a CPU, for tests and demos: the same modules at tiny widths on 12 x 32 x 32.
+    "tiny": {
+        "image_size": 32,
+        "stem_channels": 8,
+        "encoder_widths": [16, 32, 64],
+        "encoder_depths": [1, 1, 1],
+        "cardinality": 4,
+        "se_reduction": 4,
+        "attention_reduction": 4,
+    },
+}
+
+
+class MMCAFNetConfig(CXRClassifierConfig):
+    r"""Configuration of an MMCAF-Net model (3D CT window + 7 clinical values -> lung cancer histology).
+
+    Single-label: one softmax over `num_labels` classes, named by histology (`labels`, default A vs G:
+    `("adenocarcinoma", "squamous_cell_carcinoma")`; pass `labels=ABEG_LABELS` or `num_labels=4` for A, B, E, G).
+    Takes the shared fields of `CXRClassifierConfig` with these meanings here: `image_size` (192) is the in-plane
+    crop, `num_channels` must be 1, `loss` is one of `cross_entropy`, `focal` (default, `focal_gamma` 2) or
+    `class_balanced_focal` (`class_positive_counts` = training samples per class), `decision_thresholds` are
+    per-class probability thresholds chosen by evaluation (argmax where absent). Plus:
+
+    Args:
+        num_slices (`int`, defaults to 12): slices per CT window (depth D of `pixel_values` [B, 1, D, H, W]).
+        num_clinical_features (`int`, defaults to 7): sex, age, weight, T, N, M stage, smoking, in [-1, 1].
+        stem_channels (`int`, defaults to 64): width of the 7x7x7 stem conv (stride (1, 2, 2), then max-pool /2).
+        encoder_widths (`list[int]`, defaults to `[256, 512, 1024]`): output channels of the three ResNeXt-SE stages
+            (the three scales of the pyramid).
+        encoder_depths (`list[int]`, defaults to `[3, 4, 6]`): bottleneck blocks per stage (PENet's first three).
+        encoder_strides (`list[int]`, defaults to `[1, 2, 2]`): stride of each stage's first block (D, H and W).
+        cardinality (`int`, defaults to 32): groups of the 3x3x3 grouped conv in each bottleneck.
+        bottleneck_ratio (`float`, defaults to 0.5): bottleneck width / block output width.
+        se_reduction (`int`, defaults to 16): squeeze-excitation reduction in each bottleneck.
+        attention_reduction (`int`, defaults to 16): MLP reduction of the 3D channel attention (E3D-MSCA CAB).
+        spatial_kernel_size (`int`, defaults to 7): conv size of the 3D spatial attention (SAB).
+        dcfb_expansion (`int`, defaults to 2): 1x1x1 expansion factor of the depthwise multi-scale fusion (DCFB).
+        dcfb_kernel_sizes (`list[int]`, defaults to `[1, 3, 5]`): parallel depthwise kernels of DCFB (summed).
+        pyramid_separable_convs (`bool`, defaults to `True`): the 3x3x3 convs of the pyramid (upsampling, stride-2
+            downsampling, BFPU gates) are depthwise + pointwise. Full 3x3x3 convs at 512/1024 channels would add
+            about 110M parameters to a 10M-parameter encoder; the paper stresses a low cost but does not say.
+        image_dropout (`float`, defaults to 0.0): dropout on the pooled image features before the projection (the
+            paper's ablation has a "+drop" variant without a rate).
+        embed_dim (`int`, defaults to 24): image and table embedding width (the finest MSCA scale).
+        kan_grid_size (`int`, defaults to 5): B-spline grid intervals of the KAN table encoder.
+        kan_spline_order (`int`, defaults to 3): B-spline order (3 = cubic).
+        kan_grid_range (`list[float]`, defaults to `[-1.0, 1.0]`): grid domain (the clinical values' range).
+        msca_num_scales (`int`, defaults to 3): MSCA scales; each halves the previous width (24, 12, 6).
+        msca_tokens (`int`, defaults to 3): tokens each side's vector is split into at every scale. With one token
+            per side the softmax over keys is identically 1 and attention reduces to a linear map of the other side;
+            3 tokens (8/4/2 dims at 24/12/6) make it a real attention. Every scale's width must divide by it.
+        msca_num_heads (`list[int]`, defaults to `[2, 2, 1]`): heads per scale (must divide the token width).
+        msca_dropout (`float`, defaults to 0.0): dropout on the cross-attention weights.
+        bsf_mode (`str`, defaults to `"sum"`): BSF merge, `sum` (x + x s + y + y s, 24-d fused vector) or `concat`
+            ([x + x s, y + y s] as the paper's figure draws it, 48-d).
+        classification_head (`str`, defaults to `"fused"`): which embedding the returned logits come from: `fused`,
+            `image` (stage 1 of the paper's schedule: train the image encoder alone) or `table`.
+        frozen_parts (`list[str]`, defaults to `[]`): parts kept frozen *and in eval mode* (no BN drift, no
+            dropout) whatever `model.train()` asks: any of `image_encoder`, `table_encoder`, `fusion`.
+    """
+
+    model_type = "mmcaf_net"
+    default_labels: ClassVar[tuple[str, ...]] = AG_LABELS
+    presets: ClassVar[dict[str, dict[str, Any]]] = MMCAF_NET_PRESETS
+
+    def __init__(
+        self,
+        num_slices: int = 12,
+        num_clinical_features: int = len(CLINICAL_FEATURE_NAMES),
+        stem_channels: int = 64,
+        encoder_widths: list[int] | tuple[int, ...] = (256, 512, 1024),
+        encoder_depths: list[int] | tuple[int, ...] = (3, 4, 6),
+        encoder_strides: list[int] | tuple[int, ...] = (1, 2, 2),
+        cardinality: int = 32,
+        bottleneck_ratio: float = 0.5,
+        se_reduction: int = 16,
+        attention_reduction: int = 16,
+        spatial_kernel_size: int = 7,
+        dcfb_expansion: int = 2,
+        dcfb_kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5),
+        pyramid_separable_convs: bool = True,
+        image_dropout: float = 0.0,
+        embed_dim: int = 24,
+        kan_grid_size: int = 5,
+        kan_spline_order: int = 3,
+        kan_grid_range: list[float] | tuple[float, float] = (-1.0, 1.0),
+        msca_num_scales: int = 3,
+        msca_tokens: int = 3,
+        msca_num_heads: list[int] | tuple[int, ...] = (2, 2, 1),
+        msca_dropout: float = 0.0,
+        bsf_mode: str = "sum",
+        classification_head: str = "fused",
+        frozen_parts: list[str] | tuple[str, ...] = (),
+        image_size: int = 192,
+        num_channels: int = 1,
+        loss: str = "focal",
+        **kwargs: Any,
+    ) -> None:
+        self.num_slices = num_slices
+        self.num_clinical_features = num_clinical_features
+        self.stem_channels = stem_channels
+        self.encoder_widths = list(encoder_widths)
+        self.encoder_depths = list(encoder_depths)
+        self.encoder_strides = list(encoder_strides)
+        self.cardinality = cardinality
+        self.bottleneck_ratio = bottleneck_ratio
+        self.se_reduction = se_reduction
+        self.attention_reduction = attention_reduction
+        self.spatial_kernel_size = spatial_kernel_size
+        self.dcfb_expansion = dcfb_expansion
+        self.dcfb_kernel_sizes = list(dcfb_kernel_sizes)
+        self.pyramid_separable_convs = pyramid_separable_convs
+        self.image_dropout = image_dropout
+        self.embed_dim = embed_dim
+        self.kan_grid_size = kan_grid_size
+        self.kan_spline_order = kan_spline_order
+        self.kan_grid_range = [float(value) for value in kan_grid_range]
+        self.msca_num_scales = msca_num_scales
+        self.msca_tokens = msca_tokens
+        self.msca_num_heads = list(msca_num_heads)
+        self.msca_dropout = msca_dropout
+        self.bsf_mode = bsf_mode
+        self.classification_head = classification_head
+        self.frozen_parts = list(frozen_parts)
+        # `num_labels` 2 or 4 without names means the A/G or A/B/E/G histology classes.
+        if "id2label" not in kwargs and "labels" not in kwargs and kwargs.get("num_labels") in (2, 4):
+            kwargs["labels"] = AG_LABELS if kwargs.pop("num_labels") == 2 else ABEG_LABELS
+        kwargs.setdefault("problem_type", "single_label_classification")
+        super().__init__(image_size=image_size, num_channels=num_channels, loss=loss, **kwargs)
+
+    @property
+    def msca_dims(self) -> list[int]:
+        """Vector width at each MSCA scale, finest first: embed_dim, embed_dim / 2, ..."""
+        return [self.embed_dim // 2**scale for scale in range(self.msca_num_scales)]
+
+    @property
+    def fused_dim(self) -> int:
+        """Width of the fused vector the classifier reads (doubled by `bsf_mode="concat"`)."""
+        return self.embed_dim * (2 if self.bsf_mode == "concat" else 1)
+
+    def _validate(self) -> None:
+        # The shared checks, with the single-label loss names instead of the multi-label ones.
+        if self.loss not in SINGLE_LABEL_LOSS_TYPES:
+            self._fail("loss", f"must be one of {SINGLE_LABEL_LOSS_TYPES}, got {self.loss!r}")
+        if self.class_balance_mode not in CLASS_BALANCE_MODES:
+            self._fail("class_balance_mode", f"must be one of {CLASS_BALANCE_MODES}, got {self.class_balance_mode!r}")
+        counts = self.class_positive_counts
+        if counts is not None and len(counts) != self.num_labels:
+            self._fail("class_positive_counts", f"has {len(counts)} entries for {self.num_labels} labels")
+        unknown = sorted(set(self.decision_thresholds) - set(self.id2label.values()))
+        if unknown:
+            self._fail("decision_thresholds", f"names classes the model does not have: {unknown}")
+        if self.problem_type != "single_label_classification":
+            self._fail("problem_type", f"must be 'single_label_classification' (softmax), got {self.problem_type!r}")
+        if self.num_channels != 1:
+            self._fail("num_channels", f"must be 1 (CT in HU, windowed), got {self.num_channels}")
+        if not len(self.encoder_widths) == len(self.encoder_depths) == len(self.encoder_strides) == 3:
+            self._fail("encoder_widths", "encoder_widths, encoder_depths and encoder_strides need 3 entries each")
+        for width in self.encoder_widths:
+            middle = int(width * self.bottleneck_ratio)
+            if middle % self.cardinality:
+                self._fail("cardinality", f"({self.cardinality}) must divide the bottleneck width {middle}")
+        if self.bsf_mode not in BSF_MODES:
+            self._fail("bsf_mode", f"must be one of {BSF_MODES}, got {self.bsf_mode!r}")
+        if self.classification_head not in CLASSIFICATION_HEADS:
+            self._fail(
+                "classification_head", f"must be one of {CLASSIFICATION_HEADS}, got {self.classification_head!r}"
+            )
+        bad_parts = sorted(set(self.frozen_parts) - set(FREEZABLE_PARTS))
+        if bad_parts:
+            self._fail("frozen_parts", f"names unknown parts {bad_parts}; choose from {FREEZABLE_PARTS}")
+        if self.msca_num_scales < 2:
+            self._fail("msca_num_scales", f"must be at least 2 (BSF merges scales), got {self.msca_num_scales}")
+        if len(self.msca_num_heads) != self.msca_num_scales:
+            self._fail("msca_num_heads", f"needs one entry per scale ({self.msca_num_scales})")
+        for dim, heads in zip(self.msca_dims, self.msca_num_heads, strict=True):
+            if dim < 1 or dim % self.msca_tokens or (dim // self.msca_tokens) % heads:
+                self._fail(
+                    "msca_tokens",
+                    f"({self.msca_tokens}) and msca_num_heads ({heads}) must divide the scale width {dim} "
+                    "(width / tokens / heads an integer)",
+                )
+        low, high = self.kan_grid_range
+        if not low < high or self.kan_grid_size < 1 or self.kan_spline_order < 0:
+            self._fail("kan_grid_range", "needs low < high, kan_grid_size >= 1 and kan_spline_order >= 0")
+
+
+def histology_labels(letters: str) -> tuple[str, ...]:
+    """Class names for a string of histology letters, e.g. `"AG"` or `"ABEG"`."""
+    return tuple(HISTOLOGY[letter] for letter in letters)
+
+
+__all__ = ["MMCAF_NET_PRESETS", "MMCAFNetConfig", "histology_labels"]
