@@ -18,6 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -338,15 +339,15 @@ def generate_dataset_dict(
 
 
 def hub_cards_dir() -> Path:
-    """The repository's `hub_cards/` folder (next to the `hf_cxr` package in a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "hub_cards"
+    """The card templates: `hub_cards/`, installed as the package `hf_cxr.hub_cards` (wheel and editable)."""
+    return Path(str(resources.files("hf_cxr.hub_cards")))
 
 
 def render_card(template_name: str, fallback: str, **fields: Any) -> str:
     """Fill a `hub_cards/` template (`$name` placeholders; a missing field is an error).
 
-    Outside a source checkout the template is not installed; then the card is `fallback` (the same fields,
-    the licence, the citation and the research-use statement, without the long description).
+    The templates are installed with the package (`hf_cxr.hub_cards`); should one be missing, the card is
+    `fallback` (the same fields, the licence, the citation and the research-use statement, no long description).
     """
     template_path = hub_cards_dir() / template_name
     text = template_path.read_text(encoding="utf-8") if template_path.is_file() else fallback
