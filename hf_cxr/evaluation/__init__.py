@@ -1,0 +1,78 @@
+"""Evaluation the way papers report it, with the provenance of every number.
+
+- `hf_cxr.evaluation.scores`: the numbers on arrays (scikit-learn), patient-level bootstrap, Youden thresholds,
+  cross-dataset finding pairs.
+- `hf_cxr.evaluation.report`: `metrics.json`, `report.md`, ROC and reliability PNGs.
+- `hf_cxr.evaluation.run`: `evaluate_model`, what `hf-cxr evaluate` runs.
+- `cxr_multilabel/`: the same numbers as an `evaluate` metric, loaded offline by `evaluate_module_path()`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from hf_cxr.evaluation.report import REPORT_FILES, SMALL_SPLIT_IMAGES, read_metrics, small_split_note, write_report
+from hf_cxr.evaluation.run import (
+    EvaluationReport,
+    dataset_label_names,
+    dataset_targets,
+    evaluate_model,
+    predict_probabilities,
+    write_thresholds,
+)
+from hf_cxr.evaluation.scores import (
+    Interval,
+    Scores,
+    bootstrap_intervals,
+    micro_roc_auc,
+    patient_bootstrap_indices,
+    per_class_average_precision,
+    point_metrics,
+    score_predictions,
+    shared_findings,
+    threshold_metrics,
+    youden_thresholds,
+)
+
+EVALUATE_MODULE_NAME = "cxr_multilabel"
+
+
+def evaluate_module_path() -> str:
+    """The folder of the shipped `evaluate` metric, for `evaluate.load(evaluate_module_path())` (works offline)."""
+    return str(resources.files("hf_cxr.evaluation") / EVALUATE_MODULE_NAME)
+
+
+def load_evaluate_metric(**kwargs):
+    """`evaluate.load` of the shipped metric (no download)."""
+    import evaluate
+
+    return evaluate.load(evaluate_module_path(), **kwargs)
+
+
+__all__ = [
+    "EVALUATE_MODULE_NAME",
+    "REPORT_FILES",
+    "SMALL_SPLIT_IMAGES",
+    "EvaluationReport",
+    "Interval",
+    "Scores",
+    "bootstrap_intervals",
+    "dataset_label_names",
+    "dataset_targets",
+    "evaluate_model",
+    "evaluate_module_path",
+    "load_evaluate_metric",
+    "micro_roc_auc",
+    "patient_bootstrap_indices",
+    "per_class_average_precision",
+    "point_metrics",
+    "predict_probabilities",
+    "read_metrics",
+    "score_predictions",
+    "shared_findings",
+    "small_split_note",
+    "threshold_metrics",
+    "write_report",
+    "write_thresholds",
+    "youden_thresholds",
+]

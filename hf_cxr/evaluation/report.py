@@ -1,0 +1,300 @@
+"""The report folder of an evaluation: `metrics.json`, `report.md`, `roc_curves.png`, `reliability.png`.
+
+The Markdown states where every number comes from (which split scores, which split chose the thresholds,
+what the intervals resample) and says plainly when the split is too small to measure the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hf_cxr.evaluation.scores import AT_CHOSEN, AT_HALF, Scores, _scored
+from hf_cxr.losses import IGNORE_LABEL
+
+METRICS_NAME = "metrics.json"
+REPORT_NAME = "report.md"
+ROC_NAME = "roc_curves.png"
+RELIABILITY_NAME = "reliability.png"
+REPORT_FILES = (METRICS_NAME, REPORT_NAME, ROC_NAME, RELIABILITY_NAME)
+# Below this many scored images a split checks that the code runs; its numbers say little about the model.
+SMALL_SPLIT_IMAGES = 1000
+# A finding with fewer positives than this gets a wide interval whatever the split's size.
+FEW_POSITIVES = 30
+RESEARCH_USE = "Research use only: not a medical device, not for diagnosis or clinical decisions."
+
+
+def small_split_note(num_images: int) -> str | None:
+    """The plain statement a small split's report carries (None when the split is large enough)."""
+    if num_images >= SMALL_SPLIT_IMAGES:
+        return None
+    return (
+        f"This split has only {num_images} images (under {SMALL_SPLIT_IMAGES}): these numbers measure the "
+        "pipeline, not the model. Do not quote them as the model's performance."
+    )
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: undefined numbers are written as null."""
+    return None if value is None or math.isnan(value) else round(float(value), 6)
+
+
+def metrics_document(scores: Scores, context: dict[str, Any]) -> dict[str, Any]:
+    """The JSON written to `metrics.json` (and read by `hf-cxr push` for the model card)."""
+
+    def with_interval(key: str) -> dict[str, Any]:
+        interval = scores.interval(key)
+        entry: dict[str, Any] = {"value": _number(scores.value(key))}
+        if interval is not None:
+            entry["ci95"] = [_number(interval.low), _number(interval.high)]
+            entry["bootstrap_defined"] = interval.defined
+        return entry
+
+    per_class = {}
+    for name in scores.label_names:
+        entry: dict[str, Any] = {
+            "auc": with_interval(f"auc/{name}"),
+            "average_precision": with_interval(f"ap/{name}"),
+            **scores.counts[name],
+        }
+        points = [AT_HALF] + ([AT_CHOSEN] if scores.thresholds is not None else [])
+        for point in points:
+            entry[point] = {
+                metric: with_interval(f"{point}/{metric}/{name}")
+                for metric in ("sensitivity", "specificity", "precision", "f1")
+            }
+        if scores.thresholds is not None:
+            entry["threshold"] = scores.thresholds[name]
+        per_class[name] = entry
+    summary = {key: with_interval(key) for key in ("auc_macro", "auc_micro", "ap_macro")}
+    for point in [AT_HALF] + ([AT_CHOSEN] if scores.thresholds is not None else []):
+        for metric in ("sensitivity", "specificity", "precision", "f1"):
+            summary[f"{point}/{metric}_macro"] = with_interval(f"{point}/{metric}_macro")
+    return {
+        **context,
+        "num_images": scores.num_images,
+        "num_patients": scores.num_patients,
+        "scored_findings": scores.label_names,
+        "summary": summary,
+        "per_class": per_class,
+        "thresholds": scores.thresholds,
+        "expected_calibration_error": _number(scores.calibration_error),
+        "bootstrap": scores.bootstrap,
+        "small_split_note": small_split_note(scores.num_images),
+        "research_use": RESEARCH_USE,
+    }
+
+
+def _format(entry: dict[str, Any], digits: int = 3) -> str:
+    value = entry.get("value")
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    low, high = entry.get("ci95", [None, None])
+    if low is not None and high is not None:
+        text += f" ({low:.{digits}f}-{high:.{digits}f})"
+    return text
+
+
+def markdown_report(document: dict[str, Any]) -> str:
+    """`report.md`: provenance first, then the summary, the per-finding table and the operating points."""
+    split, threshold_split = document["split"], document.get("threshold_source")
+    bootstrap = document["bootstrap"]
+    lines = [f"# Evaluation of `{document['model']}` on `{document['dataset']}` ({split} split)", ""]
+    lines += [f"**{RESEARCH_USE}**", ""]
+    if document.get("small_split_note"):
+        lines += [f"> **{document['small_split_note']}**", ""]
+    lines += [
+        "## Where the numbers come from",
+        "",
+        f"- Scored split: `{split}`: {document['num_images']} images of {document['num_patients']} patients.",
+        f"- Thresholds (`at_threshold` columns): {threshold_split or 'none chosen; only the fixed 0.5 is reported'}."
+        " Thresholds are never chosen on the scored split.",
+    ]
+    if bootstrap.get("resamples"):
+        lines.append(
+            f"- 95 % intervals: percentile bootstrap, {bootstrap['resamples']} resamples by {bootstrap['unit']} "
+            f"(seed {bootstrap['seed']}), on the `{split}` split."
+        )
+    else:
+        lines.append("- No confidence intervals (bootstrap disabled).")
+    if document.get("cross_dataset"):
+        pairs = ", ".join(f"{model} -> {data}" for model, data in document["finding_map"].items())
+        lines.append(
+            f"- Cross-dataset: the model's label set differs from the dataset's; only the shared findings are "
+            f"scored ({pairs})."
+        )
+    if document.get("label_set_note"):
+        lines.append(f"- {document['label_set_note']}")
+    lines.append("- Labels marked ignored (-100, e.g. uncertain CheXpert labels) are left out of their finding only.")
+    summary = document["summary"]
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "| metric | value (95 % CI) |",
+        "|---|---|",
+        f"| macro ROC-AUC | {_format(summary['auc_macro'])} |",
+        f"| micro ROC-AUC | {_format(summary['auc_micro'])} |",
+        f"| macro average precision | {_format(summary['ap_macro'])} |",
+        f"| expected calibration error (10 bins) | {_format({'value': document['expected_calibration_error']})} |",
+        "",
+        "## Per finding",
+        "",
+        "| finding | positives | negatives | ignored | ROC-AUC (95 % CI) | average precision (95 % CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    few = []
+    for name, entry in document["per_class"].items():
+        lines.append(
+            f"| {name} | {entry['positives']} | {entry['negatives']} | {entry['ignored']} | "
+            f"{_format(entry['auc'])} | {_format(entry['average_precision'])} |"
+        )
+        if entry["positives"] < FEW_POSITIVES:
+            few.append(name)
+    if few:
+        lines += ["", f"Fewer than {FEW_POSITIVES} positives (wide intervals, unstable numbers): {', '.join(few)}."]
+    for point, title in ((AT_HALF, "threshold 0.5"), (AT_CHOSEN, f"thresholds chosen on {threshold_split}")):
+        if not all(point in entry for entry in document["per_class"].values()):
+            continue
+        lines += [
+            "",
+            f"## Operating point: {title}",
+            "",
+            "| finding | threshold | sensitivity | specificity | precision | F1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, entry in document["per_class"].items():
+            threshold = 0.5 if point == AT_HALF else entry["threshold"]
+            cells = " | ".join(
+                _format(entry[point][metric]) for metric in ("sensitivity", "specificity", "precision", "f1")
+            )
+            lines.append(f"| {name} | {threshold:.3f} | {cells} |")
+        macro = " | ".join(
+            _format(summary[f"{point}/{metric}_macro"]) for metric in ("sensitivity", "specificity", "precision", "f1")
+        )
+        lines.append(f"| **macro** | | {macro} |")
+    lines += [
+        "",
+        "## Figures",
+        "",
+        f"![ROC curves per finding]({ROC_NAME})",
+        "",
+        f"![Reliability diagram]({RELIABILITY_NAME})",
+        "",
+        "Scores are sigmoid outputs of the model's logits; the reliability diagram shows how far they are from "
+        "calibrated probabilities on this split.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_roc_curves(probabilities: np.ndarray, targets: np.ndarray, scores: Scores, path: Path) -> None:
+    """One ROC panel per finding, AUC in the title; a finding with one class gets an empty, labelled panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    names = scores.label_names
+    columns = min(4, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        if index >= len(names):
+            axis.axis("off")
+            continue
+        name = names[index]
+        truth, score = _scored(probabilities, targets, index)
+        axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+        auc = scores.value(f"auc/{name}")
+        if math.isnan(auc):
+            axis.set_title(f"{name}\nAUC undefined (one class)", fontsize=9)
+        else:
+            fpr, tpr, _ = roc_curve(truth, score)
+            axis.plot(fpr, tpr, linewidth=1.5)
+            axis.set_title(f"{name}\nAUC {auc:.3f} (n+={int(truth.sum())})", fontsize=9)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("1 - specificity", fontsize=8)
+        axis.set_ylabel("sensitivity", fontsize=8)
+        axis.tick_params(labelsize=7)
+    figure.suptitle("ROC curves per finding (research use only)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_reliability(
+    probabilities: np.ndarray, targets: np.ndarray, scores: Scores, path: Path, bins: int = 10
+) -> None:
+    """Observed positive rate against mean score per bin, all scored pairs pooled, with the bins' counts below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = targets != IGNORE_LABEL
+    truth, score = targets[keep], probabilities[keep]
+    which = np.minimum((score * bins).astype(int), bins - 1)
+    centres, rates, counts = [], [], np.bincount(which, minlength=bins)
+    for index in range(bins):
+        members = which == index
+        if members.any():
+            centres.append(score[members].mean())
+            rates.append(truth[members].mean())
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="calibrated")
+    top.plot(centres, rates, marker="o", label="model")
+    top.set_ylabel("observed positive rate")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(f"Reliability, all findings pooled (ECE {scores.calibration_error:.3f})", fontsize=10)
+    bottom.bar((np.arange(bins) + 0.5) / bins, counts, width=1.0 / bins, edgecolor="black", linewidth=0.5)
+    bottom.set_xlabel("predicted probability (sigmoid of logit)")
+    bottom.set_ylabel("pairs")
+    bottom.set_xlim(0, 1)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    scores: Scores,
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the four report files into `out_dir` (created); returns the metrics document."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    document = metrics_document(scores, context)
+    (out_dir / METRICS_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    (out_dir / REPORT_NAME).write_text(markdown_report(document), encoding="utf-8")
+    plot_roc_curves(probabilities, targets, scores, out_dir / ROC_NAME)
+    plot_reliability(probabilities, targets, scores, out_dir / RELIABILITY_NAME)
+    return document
+
+
+def read_metrics(report_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The `metrics.json` of a report folder."""
+    path = Path(report_dir) / METRICS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: pass the --out folder of `hf-cxr evaluate`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def finding_rows(document: dict[str, Any]) -> Sequence[tuple[str, str, str, int]]:
+    """(finding, AUC with CI, AP with CI, positives) per finding, for tables in cards."""
+    return [
+        (name, _format(entry["auc"]), _format(entry["average_precision"]), entry["positives"])
+        for name, entry in document["per_class"].items()
+    ]

@@ -1,0 +1,235 @@
+"""Evaluate a saved model on a converted dataset: predictions, thresholds from validation, report folder.
+
+This is what `hf-cxr evaluate` runs. Thresholds are chosen on `threshold_split` (validation by default) and
+only then applied to the scored split; choosing them on the scored split, or on `test`, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from hf_cxr.data.transforms import eval_transform
+from hf_cxr.evaluation.report import write_report
+from hf_cxr.evaluation.scores import (
+    DEFAULT_BOOTSTRAP,
+    Scores,
+    score_predictions,
+    shared_findings,
+    youden_thresholds,
+)
+from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, LABEL_SETS
+from hf_cxr.losses import IGNORE_LABEL
+
+PATIENT_COLUMN = "patient_id"
+NO_THRESHOLD_SPLIT = ("none", "")
+
+
+@dataclass
+class EvaluationReport:
+    """What `evaluate_model` measured and where it wrote it."""
+
+    out_dir: Path
+    document: dict[str, Any]
+    scores: Scores
+    thresholds: dict[str, float] | None
+    probabilities: np.ndarray
+    targets: np.ndarray
+
+
+def load_for_evaluation(model: str | os.PathLike[str]) -> tuple[torch.nn.Module, Any]:
+    """(model in eval mode, image processor) from a saved folder or a Hub id, through the Auto classes."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import hf_cxr  # noqa: F401  (registers the architectures: no remote code needed)
+
+    return AutoModelForImageClassification.from_pretrained(str(model)).eval(), AutoImageProcessor.from_pretrained(
+        str(model)
+    )
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: torch.nn.Module,
+    processor: Any,
+    dataset: datasets.Dataset,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    image_column: str = "image",
+) -> np.ndarray:
+    """Sigmoid of the model's logits for every row, in dataset order, preprocessed by the model's own processor."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    images = dataset.select_columns([image_column]).with_transform(eval_transform(processor, image_column))
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        pixel_values = images[start : start + batch_size]["pixel_values"].to(device)
+        logits = model(pixel_values=pixel_values).logits
+        outputs.append(torch.sigmoid(logits.float()).cpu().numpy())
+    if not outputs:
+        raise ValueError("the split is empty: nothing to evaluate")
+    return np.concatenate(outputs).astype(np.float64)
+
+
+def dataset_targets(dataset: datasets.Dataset, label_column: str = "labels") -> np.ndarray:
+    """Labels as float [N, K]; where a `label_mask` column is 0 the label becomes `IGNORE_LABEL`."""
+    columns = [name for name in (label_column, "label_mask") if name in dataset.column_names]
+    if label_column not in columns:
+        raise ValueError(f"the dataset has no '{label_column}' column (columns: {dataset.column_names})")
+    table = dataset.select_columns(columns)
+    targets = np.asarray(table[label_column], dtype=np.float64)
+    if "label_mask" in columns:
+        targets[np.asarray(table["label_mask"], dtype=np.float64) == 0.0] = IGNORE_LABEL
+    return targets
+
+
+def dataset_label_names(
+    dataset: datasets.Dataset, model_labels: Sequence[str], override: str | Sequence[str] | None = None
+) -> tuple[list[str], str | None]:
+    """The finding names of the dataset's `labels` columns, and a note when they had to be assumed.
+
+    `override`: a label-set name (`chestxray14`, `chexpert`), a comma-separated list, or a list. Without it,
+    hf-cxr's converters are recognised by their columns (CheXpert: `label_mask`/`uncertain`; ChestX-ray14:
+    `finding_labels`/`image_index`); any other dataset is assumed to use the model's own label order.
+    """
+    length = getattr(dataset.features["labels"], "length", -1)
+    width = length if length and length > 0 else len(dataset.select_columns(["labels"])[0]["labels"])
+    if override:
+        if isinstance(override, str):
+            names = list(LABEL_SETS[override]) if override in LABEL_SETS else [n.strip() for n in override.split(",")]
+        else:
+            names = list(override)
+        note = None
+    elif {"label_mask", "uncertain"} & set(dataset.column_names):
+        names, note = list(CHEXPERT_LABELS), None
+    elif {"finding_labels", "image_index"} & set(dataset.column_names):
+        names, note = list(CHESTXRAY14_LABELS), None
+    else:
+        names = list(model_labels)
+        note = "The dataset does not name its label columns; they were assumed to be in the model's label order."
+    if len(names) != width:
+        raise ValueError(f"{len(names)} label names for {width} label columns in the dataset")
+    return names, note
+
+
+def write_thresholds(model_dir: str | os.PathLike[str], thresholds: Mapping[str, float]) -> Path:
+    """Store `thresholds` as `decision_thresholds` in the folder's `config.json` (atomic replace).
+
+    The JSON is edited in place rather than re-saved through the config class, so nothing else in it
+    (`auto_map`, labels, preset fields) changes.
+    """
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: --write-thresholds needs a local model folder")
+    config = json.loads(path.read_text(encoding="utf-8"))
+    known = set(config.get("id2label", {}).values())
+    unknown = sorted(set(thresholds) - known)
+    if unknown:
+        raise ValueError(f"thresholds for findings the model does not have: {unknown}")
+    config["decision_thresholds"] = {name: float(value) for name, value in thresholds.items()}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".json")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def _load_dataset(dataset: str | os.PathLike[str] | datasets.DatasetDict) -> datasets.DatasetDict:
+    if isinstance(dataset, datasets.DatasetDict):
+        return dataset
+    loaded = datasets.load_from_disk(str(dataset))
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(f"'{dataset}' holds a single Dataset; evaluation needs named splits (a DatasetDict)")
+    return loaded
+
+
+def evaluate_model(
+    model: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | datasets.DatasetDict,
+    split: str = "test",
+    out_dir: str | os.PathLike[str] = "evaluation",
+    threshold_split: str | None = "validation",
+    batch_size: int = 32,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    store_thresholds: bool = False,
+    dataset_labels: str | Sequence[str] | None = None,
+    device: str | None = None,
+) -> EvaluationReport:
+    """Score `model` (folder or Hub id) on `dataset[split]` and write the report folder `out_dir`.
+
+    `threshold_split` (default `validation`; `None`/`"none"` for none) chooses per-finding thresholds by
+    Youden's J; without it the model config's `decision_thresholds` are used when it has any.
+    `store_thresholds` writes the chosen thresholds into the model folder's config (same label set only).
+    """
+    if threshold_split in NO_THRESHOLD_SPLIT:
+        threshold_split = None
+    if threshold_split is not None and (threshold_split == split or threshold_split == "test"):
+        raise ValueError(
+            f"thresholds may not be chosen on the '{threshold_split}' split (scoring '{split}'): choose them on a "
+            "validation split, or pass --threshold-split none"
+        )
+    if store_thresholds and threshold_split is None:
+        raise ValueError("--write-thresholds needs a --threshold-split to choose the thresholds on")
+    if store_thresholds and not (Path(model) / "config.json").is_file():
+        raise ValueError(f"--write-thresholds needs a local model folder with a config.json, got '{model}'")
+    splits = _load_dataset(dataset)
+    for needed in filter(None, (split, threshold_split)):
+        if needed not in splits:
+            raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
+    network, processor = load_for_evaluation(model)
+    model_labels = [network.config.id2label[index] for index in sorted(network.config.id2label)]
+    names, label_note = dataset_label_names(splits[split], model_labels, dataset_labels)
+    pairs = shared_findings(model_labels, names)
+    if not pairs:
+        raise ValueError(f"the model's findings {model_labels} share none with the dataset's {names}")
+    cross_dataset = [model_name for model_name, _, _ in pairs] != model_labels or model_labels != names
+    if store_thresholds and cross_dataset:
+        raise ValueError("--write-thresholds needs a dataset with the model's own label set (this is cross-dataset)")
+    scored = [model_name for model_name, _, _ in pairs]
+    model_columns = [column for _, column, _ in pairs]
+    data_columns = [column for _, _, column in pairs]
+
+    def predictions(name: str) -> tuple[np.ndarray, np.ndarray]:
+        part = splits[name]
+        probabilities = predict_probabilities(network, processor, part, batch_size, device)[:, model_columns]
+        return probabilities, dataset_targets(part)[:, data_columns]
+
+    thresholds, threshold_source = None, None
+    if threshold_split is not None:
+        thresholds = youden_thresholds(*predictions(threshold_split), scored)
+        threshold_source = f"chosen per finding on the `{threshold_split}` split (Youden's J)"
+    elif getattr(network.config, "decision_thresholds", None):
+        stored = network.config.decision_thresholds
+        thresholds = {name: float(stored[name]) for name in scored if name in stored}
+        threshold_source = "the model config's `decision_thresholds` (0.5 where absent)"
+    probabilities, targets = predictions(split)
+    part = splits[split]
+    patients = part[PATIENT_COLUMN] if PATIENT_COLUMN in part.column_names else None
+    scores = score_predictions(probabilities, targets, scored, patients, thresholds, n_bootstrap, seed)
+    context = {
+        "model": str(model),
+        "model_type": network.config.model_type,
+        "dataset": str(dataset) if not isinstance(dataset, datasets.DatasetDict) else "in-memory DatasetDict",
+        "split": split,
+        "threshold_source": threshold_source,
+        "threshold_split": threshold_split,
+        "cross_dataset": cross_dataset,
+        "finding_map": {model_name: names[column] for model_name, _, column in pairs},
+        "model_labels": model_labels,
+        "dataset_labels": names,
+        "label_set_note": label_note,
+    }
+    document = write_report(out_dir, scores, probabilities, targets, context)
+    if store_thresholds and thresholds is not None:
+        write_thresholds(model, thresholds)
+    return EvaluationReport(Path(out_dir), document, scores, thresholds, probabilities, targets)

@@ -1,0 +1,341 @@
+"""The numbers of an evaluation, computed with scikit-learn on arrays: no model, no files.
+
+Every function takes `probabilities` [N, K] and `targets` [N, K] (1 positive, 0 negative, `IGNORE_LABEL` for a
+label that must not be scored, e.g. CheXpert's uncertain labels), and leaves each ignored entry out of its
+finding's numbers only. A prediction is positive when `probability >= threshold` (the rule `roc_curve` uses).
+
+Confidence intervals come from a bootstrap that resamples **patients**, not images: a patient's images are
+correlated, so resampling images treats them as independent evidence and gives intervals that are too narrow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from hf_cxr.labels import CHESTXRAY14_TO_CHEXPERT
+from hf_cxr.losses import IGNORE_LABEL
+from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_CONFIDENCE = 0.95
+THRESHOLD_METRICS = ("sensitivity", "specificity", "precision", "f1")
+# Operating points: the fixed 0.5 and the per-finding thresholds chosen on another split.
+AT_HALF, AT_CHOSEN = "at_0.5", "at_threshold"
+
+
+def check_arrays(probabilities: Any, targets: Any, label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Float arrays of matching [N, K] shape, K = len(label_names); targets only 0, 1 or IGNORE_LABEL."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape != targets.shape or probabilities.shape[1] != len(label_names):
+        raise ValueError(
+            f"probabilities {probabilities.shape} and targets {targets.shape} must both be [N, {len(label_names)}]"
+        )
+    if not np.isfinite(probabilities).all():
+        raise ValueError("probabilities contain NaN or infinity")
+    if not np.isin(targets, (0.0, 1.0, IGNORE_LABEL)).all():
+        raise ValueError(f"targets must be 0, 1 or {IGNORE_LABEL} (ignored)")
+    return probabilities, targets
+
+
+def _scored(probabilities: np.ndarray, targets: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = targets[:, column] != IGNORE_LABEL
+    return targets[keep, column], probabilities[keep, column]
+
+
+def _both_classes(truth: np.ndarray) -> bool:
+    return truth.size > 0 and 0.0 < truth.mean() < 1.0
+
+
+def micro_roc_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """ROC-AUC of all scored (image, finding) pairs pooled: common findings weigh more than in the macro mean."""
+    keep = targets != IGNORE_LABEL
+    truth = targets[keep]
+    return float(roc_auc_score(truth, probabilities[keep])) if _both_classes(truth) else math.nan
+
+
+def per_class_average_precision(
+    probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]
+) -> dict[str, float]:
+    """Average precision (area under precision-recall) per finding; NaN where a finding has no positive."""
+    scores = {}
+    for column, name in enumerate(label_names):
+        truth, score = _scored(probabilities, targets, column)
+        scores[name] = float(average_precision_score(truth, score)) if truth.sum() > 0 else math.nan
+    return scores
+
+
+def youden_thresholds(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
+    """Per-finding threshold maximising Youden's J = sensitivity + specificity - 1 (meant for a validation split).
+
+    On ties the highest threshold wins (fewest positive calls). A finding with one class only, or where no
+    threshold beats chance (J <= 0), keeps `DEFAULT_THRESHOLD`.
+    """
+    probabilities, targets = check_arrays(probabilities, targets, label_names)
+    thresholds = {}
+    for column, name in enumerate(label_names):
+        truth, score = _scored(probabilities, targets, column)
+        thresholds[name] = DEFAULT_THRESHOLD
+        if not _both_classes(truth):
+            continue
+        fpr, tpr, candidates = roc_curve(truth, score, drop_intermediate=False)
+        youden = tpr - fpr
+        best = int(np.argmax(youden))  # first maximum = highest threshold, candidates are decreasing
+        if youden[best] > 0 and np.isfinite(candidates[best]):
+            thresholds[name] = float(candidates[best])
+    return thresholds
+
+
+def confusion_metrics(truth: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, precision and F1 of `score >= threshold`; NaN where a ratio has no denominator."""
+    predicted = score >= threshold
+    positive = truth == 1.0
+    tp = float(np.sum(predicted & positive))
+    fp = float(np.sum(predicted & ~positive))
+    fn = float(np.sum(~predicted & positive))
+    tn = float(np.sum(~predicted & ~positive))
+
+    def ratio(top: float, bottom: float) -> float:
+        return top / bottom if bottom > 0 else math.nan
+
+    return {
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "precision": ratio(tp, tp + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def threshold_metrics(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    label_names: Sequence[str],
+    thresholds: Mapping[str, float] | float = DEFAULT_THRESHOLD,
+) -> dict[str, dict[str, float]]:
+    """`confusion_metrics` per finding at one threshold for all (a float) or per finding (absent: 0.5)."""
+    results = {}
+    for column, name in enumerate(label_names):
+        truth, score = _scored(probabilities, targets, column)
+        value = thresholds if isinstance(thresholds, (int, float)) else thresholds.get(name, DEFAULT_THRESHOLD)
+        results[name] = confusion_metrics(truth, score, float(value))
+    return results
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    defined = [value for value in values if not math.isnan(value)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def point_metrics(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    label_names: Sequence[str],
+    thresholds: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Every number of the report as a flat `{key: value}` (the shape the bootstrap resamples).
+
+    Keys: `auc_macro`, `auc_micro`, `ap_macro`, `auc/<finding>`, `ap/<finding>`, and per operating point
+    (`at_0.5`, plus `at_threshold` when `thresholds` is given) `<point>/<metric>/<finding>` and
+    `<point>/<metric>_macro` for sensitivity, specificity, precision and F1.
+    """
+    auc = per_class_roc_auc(probabilities, targets, label_names)
+    average_precision = per_class_average_precision(probabilities, targets, label_names)
+    flat = {
+        "auc_macro": macro_roc_auc(auc),
+        "auc_micro": micro_roc_auc(probabilities, targets),
+        "ap_macro": _nanmean(list(average_precision.values())),
+    }
+    flat.update({f"auc/{name}": value for name, value in auc.items()})
+    flat.update({f"ap/{name}": value for name, value in average_precision.items()})
+    points: dict[str, Mapping[str, float] | float] = {AT_HALF: DEFAULT_THRESHOLD}
+    if thresholds is not None:
+        points[AT_CHOSEN] = thresholds
+    for point, chosen in points.items():
+        per_finding = threshold_metrics(probabilities, targets, label_names, chosen)
+        for metric in THRESHOLD_METRICS:
+            values = [per_finding[name][metric] for name in label_names]
+            flat.update({f"{point}/{metric}/{name}": value for name, value in zip(label_names, values, strict=True)})
+            flat[f"{point}/{metric}_macro"] = _nanmean(values)
+    return flat
+
+
+def patient_bootstrap_indices(patient_ids: Sequence[Any], n: int, seed: int) -> Iterator[np.ndarray]:
+    """`n` resamples of row indices: patients drawn with replacement, each drawn patient bringing all its rows.
+
+    A patient drawn twice contributes its rows twice; the number of patients (not rows) is kept. Seeded:
+    the same ids, `n` and `seed` give the same resamples.
+    """
+    ids = np.asarray([str(value) for value in patient_ids])
+    if ids.size == 0:
+        raise ValueError("no rows to resample")
+    _, inverse = np.unique(ids, return_inverse=True)
+    rows_by_patient = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        drawn = rng.integers(0, sizes.size, sizes.size)
+        lengths = sizes[drawn]
+        # Position j of the draw's output runs over starts[drawn] ... starts[drawn] + lengths - 1.
+        offsets = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
+        yield rows_by_patient[offsets + np.arange(int(lengths.sum()))]
+
+
+@dataclass
+class Interval:
+    """A bootstrap percentile interval and how many resamples defined the metric (a resample can lack positives)."""
+
+    low: float
+    high: float
+    defined: int
+
+    def as_list(self) -> list[float]:
+        return [self.low, self.high]
+
+
+def bootstrap_intervals(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    label_names: Sequence[str],
+    patient_ids: Sequence[Any],
+    thresholds: Mapping[str, float] | None = None,
+    n: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict[str, Interval]:
+    """Percentile intervals of every `point_metrics` key over `n` patient-level resamples.
+
+    Thresholds stay fixed (they were chosen on another split, so they are not re-chosen per resample).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if len(patient_ids) != len(probabilities):
+        raise ValueError(f"{len(patient_ids)} patient ids for {len(probabilities)} rows")
+    samples: dict[str, list[float]] = {}
+    for rows in patient_bootstrap_indices(patient_ids, n, seed):
+        for key, value in point_metrics(probabilities[rows], targets[rows], label_names, thresholds).items():
+            samples.setdefault(key, []).append(value)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    intervals = {}
+    for key, values in samples.items():
+        defined = np.asarray([value for value in values if not math.isnan(value)])
+        if defined.size == 0:
+            intervals[key] = Interval(math.nan, math.nan, 0)
+        else:
+            low, high = np.percentile(defined, [tail, 100.0 - tail])
+            intervals[key] = Interval(float(low), float(high), int(defined.size))
+    return intervals
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:
+    """ECE over all scored (image, finding) pairs: |observed rate - mean probability| per equal-width bin, weighted."""
+    keep = targets != IGNORE_LABEL
+    truth, score = targets[keep], probabilities[keep]
+    if truth.size == 0:
+        return math.nan
+    which = np.minimum((score * bins).astype(int), bins - 1)
+    error = 0.0
+    for index in range(bins):
+        members = which == index
+        if members.any():
+            error += members.sum() / truth.size * abs(truth[members].mean() - score[members].mean())
+    return float(error)
+
+
+def label_counts(targets: np.ndarray, label_names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Positives, negatives and ignored labels per finding (what each finding's numbers rest on)."""
+    return {
+        name: {
+            "positives": int(np.sum(targets[:, column] == 1.0)),
+            "negatives": int(np.sum(targets[:, column] == 0.0)),
+            "ignored": int(np.sum(targets[:, column] == IGNORE_LABEL)),
+        }
+        for column, name in enumerate(label_names)
+    }
+
+
+@dataclass
+class Scores:
+    """Point estimates, intervals and the facts they rest on, for one split."""
+
+    label_names: list[str]
+    metrics: dict[str, float]
+    intervals: dict[str, Interval]
+    thresholds: dict[str, float] | None
+    counts: dict[str, dict[str, int]]
+    num_images: int
+    num_patients: int
+    calibration_error: float
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, key: str) -> float:
+        return self.metrics[key]
+
+    def interval(self, key: str) -> Interval | None:
+        return self.intervals.get(key)
+
+
+def score_predictions(
+    probabilities: Any,
+    targets: Any,
+    label_names: Sequence[str],
+    patient_ids: Sequence[Any] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> Scores:
+    """All numbers for one split. Without `patient_ids` every image counts as its own patient (say so)."""
+    probabilities, targets = check_arrays(probabilities, targets, label_names)
+    label_names = list(label_names)
+    unit = "patient"
+    if patient_ids is None:
+        patient_ids, unit = list(range(len(probabilities))), "image (no patient ids)"
+    if thresholds is not None:
+        unknown = sorted(set(thresholds) - set(label_names))
+        if unknown:
+            raise ValueError(f"thresholds for findings that are not scored: {unknown}")
+        thresholds = {name: float(thresholds.get(name, DEFAULT_THRESHOLD)) for name in label_names}
+    intervals = (
+        bootstrap_intervals(probabilities, targets, label_names, patient_ids, thresholds, n_bootstrap, seed, confidence)
+        if n_bootstrap > 0
+        else {}
+    )
+    return Scores(
+        label_names=label_names,
+        metrics=point_metrics(probabilities, targets, label_names, thresholds),
+        intervals=intervals,
+        thresholds=thresholds,
+        counts=label_counts(targets, label_names),
+        num_images=len(probabilities),
+        num_patients=len({str(value) for value in patient_ids}),
+        calibration_error=expected_calibration_error(probabilities, targets),
+        bootstrap={"resamples": n_bootstrap, "seed": seed, "confidence": confidence, "unit": unit},
+    )
+
+
+def shared_findings(model_labels: Sequence[str], dataset_labels: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(finding as the model names it, model column, dataset column) of the findings that can be scored.
+
+    The same label set: every finding. Otherwise a finding is scored only when both sets have it under the
+    same name or under the names `CHESTXRAY14_TO_CHEXPERT` pairs (in either direction); so a ChestX-ray14
+    model on CheXpert is scored on exactly that map's seven findings.
+    """
+    model_labels, dataset_labels = list(model_labels), list(dataset_labels)
+    if model_labels == dataset_labels:
+        return [(name, index, index) for index, name in enumerate(model_labels)]
+    partner = {**CHESTXRAY14_TO_CHEXPERT, **{value: key for key, value in CHESTXRAY14_TO_CHEXPERT.items()}}
+    pairs = []
+    for model_index, name in enumerate(model_labels):
+        for candidate in (name, partner.get(name)):
+            if candidate in dataset_labels:
+                pairs.append((name, model_index, dataset_labels.index(candidate)))
+                break
+    return pairs
