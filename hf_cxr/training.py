@@ -27,6 +27,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -337,14 +338,16 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _save_model(model: Any, processor: Any, output_dir: Path, metrics: dict[str, Any]) -> None:
-    """Write the model folder atomically: weights, config with remote code, processor, metrics."""
+def _save_model(model: Any, processor: Any, output_dir: Path, metrics: dict[str, Any], recipe: dict[str, Any]) -> None:
+    """Write the model folder atomically: weights, config with remote code, processor, metrics, and the recipe
+    it was trained with (`recipe.yaml`, which the model card quotes)."""
     staging = output_dir / ".model.partial"
     if staging.exists():
         shutil.rmtree(staging)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     for path in staging.iterdir():
         os.replace(path, output_dir / path.name)
     staging.rmdir()
@@ -594,7 +597,7 @@ def _validate_and_keep_best(
         if accelerator.is_main_process:
             best = {"selected_on": "validation", "select_best_by": metric_name, "step": progress.step,
                     "validation": metrics}  # fmt: skip
-            _save_model(accelerator.unwrap_model(scored), processor, output_dir, best)
+            _save_model(accelerator.unwrap_model(scored), processor, output_dir, best, recipe)
     accelerator.wait_for_everyone()
 
 

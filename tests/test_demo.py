@@ -1,29 +1,29 @@
-"""`hf-cxr demo` runs end to end on the bundled sample: train, evaluate, save, reload through a pipeline."""
+"""`hf-cxr demo` runs the main job end to end on the bundled sample: convert, train, evaluate, card, pipeline."""
 
 from __future__ import annotations
 
-import math
+import json
 
 from hf_cxr.cli import main
 from hf_cxr.labels import CHESTXRAY14_LABELS
 
 
-def test_demo_trains_saves_and_predicts_through_the_pipeline(tmp_path, capsys) -> None:
-    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--max-steps", "6"]) == 0
-    output = capsys.readouterr().out
-    assert "not medical devices" in output and "not a result" in output
-    assert "validation macro ROC-AUC" in output
-    saved = {path.name for path in (tmp_path / "demo").iterdir()}
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_cr_msnet.py"} <= saved
-    assert output.count("pipeline('image-classification') on") == 2
-
-
-def test_demo_result_values(tmp_path) -> None:
-    from hf_cxr.demo import run_demo
-
-    result = run_demo(tmp_path, max_steps=4, batch_size=8)
-    assert math.isfinite(result.first_train_loss) and math.isfinite(result.last_train_loss)
-    assert 0.0 <= result.validation_macro_auc <= 1.0
-    for scores in result.predictions.values():
-        assert {item["label"] for item in scores} == set(CHESTXRAY14_LABELS)
-        assert all(0.0 < item["score"] < 1.0 for item in scores)
+def test_demo_converts_trains_evaluates_and_predicts(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(out), "--max-steps", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "not medical devices" in printed and "not a result" in printed
+    assert "best validation macro ROC-AUC" in printed and "test macro ROC-AUC" in printed
+    assert printed.count("pipeline('image-classification') on") == 2
+    # The converted dataset: the real ChestX-ray14 converter's splits, by patient.
+    report = json.loads((out / "data" / "conversion_report.json").read_text())
+    assert json.dumps(report).count("train") and (out / "data" / "dataset_dict.json").is_file()
+    # The Hub-ready folder: weights, processor, remote code, card, evaluation plots.
+    hub = {path.name for path in (out / "hub").rglob("*") if path.is_file()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_cr_msnet.py", "README.md"} <= hub
+    assert {"roc_curves.png", "reliability.png"} <= hub
+    card = (out / "hub" / "README.md").read_text()
+    assert "not a medical device" in card.lower() or "not medical devices" in card.lower()
+    # Thresholds were chosen on validation and stored in the model's config.
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert set(config["decision_thresholds"]) <= set(CHESTXRAY14_LABELS) and config["decision_thresholds"]
