@@ -47,6 +47,14 @@ class CXRPreTrainedMixin:
                 init.ones_(module.running_var)
                 init.zeros_(module.num_batches_tracked)
 
+    def multilabel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The configured loss (`self.criterion`) of [B, num_labels] logits against float multi-hot labels."""
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"labels must be multi-hot floats of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
+            )
+        return self.criterion(logits.float(), labels.float())
+
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
         # The auto_map written for remote code only names the class being saved; add the base model so that
         # `AutoModel.from_pretrained(repo, trust_remote_code=True)` also works for a saved classifier.

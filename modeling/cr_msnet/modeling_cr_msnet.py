@@ -232,11 +232,7 @@ class CRMSNetForImageClassification(CRMSNetPreTrainedModel):
         logits = self.classifier(self.dropout(features.pooler_output))
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape:
-                raise ValueError(
-                    f"labels must be multi-hot floats of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
-                )
-            loss = self.criterion(logits.float(), labels.float())
+            loss = self.multilabel_loss(logits, labels)
         output = CRMSNetImageClassifierOutput(
             loss=loss, logits=logits, gate=features.gate, cross_attentions=features.cross_attentions
         )

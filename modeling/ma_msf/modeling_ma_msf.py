@@ -292,11 +292,7 @@ class MAMSFForImageClassification(MAMSFPreTrainedModel):
         logits = self.classifier(self.dropout(features.pooler_output))
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape:
-                raise ValueError(
-                    f"labels must be multi-hot floats of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
-                )
-            loss = self.criterion(logits.float(), labels.float())
+            loss = self.multilabel_loss(logits, labels)
         output = MAMSFImageClassifierOutput(loss=loss, logits=logits)
         return output if return_dict else output.to_tuple()
 
