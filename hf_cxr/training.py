@@ -136,6 +136,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def resolve_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe named by `--recipe` (or an empty one) with `--set` and the explicit flags applied."""
+    from transformers import AutoModelForImageClassification
+
+    from hf_cxr.models import ARCHITECTURES
+
+    trainable = sorted(k for k, a in ARCHITECTURES.items() if a.task_auto_class is AutoModelForImageClassification)
+    if args.model not in trainable:
+        raise ValueError(
+            f"train.py trains the 2D chest X-ray classifiers {trainable}; {args.model!r} is not one of them "
+            "(MMCAF-Net's stage-wise 3D training is not implemented yet: its recipe documents the paper's schedule)"
+        )
     recipe = load_recipe(args.recipe) if args.recipe else {}
     model_type = (recipe.get("model") or {}).get("model_type")
     if model_type and model_type != args.model:

@@ -122,6 +122,17 @@ def test_two_processes_report_the_same_validation_auc_as_one(tiny_dataset, tmp_p
     assert logged["validation/auc_micro"] == pytest.approx(single["auc_micro"], abs=1e-6)
 
 
+def test_every_recipe_of_a_trainable_model_validates(tmp_path) -> None:
+    from hf_cxr.recipes import available_recipes
+
+    trainable = [name for name in available_recipes() if not name.startswith("mmcaf_net")]
+    assert {"cr_msnet_chestxray14", "ma_msf_chestxray14", "mxa_efficientvit_chexpert"} <= set(trainable)
+    for name in trainable:
+        assert load_recipe(name)["model"]["model_type"] == name.split("_chestxray14")[0].split("_chexpert")[0]
+    with pytest.raises(ValueError, match="not implemented yet"):
+        train(run_args(tmp_path, tmp_path / "out", "--model", "mmcaf_net"))
+
+
 def test_recipes_are_validated_and_scheduled() -> None:
     recipe = load_recipe("cr_msnet_chestxray14")
     stages = stages_from_recipe(recipe)
