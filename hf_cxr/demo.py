@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import pipeline
@@ -19,6 +19,7 @@ from transformers import pipeline
 from hf_cxr.data import build_chestxray14
 from hf_cxr.evaluation import evaluate_model
 from hf_cxr.hub import push_model
+from hf_cxr.predict import load_predictor, predict
 from hf_cxr.recipes import available_recipes
 from hf_cxr.sample import write_sample_raw_tree
 from hf_cxr.training import add_train_arguments, train
@@ -38,6 +39,7 @@ class DemoResult:
     predictions: dict[str, list[dict[str, float]]]
     test_macro_auc: float = math.nan
     test_score_spread: float = math.nan  # mean over findings of the std of the test scores across images
+    heatmaps: list[Path] = field(default_factory=list)
 
 
 def run_demo(
@@ -84,8 +86,16 @@ def run_demo(
     predictions = {
         row["image_id"]: classifier(row["image"], top_k=classifier.model.config.num_labels) for row in test_rows
     }
+    # What `hf-cxr predict` draws: findings with the validation-chosen thresholds and Grad-CAM heatmaps.
+    examples = output_dir / "examples"
+    examples.mkdir(parents=True, exist_ok=True)
+    example = examples / test_rows[0]["image_id"]
+    test_rows[0]["image"].save(example)
+    model, processor = load_predictor(pushed.folder)
+    heatmap_files = [r.heatmap for r in predict(model, processor, [example], out_dir=output_dir / "heatmaps")]
     result = DemoResult(
         output_dir, Path(pushed.folder), summary["best_step"], best["validation/auc_macro"], predictions,
+        heatmaps=[Path(path) for path in heatmap_files if path],
         test_macro_auc=report.scores.metrics.get("auc_macro", math.nan),
         test_score_spread=float(report.probabilities.std(axis=0).mean()),
     )  # fmt: skip
@@ -103,6 +113,8 @@ def _report(result: DemoResult, validation_images: int) -> None:
     for name, scores in result.predictions.items():
         top = ", ".join(f"{item['label']} {item['score']:.3f}" for item in scores[:4])
         print(f"pipeline('image-classification') on {name}: {top}, ...")
+    for path in result.heatmaps:
+        print(f"findings and Grad-CAM heatmaps (hf-cxr predict): {path}")
     print(f"spread of the scores across test images (mean per-finding std): {result.test_score_spread:.4f}")
     if result.test_score_spread < 0.02:
         print(

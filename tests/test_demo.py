@@ -15,6 +15,8 @@ def test_demo_converts_trains_evaluates_and_predicts(tmp_path, capsys) -> None:
     assert "not medical devices" in printed and "not a result" in printed
     assert "best validation macro ROC-AUC" in printed and "test macro ROC-AUC" in printed
     assert printed.count("pipeline('image-classification') on") == 2
+    heatmaps = list((out / "heatmaps").glob("*_heatmap.png"))
+    assert len(heatmaps) == 1 and str(heatmaps[0]) in printed
     # The converted dataset: the real ChestX-ray14 converter's splits, by patient.
     report = json.loads((out / "data" / "conversion_report.json").read_text())
     assert json.dumps(report).count("train") and (out / "data" / "dataset_dict.json").is_file()
