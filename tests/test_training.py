@@ -148,3 +148,33 @@ def test_recipes_are_validated_and_scheduled() -> None:
         apply_overrides(recipe, ["optimization.learning_rat=1"])
     with pytest.raises(ValueError, match="no recipe 'nope'"):
         load_recipe("nope")
+
+
+def test_ma_msf_anchor_is_updated_after_every_optimizer_step(tiny_dataset, tmp_path) -> None:
+    torch.manual_seed(0)
+    initial = {k: v.clone() for k, v in hf_cxr.build_model("ma_msf", "tiny").state_dict().items()}
+    args = run_args(tiny_dataset, tmp_path, "--model", "ma_msf", "--max-steps", "3", "--learning-rate", "1e-2",
+                    "--seed", "0", "--set", "model.overrides={anchor_momentum: 0.5}")  # fmt: skip
+    torch.manual_seed(0)
+    train(args)
+    trained = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
+    anchor_keys = [k for k in trained if ".anchor." in k and k.endswith("weight")]
+    assert anchor_keys, "MA-MSF checkpoint has no anchor weights"
+    for key in anchor_keys:
+        online_key = key.replace("anchor.", "backbone.", 1)
+        assert not torch.equal(trained[key], initial[key])  # the EMA moved the anchor ...
+        if online_key in trained:
+            assert not torch.equal(trained[key], trained[online_key])  # ... but not onto the online block
+
+
+def test_distillation_from_a_local_teacher(tiny_dataset, tmp_path) -> None:
+    teacher = hf_cxr.build_model("cr_msnet", "tiny")
+    teacher.save_pretrained(tmp_path / "teacher")
+    common = ("--max-steps", "2", "--seed", "0", "--learning-rate", "1e-2")
+    plain = train(run_args(tiny_dataset, tmp_path / "plain", *common))
+    teacher_flags = ("--teacher", str(tmp_path / "teacher"), "--set", "distillation.teacher_outputs=logits")
+    distilled = train(run_args(tiny_dataset, tmp_path / "distilled", *common, *teacher_flags))
+    assert plain["finished"] and distilled["finished"]
+    a = load_file(str(latest_checkpoint(tmp_path / "plain") / "model.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "distilled") / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the teacher's targets changed the updates
