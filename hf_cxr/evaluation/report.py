@@ -195,13 +195,31 @@ def markdown_report(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def draw_roc_panel(axis: Any, name: str, truth: np.ndarray, score: np.ndarray, auc: float) -> None:
+    """One ROC curve (0/1 `truth`, `score`) on a matplotlib axis, AUC and positives in the title; shared by the
+    multi-label and the single-label CT reports. An undefined AUC (one class) leaves a labelled, empty panel."""
+    from sklearn.metrics import roc_curve
+
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    if math.isnan(auc):
+        axis.set_title(f"{name}\nAUC undefined (one class)", fontsize=9)
+    else:
+        fpr, tpr, _ = roc_curve(truth, score)
+        axis.plot(fpr, tpr, linewidth=1.5)
+        axis.set_title(f"{name}\nAUC {auc:.3f} (n+={int(truth.sum())})", fontsize=9)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("1 - specificity", fontsize=8)
+    axis.set_ylabel("sensitivity", fontsize=8)
+    axis.tick_params(labelsize=7)
+
+
 def plot_roc_curves(probabilities: np.ndarray, targets: np.ndarray, scores: Scores, path: Path) -> None:
     """One ROC panel per finding, AUC in the title; a finding with one class gets an empty, labelled panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
 
     names = scores.label_names
     columns = min(4, len(names))
@@ -213,19 +231,7 @@ def plot_roc_curves(probabilities: np.ndarray, targets: np.ndarray, scores: Scor
             continue
         name = names[index]
         truth, score = _scored(probabilities, targets, index)
-        axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-        auc = scores.value(f"auc/{name}")
-        if math.isnan(auc):
-            axis.set_title(f"{name}\nAUC undefined (one class)", fontsize=9)
-        else:
-            fpr, tpr, _ = roc_curve(truth, score)
-            axis.plot(fpr, tpr, linewidth=1.5)
-            axis.set_title(f"{name}\nAUC {auc:.3f} (n+={int(truth.sum())})", fontsize=9)
-        axis.set_xlim(0, 1)
-        axis.set_ylim(0, 1)
-        axis.set_xlabel("1 - specificity", fontsize=8)
-        axis.set_ylabel("sensitivity", fontsize=8)
-        axis.tick_params(labelsize=7)
+        draw_roc_panel(axis, name, truth, score, scores.value(f"auc/{name}"))
     figure.suptitle("ROC curves per finding (research use only)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -236,13 +242,26 @@ def plot_reliability(
     probabilities: np.ndarray, targets: np.ndarray, scores: Scores, path: Path, bins: int = 10
 ) -> None:
     """Observed positive rate against mean score per bin, all scored pairs pooled, with the bins' counts below."""
+    keep = targets != IGNORE_LABEL
+    plot_reliability_pairs(
+        targets[keep],
+        probabilities[keep],
+        path,
+        f"Reliability, all findings pooled (ECE {scores.calibration_error:.3f})",
+        "predicted probability (sigmoid of logit)",
+        bins,
+    )
+
+
+def plot_reliability_pairs(
+    truth: np.ndarray, score: np.ndarray, path: Path, title: str, xlabel: str, bins: int = 10
+) -> None:
+    """Reliability diagram of 0/1 `truth` against `score` in [0, 1] (shared by the multi-label and CT reports)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keep = targets != IGNORE_LABEL
-    truth, score = targets[keep], probabilities[keep]
     which = np.minimum((score * bins).astype(int), bins - 1)
     centres, rates, counts = [], [], np.bincount(which, minlength=bins)
     for index in range(bins):
@@ -256,9 +275,9 @@ def plot_reliability(
     top.set_ylabel("observed positive rate")
     top.set_ylim(0, 1)
     top.legend(loc="upper left", fontsize=8)
-    top.set_title(f"Reliability, all findings pooled (ECE {scores.calibration_error:.3f})", fontsize=10)
+    top.set_title(title, fontsize=10)
     bottom.bar((np.arange(bins) + 0.5) / bins, counts, width=1.0 / bins, edgecolor="black", linewidth=0.5)
-    bottom.set_xlabel("predicted probability (sigmoid of logit)")
+    bottom.set_xlabel(xlabel)
     bottom.set_ylabel("pairs")
     bottom.set_xlim(0, 1)
     figure.tight_layout()

@@ -11,7 +11,7 @@ correlated, so resampling images treats them as independent evidence and gives i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,18 +93,25 @@ def youden_thresholds(probabilities: np.ndarray, targets: np.ndarray, label_name
     return thresholds
 
 
-def confusion_metrics(truth: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
-    """Sensitivity, specificity, precision and F1 of `score >= threshold`; NaN where a ratio has no denominator."""
-    predicted = score >= threshold
-    positive = truth == 1.0
+def confusion_counts(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float, float]:
+    """(TP, FP, FN, TN) of boolean `predicted` against 0/1 `truth`: the counts every operating-point metric uses."""
+    predicted = np.asarray(predicted, dtype=bool)
+    positive = np.asarray(truth) == 1.0
     tp = float(np.sum(predicted & positive))
     fp = float(np.sum(predicted & ~positive))
     fn = float(np.sum(~predicted & positive))
     tn = float(np.sum(~predicted & ~positive))
+    return tp, fp, fn, tn
 
-    def ratio(top: float, bottom: float) -> float:
-        return top / bottom if bottom > 0 else math.nan
 
+def ratio(top: float, bottom: float) -> float:
+    """`top / bottom`, NaN when the denominator is 0 (a metric without the cases it needs is undefined, not 0)."""
+    return top / bottom if bottom > 0 else math.nan
+
+
+def confusion_metrics(truth: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity, precision and F1 of `score >= threshold`; NaN where a ratio has no denominator."""
+    tp, fp, fn, tn = confusion_counts(truth, score >= threshold)
     return {
         "sensitivity": ratio(tp, tp + fn),
         "specificity": ratio(tn, tn + fp),
@@ -200,6 +207,37 @@ class Interval:
         return [self.low, self.high]
 
 
+def percentile_interval(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+    """Percentile interval of the defined (non-NaN) bootstrap values; NaN bounds when none is defined."""
+    defined = np.asarray([value for value in values if not math.isnan(value)])
+    if defined.size == 0:
+        return Interval(math.nan, math.nan, 0)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(defined, [tail, 100.0 - tail])
+    return Interval(float(low), float(high), int(defined.size))
+
+
+def bootstrap_by_patient(
+    compute: Callable[[np.ndarray], Mapping[str, float]],
+    patient_ids: Sequence[Any],
+    n: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict[str, Interval]:
+    """Percentile intervals of every key `compute(rows)` returns, over `n` patient-level resamples of the rows.
+
+    Shared by the multi-label (one row per image) and the single-label CT evaluation (one row per patient), so
+    both resample patients the same way with the same seeded draws.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    samples: dict[str, list[float]] = {}
+    for rows in patient_bootstrap_indices(patient_ids, n, seed):
+        for key, value in compute(rows).items():
+            samples.setdefault(key, []).append(value)
+    return {key: percentile_interval(values, confidence) for key, values in samples.items()}
+
+
 def bootstrap_intervals(
     probabilities: np.ndarray,
     targets: np.ndarray,
@@ -218,20 +256,13 @@ def bootstrap_intervals(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if len(patient_ids) != len(probabilities):
         raise ValueError(f"{len(patient_ids)} patient ids for {len(probabilities)} rows")
-    samples: dict[str, list[float]] = {}
-    for rows in patient_bootstrap_indices(patient_ids, n, seed):
-        for key, value in point_metrics(probabilities[rows], targets[rows], label_names, thresholds).items():
-            samples.setdefault(key, []).append(value)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    intervals = {}
-    for key, values in samples.items():
-        defined = np.asarray([value for value in values if not math.isnan(value)])
-        if defined.size == 0:
-            intervals[key] = Interval(math.nan, math.nan, 0)
-        else:
-            low, high = np.percentile(defined, [tail, 100.0 - tail])
-            intervals[key] = Interval(float(low), float(high), int(defined.size))
-    return intervals
+    return bootstrap_by_patient(
+        lambda rows: point_metrics(probabilities[rows], targets[rows], label_names, thresholds),
+        patient_ids,
+        n,
+        seed,
+        confidence,
+    )
 
 
 def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:
