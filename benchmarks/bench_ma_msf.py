@@ -18,37 +18,13 @@ import json
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import timm
 import torch
 import transformers
 
 import hf_cxr
-
-
-def images_per_second(run: Callable[[], object], batch_size: int, iterations: int) -> float:
-    start = time.perf_counter()
-    for _ in range(iterations):
-        run()
-    return batch_size * iterations / (time.perf_counter() - start)
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def parameter_count(module: torch.nn.Module) -> int:
-    return sum(param.numel() for param in module.parameters())
+from hf_cxr.bench import cpu_name, images_per_second, parameter_count
 
 
 def main(argv: list[str] | None = None) -> dict:
