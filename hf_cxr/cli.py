@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules in `hf_cxr.commands`, each with `add_parser(subparsers)` that sets `func` on its parser.
-COMMAND_MODULES = ("demo", "convert", "train", "evaluate", "push", "predict")
+COMMAND_MODULES = ("demo", "convert", "train", "evaluate", "push", "predict", "bench", "export_onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
