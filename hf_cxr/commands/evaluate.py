@@ -24,8 +24,14 @@ def _run(args: argparse.Namespace) -> int:
         store_thresholds=args.write_thresholds,
         dataset_labels=args.dataset_labels,
         device=args.device,
+        aggregate=args.aggregate,
+        positive_class=args.positive_class,
+        slice_selection=args.slice_selection,
+        window_stride=args.window_stride,
     )
     document = report.document
+    if document.get("evaluation") == "single_label_ct":
+        return _print_single_label(document, report.out_dir, args)
     summary = document["summary"]
 
     def show(key: str) -> str:
@@ -38,6 +44,32 @@ def _run(args: argparse.Namespace) -> int:
         print(document["small_split_note"])
     print(f"report written to {report.out_dir}/ (report.md, metrics.json, roc_curves.png, reliability.png)")
     if args.write_thresholds:
+        print(f"decision_thresholds chosen on '{args.threshold_split}' written to {Path(args.model) / 'config.json'}")
+    return 0
+
+
+def _print_single_label(document: dict, out_dir: Path, args: argparse.Namespace) -> int:
+    """The CT summary: patients, the headline numbers with their intervals, and the interval warning."""
+    metrics = document["metrics"]
+
+    def show(key: str) -> str:
+        entry = metrics[key]
+        if entry["value"] is None:
+            return "n/a"
+        low, high = entry.get("ci95", [None, None])
+        interval = f" (95% CI {low:.3f}-{high:.3f})" if low is not None and high is not None else ""
+        return f"{entry['value']:.3f}{interval}"
+
+    counts = ", ".join(f"{name} {count}" for name, count in document["patients_per_class"].items())
+    print(f"{document['split']}: {document['num_patients']} patients ({counts}), {document['num_windows']} windows")
+    if document["task"] == "binary":
+        print(f"positive class {document['positive_class']}, {document['patient_aggregation']} over windows")
+        print(f"AUROC {show('auroc')}, accuracy {show('at_0.5/accuracy')}, F1 {show('at_0.5/f1')} at 0.5")
+    else:
+        print(f"macro AUROC {show('auroc_macro')}, accuracy {show('accuracy')}, macro F1 {show('f1_macro')}")
+    print(document["interval_note"])
+    print(f"report written to {out_dir}/ (report.md, metrics.json, roc_curves.png, reliability.png)")
+    if args.write_thresholds and document.get("threshold") is not None:
         print(f"decision_thresholds chosen on '{args.threshold_split}' written to {Path(args.model) / 'config.json'}")
     return 0
 
@@ -74,4 +106,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="label set of the dataset (chestxray14, chexpert, or comma-separated names); detected for hf-cxr datasets",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    ct = parser.add_argument_group("single-label CT models (MMCAF-Net), scored per patient")
+    ct.add_argument(
+        "--aggregate",
+        choices=("max", "mean"),
+        default="max",
+        help="patient score per class over its windows and series (default max, as the paper)",
+    )
+    ct.add_argument(
+        "--positive-class",
+        default=None,
+        help="two classes: the class sensitivity/PPV are about (default the second: squamous_cell_carcinoma in A vs G)",
+    )
+    ct.add_argument(
+        "--slice-selection",
+        choices=("lesion", "center", "sliding"),
+        default=None,
+        help="CT windows per series (default: the saved processor's setting)",
+    )
+    ct.add_argument("--window-stride", type=int, default=None, help="slices between sliding windows")
     parser.set_defaults(func=_run)

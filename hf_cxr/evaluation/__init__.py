@@ -4,6 +4,8 @@
   cross-dataset finding pairs.
 - `hf_cxr.evaluation.report`: `metrics.json`, `report.md`, ROC and reliability PNGs.
 - `hf_cxr.evaluation.run`: `evaluate_model`, what `hf-cxr evaluate` runs.
+- `hf_cxr.evaluation.single_label`: single-label CT models (MMCAF-Net) scored per patient (max over windows),
+  binary or one-vs-rest, with patient-bootstrap intervals; `evaluate_model` dispatches to it by model type.
 - `cxr_multilabel/`: the same numbers as an `evaluate` metric, loaded offline by `evaluate_module_path()`.
 """
 
@@ -33,6 +35,15 @@ from hf_cxr.evaluation.scores import (
     threshold_metrics,
     youden_thresholds,
 )
+from hf_cxr.evaluation.single_label import (
+    SingleLabelEvaluation,
+    SingleLabelScores,
+    aggregate_by_patient,
+    binary_metrics,
+    evaluate_ct_model,
+    score_single_label,
+    single_label_point_metrics,
+)
 
 EVALUATE_MODULE_NAME = "cxr_multilabel"
 
@@ -56,9 +67,14 @@ __all__ = [
     "EvaluationReport",
     "Interval",
     "Scores",
+    "SingleLabelEvaluation",
+    "SingleLabelScores",
+    "aggregate_by_patient",
+    "binary_metrics",
     "bootstrap_intervals",
     "dataset_label_names",
     "dataset_targets",
+    "evaluate_ct_model",
     "evaluate_model",
     "evaluate_module_path",
     "load_evaluate_metric",
@@ -69,7 +85,9 @@ __all__ = [
     "predict_probabilities",
     "read_metrics",
     "score_predictions",
+    "score_single_label",
     "shared_findings",
+    "single_label_point_metrics",
     "small_split_note",
     "threshold_metrics",
     "write_report",

@@ -27,6 +27,7 @@ from hf_cxr.evaluation.scores import (
     shared_findings,
     youden_thresholds,
 )
+from hf_cxr.evaluation.single_label import SingleLabelEvaluation, evaluate_ct_model, is_single_label_ct
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, LABEL_SETS
 from hf_cxr.losses import IGNORE_LABEL
 
@@ -55,6 +56,15 @@ def load_for_evaluation(model: str | os.PathLike[str]) -> tuple[torch.nn.Module,
     return AutoModelForImageClassification.from_pretrained(str(model)).eval(), AutoImageProcessor.from_pretrained(
         str(model)
     )
+
+
+def _load_config(model: str | os.PathLike[str]) -> Any:
+    """The model's config alone (cheap), to pick the evaluation that fits its task."""
+    from transformers import AutoConfig
+
+    import hf_cxr  # noqa: F401  (registers the architectures)
+
+    return AutoConfig.from_pretrained(str(model))
 
 
 @torch.no_grad()
@@ -164,12 +174,20 @@ def evaluate_model(
     store_thresholds: bool = False,
     dataset_labels: str | Sequence[str] | None = None,
     device: str | None = None,
-) -> EvaluationReport:
+    aggregate: str = "max",
+    positive_class: str | None = None,
+    slice_selection: str | None = None,
+    window_stride: int | None = None,
+) -> EvaluationReport | SingleLabelEvaluation:
     """Score `model` (folder or Hub id) on `dataset[split]` and write the report folder `out_dir`.
 
     `threshold_split` (default `validation`; `None`/`"none"` for none) chooses per-finding thresholds by
     Youden's J; without it the model config's `decision_thresholds` are used when it has any.
     `store_thresholds` writes the chosen thresholds into the model folder's config (same label set only).
+
+    A single-label CT model (MMCAF-Net, by its config's `model_type`) on a converted Lung-PET-CT-Dx dataset is
+    scored per patient by `single_label.evaluate_ct_model`: `aggregate` (max or mean over a patient's windows),
+    `positive_class` (two classes), `slice_selection` and `window_stride` (override the processor's) apply there only.
     """
     if threshold_split in NO_THRESHOLD_SPLIT:
         threshold_split = None
@@ -186,6 +204,31 @@ def evaluate_model(
     for needed in filter(None, (split, threshold_split)):
         if needed not in splits:
             raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
+    config = _load_config(model)
+    if is_single_label_ct(config):
+        if dataset_labels:
+            raise ValueError("--dataset-labels applies to multi-label datasets; a CT dataset names its classes")
+        if store_thresholds and config.num_labels != 2:
+            raise ValueError("--write-thresholds needs a two-class model; more classes are scored by the argmax")
+        evaluation = evaluate_ct_model(
+            model,
+            splits,
+            split,
+            out_dir,
+            threshold_split,
+            batch_size,
+            n_bootstrap,
+            seed,
+            device,
+            aggregate,
+            positive_class,
+            slice_selection,
+            window_stride,
+            dataset_name=str(dataset) if not isinstance(dataset, datasets.DatasetDict) else "in-memory DatasetDict",
+        )
+        if store_thresholds and evaluation.threshold is not None and evaluation.scores.positive_class is not None:
+            write_thresholds(model, {evaluation.scores.positive_class: evaluation.threshold})
+        return evaluation
     network, processor = load_for_evaluation(model)
     model_labels = [network.config.id2label[index] for index in sorted(network.config.id2label)]
     names, label_note = dataset_label_names(splits[split], model_labels, dataset_labels)
