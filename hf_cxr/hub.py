@@ -102,6 +102,10 @@ def _looks_like_hub_id(value: str) -> bool:
     return value.count("/") == 1 and not os.path.isabs(value) and not Path(value).exists()
 
 
+# `metrics.json` of a per-patient CT evaluation (`hf_cxr.evaluation.single_label`) says so in this field.
+CT_EVALUATION = "single_label_ct"
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -133,6 +137,8 @@ def eval_results(document: Mapping[str, Any], dataset_id: str, dataset_name: str
             metric_args=args or None,
         )
 
+    if document.get("evaluation") == CT_EVALUATION:
+        return [result for result in _ct_eval_entries(document, entry) if result is not None]
     summary = document["summary"]
     candidates = [
         entry("roc_auc", "macro ROC-AUC", "macro", summary["auc_macro"]),
@@ -187,6 +193,43 @@ def check_card(card: ModelCard) -> None:
         raise ValueError("model card problems: " + "; ".join(problems))
 
 
+def _ct_metric_keys(document: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric type, title, key in `metrics`) of the numbers a CT (single-label, per-patient) card reports."""
+    if document["task"] == "binary":
+        positive = document["positive_class"]
+        return [
+            ("roc_auc", f"patient-level AUROC ({positive} positive)", "auroc"),
+            *[(name, f"{name} at 0.5", f"at_0.5/{name}") for name in ("accuracy", "f1", "sensitivity", "specificity")],
+        ]
+    return [("roc_auc", "macro AUROC (one vs rest)", "auroc_macro"), ("accuracy", "accuracy", "accuracy"),
+            ("f1", "macro F1", "f1_macro")]  # fmt: skip
+
+
+def _ct_eval_entries(document: Mapping[str, Any], entry: Any) -> list[Any]:
+    metrics = document["metrics"]
+    return [entry(kind, title, key, metrics[key]) for kind, title, key in _ct_metric_keys(document) if key in metrics]
+
+
+def _ct_metrics_section(document: Mapping[str, Any], dataset_name: str) -> str:
+    from hf_cxr.evaluation.report import _format
+
+    bootstrap = document.get("bootstrap", {})
+    lines = [
+        f"> **{document['interval_note']}**" if document.get("interval_note") else "",
+        "",
+        f"Scored per patient on the `{document['split']}` split of {dataset_name}: {document['num_patients']} "
+        f"patients ({document['num_windows']} windows; window scores aggregated by "
+        f"{document['patient_aggregation']}). Intervals: 95 % percentile bootstrap, {bootstrap.get('resamples')} "
+        "resamples of patients.",
+        "",
+        "| metric | value (95 % CI) |",
+        "|---|---|",
+    ]
+    lines += [f"| {title} | {_format(document['metrics'][key])} |" for _, title, key in _ct_metric_keys(document)]
+    lines += ["", f"The full report is `{EVALUATION_FOLDER}/report.md`."]
+    return "\n".join(lines)
+
+
 def _metrics_section(document: Mapping[str, Any] | None, dataset_name: str) -> str:
     from hf_cxr.evaluation.report import _format
 
@@ -195,6 +238,8 @@ def _metrics_section(document: Mapping[str, Any] | None, dataset_name: str) -> s
             "No evaluation report was attached to this upload (`hf-cxr push --report`). Evaluate the model with "
             "`hf-cxr evaluate` before relying on it for any research conclusion."
         )
+    if document.get("evaluation") == CT_EVALUATION:
+        return _ct_metrics_section(document, dataset_name)
     lines = []
     if document.get("small_split_note"):
         lines += [f"> **{document['small_split_note']}**", ""]
@@ -343,11 +388,21 @@ def render_model_card(
     return card
 
 
+def _task_auto_class(model_dir: Path) -> Any:
+    """The Auto class of the saved model's task (image classification; video classification for CT windows)."""
+    from hf_cxr.models import ARCHITECTURES
+
+    model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"'{model_dir}' holds a {model_type!r} model, not one of hf-cxr's {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[model_type].task_auto_class
+
+
 def _auto_map_complete(model_dir: Path) -> bool:
     """True when the config and processor name their remote code and every named file is in the folder."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     auto_map = config.get("auto_map") or {}
-    if not {"AutoConfig", "AutoModel", "AutoModelForImageClassification"} <= set(auto_map):
+    if not {"AutoConfig", "AutoModel", _task_auto_class(model_dir).__name__} <= set(auto_map):
         return False
     processor_path = model_dir / "preprocessor_config.json"
     if not processor_path.is_file():
@@ -365,11 +420,11 @@ def _copy_model_files(model_dir: Path, target: Path) -> list[str]:
     if (model_dir / "pytorch_model.bin").is_file() and not any(model_dir.glob("*.safetensors")):
         raise ValueError(f"'{model_dir}' holds pickled weights only; hf-cxr publishes safetensors (save_pretrained)")
     if not _auto_map_complete(model_dir):
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers import AutoImageProcessor
 
         import hf_cxr  # noqa: F401  (registration: save_pretrained then writes auto_map and copies the code)
 
-        AutoModelForImageClassification.from_pretrained(model_dir).save_pretrained(target)
+        _task_auto_class(model_dir).from_pretrained(model_dir).save_pretrained(target)
         AutoImageProcessor.from_pretrained(model_dir).save_pretrained(target)
         return sorted(path.name for path in target.iterdir())
     copied = []

@@ -325,6 +325,16 @@ def test_hf_cxr_evaluate_mmcaf_net_end_to_end(
     assert "A test set of a few dozen patients gives wide 95 % intervals" in report
     assert "squamous_cell_carcinoma" in report and "Research use only" in report
     assert "| AUROC |" in report and "| NPV at 0.5 |" in report
+    # The model card of a push carries the per-patient numbers with their intervals.
+    from huggingface_hub import ModelCard
+
+    from hf_cxr.hub import push_model
+
+    pushed = push_model(model_dir, "org/mmcaf-net", report_dir=out, dry_run=True, out_dir=tmp_path / "upload")
+    card = ModelCard.load(Path(pushed.folder) / "README.md")
+    auroc = [r for r in card.data.eval_results if r.metric_type == "roc_auc"]
+    assert len(auroc) == 1 and auroc[0].metric_value == pytest.approx(metrics["auroc"]["value"], abs=1e-4)
+    assert "patient-level AUROC" in card.text and f"{document['num_patients']} patients" in card.text
     # Mean aggregation through the same entry point changes the patient scores, not the patients.
     mean = evaluate_model(
         model_dir, data_dir, out_dir=tmp_path / "mean", threshold_split="none", aggregate="mean", n_bootstrap=0
