@@ -264,3 +264,20 @@ def test_transforms_feed_a_model_processor(converted: tuple[Path, dict]) -> None
     torch.manual_seed(0)
     again = dataset.with_transform(train_transform(processor))[:4]
     assert torch.equal(augmented["pixel_values"], again["pixel_values"])
+
+
+def test_random_patient_split_protocol_is_patient_disjoint_and_labelled(tmp_path: Path, full_table: list) -> None:
+    layout = _write_raw_tree(tmp_path / "raw", full_table)
+    out = tmp_path / "random"
+    dataset = build_chestxray14(
+        tmp_path / "raw", out, image_size=64, seed=1, validation_fraction=0.2, split_protocol="random_patient",
+        test_fraction=0.3,
+    )  # fmt: skip
+    patients = {split: set(part["patient_id"]) for split, part in dataset.items()}
+    assert not (patients["train"] & patients["test"]) and not (patients["validation"] & patients["test"])
+    assert sum(len(part) for part in dataset.values()) == len(layout["rows"])  # every listed image, once
+    assert sorted(dataset["test"]["image_id"]) != sorted(TEST_IMAGES)  # not the official test list
+    card = (out / "README.md").read_text()
+    assert "NOT the official NIH lists" in card
+    with pytest.raises(ValueError, match="split_protocol"):
+        build_chestxray14(tmp_path / "raw", tmp_path / "bad", split_protocol="random")

@@ -54,6 +54,19 @@ def add_parser(subparsers: Any) -> None:
         default=DEFAULT_VALIDATION_FRACTION,
         help=f"share of train_val patients held out for validation (default {DEFAULT_VALIDATION_FRACTION})",
     )
+    nih.add_argument(
+        "--split-protocol",
+        choices=["official", "random-patient"],
+        default="official",
+        help="official: NIH's test list is the test split; random-patient: every listed image re-split by "
+        "patient (seeded), labelled as such in the card",
+    )
+    nih.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of patients in test with --split-protocol random-patient",
+    )
     nih.set_defaults(func=_run_chestxray14)
 
     chexpert = datasets_parsers.add_parser("chexpert", help="Stanford CheXpert (-small or full)")
@@ -92,6 +105,8 @@ def _run_chestxray14(args: argparse.Namespace) -> int:
             validation_fraction=args.validation_fraction,
             skip_bad=args.skip_bad,
             overwrite=args.overwrite,
+            split_protocol=args.split_protocol.replace("-", "_"),
+            test_fraction=args.test_fraction,
         )
     )
 

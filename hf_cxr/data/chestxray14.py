@@ -47,6 +47,10 @@ BBOX_NAME = "BBox_List_2017.csv"
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
 DEFAULT_IMAGE_SIZE = 512
 DEFAULT_VALIDATION_FRACTION = 0.1
+# "official": NIH's test list is `test`. "random_patient": all listed images re-split by patient (seeded), as many
+# papers did; a different, easier benchmark whose results must be labelled as such.
+SPLIT_PROTOCOLS = ("official", "random_patient")
+DEFAULT_RANDOM_TEST_FRACTION = 0.2
 # NIH gives boxes in the pixel coordinates of its 1024 x 1024 PNGs, whatever size a mirror's copies have.
 BBOX_COORDINATE_SIZE = 1024
 # NIH's box list spells one finding differently from the label table.
@@ -297,6 +301,24 @@ def _generate(items: list[_Item], log_dir: str, image_size: int | None, skip_bad
         }
 
 
+def _splits_description(settings: dict[str, Any]) -> str:
+    """The card's account of how the splits were made (so a number can always be tied to its protocol)."""
+    seed, validation = settings["seed"], settings["validation_fraction"]
+    if settings["split_protocol"] == "official":
+        return (
+            "- Protocol: **official NIH lists**.\n"
+            "- `test`: NIH's official `test_list.txt`.\n"
+            "- `train` / `validation`: NIH's official `train_val_list.txt`, divided **by patient** (no patient in "
+            f"two splits; checked by the converter): {validation} of the patients go to `validation`, seed {seed}."
+        )
+    test = settings["test_fraction"]
+    return (
+        "- Protocol: **seeded random patient split, NOT the official NIH lists**. Every listed image was re-assigned "
+        f"by patient: {1 - validation - test:.2f} train, {validation} validation, {test} test (seed {seed}); no "
+        "patient in two splits. Results on this `test` split are not comparable with official-list results."
+    )
+
+
 def _summarize(
     dataset: datasets.DatasetDict, skipped: list[dict[str, str]], settings: dict[str, Any], left_out: int
 ) -> tuple[dict[str, Any], str]:
@@ -326,8 +348,7 @@ def _summarize(
         counts_table=table,
         total_images=sum(count["images"] for count in counts.values()),
         image_size=settings["image_size"] or "original",
-        validation_fraction=settings["validation_fraction"],
-        seed=settings["seed"],
+        splits_description=_splits_description(settings),
         left_out=left_out,
         skipped_section=skipped_section(skipped),
         labels=", ".join(f"`{name}`" for name in CHESTXRAY14_LABELS),
@@ -342,8 +363,10 @@ _FALLBACK_CARD = """# NIH ChestX-ray14 ($total_images images)
 
 $research_use
 
-Findings (order of `labels`): $labels. Images stored with the shorter side at $image_size px; validation =
-$validation_fraction of the train_val patients, seed $seed; $left_out table rows are in no official list.
+Findings (order of `labels`): $labels. Images stored with the shorter side at $image_size px;
+$left_out table rows are in no official list.
+
+$splits_description
 
 $counts_table
 
@@ -363,6 +386,8 @@ def build_chestxray14(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     skip_bad: bool = False,
     overwrite: bool = False,
+    split_protocol: str = "official",
+    test_fraction: float = DEFAULT_RANDOM_TEST_FRACTION,
 ) -> datasets.DatasetDict:
     """Convert a raw ChestX-ray14 download into a `DatasetDict` (train/validation/test) saved at `out_dir`.
 
@@ -379,6 +404,8 @@ def build_chestxray14(
         validation_fraction=validation_fraction,
         skip_bad=skip_bad,
         overwrite=overwrite,
+        split_protocol=split_protocol,
+        test_fraction=test_fraction,
     ).dataset
 
 
@@ -392,9 +419,15 @@ def convert_chestxray14(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     skip_bad: bool = False,
     overwrite: bool = False,
+    split_protocol: str = "official",
+    test_fraction: float = DEFAULT_RANDOM_TEST_FRACTION,
 ) -> ConversionResult:
     """`build_chestxray14`, returning also the output folder, the skipped files and the report."""
     root = Path(root).expanduser()
+    if split_protocol not in SPLIT_PROTOCOLS:
+        raise ValueError(f"split_protocol must be one of {SPLIT_PROTOCOLS}, got {split_protocol!r}")
+    if split_protocol == "random_patient" and not 0.0 < test_fraction < 1.0 - validation_fraction:
+        raise ValueError(f"test_fraction must lie in (0, 1 - validation_fraction), got {test_fraction}")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction}")
     if image_size is not None and image_size < 1:
@@ -427,14 +460,20 @@ def convert_chestxray14(
     if missing:
         raise MissingFilesError(f"listed images (looked in '{root}/images' and '{root}/images_*/images')", missing)
 
-    train_val_patients = sorted(set(patients_of["train_val"]))
-    assignment = split_by_patient(
-        {str(patient): "all" for patient in train_val_patients},
-        {"train": 1.0 - validation_fraction, "validation": validation_fraction},
-        seed,
-    )
-    split_images: dict[str, list[str]] = {"train": [], "validation": [], "test": list(lists["test"])}
-    for image in lists["train_val"]:
+    if split_protocol == "official":
+        # NIH's test list is `test`; train and validation split the train_val patients.
+        pool, fractions = lists["train_val"], {"train": 1.0 - validation_fraction, "validation": validation_fraction}
+        split_images: dict[str, list[str]] = {"train": [], "validation": [], "test": list(lists["test"])}
+    else:
+        # Every listed image re-assigned by patient (what many papers did instead of the official lists; its test
+        # split is easier than NIH's, so results on it are not comparable with official-list results).
+        pool = [*lists["train_val"], *lists["test"]]
+        fractions = {"train": 1.0 - validation_fraction - test_fraction, "validation": validation_fraction,
+                     "test": test_fraction}  # fmt: skip
+        split_images = {"train": [], "validation": [], "test": []}
+    patients = sorted({records[image].patient_id for image in pool})
+    assignment = split_by_patient({str(patient): "all" for patient in patients}, fractions, seed)
+    for image in pool:
         split_images[assignment[str(records[image].patient_id)]].append(image)
     check_patients_disjoint({split: [records[i].patient_id for i in images] for split, images in split_images.items()})
 
@@ -451,6 +490,8 @@ def convert_chestxray14(
         "image_size": image_size,
         "seed": seed,
         "validation_fraction": validation_fraction,
+        "split_protocol": split_protocol,
+        "test_fraction": test_fraction if split_protocol == "random_patient" else None,
         "skip_bad": skip_bad,
         "table": table_path.name,
     }
