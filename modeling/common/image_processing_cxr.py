@@ -67,37 +67,45 @@ class CXRImageProcessor(BaseImageProcessor):
     r"""Chest X-ray image processor.
 
     Args:
-        size (`dict[str, int]`, defaults to `{"height": 224, "width": 224}`): output size.
+        size (`dict[str, int]`, defaults to the model's, e.g. `{"height": 224, "width": 224}`): output size.
         resize_mode (`str`, defaults to `"stretch"`): `"stretch"` resizes to `size` directly (what the papers
             did; ChestX-ray14 images are square), `"pad"` keeps the aspect ratio and pads with black,
             `"center_crop"` keeps the aspect ratio and crops the centre.
-        num_channels (`int`, defaults to 3): the grey image is repeated to this many channels.
+        num_channels (`int`, defaults to the model's, e.g. 3): the grey image is repeated to this many channels.
         do_rescale (`bool`, defaults to `True`): integer pixels are divided by their bit depth's maximum
             (255 for 8-bit, 65535 for 16-bit). Floats are never rescaled and must lie in [0, 1]; with
             `do_rescale=False` integer pixels must already be 0 or 1.
         do_normalize (`bool`, defaults to `True`): apply `(x - image_mean) / image_std` per channel.
-        image_mean, image_std (`list[float]`): per-channel statistics (one value is repeated to every channel).
+        image_mean, image_std (`list[float]`, default the model's, e.g. ImageNet's): per-channel statistics (one
+            value is repeated to every channel).
     """
 
     model_input_names = ["pixel_values"]
+    # Each model's processor subclass sets its own defaults here (what its backbone expects).
+    default_size: int = 224
+    default_num_channels: int = 3
+    default_image_mean: tuple[float, ...] = IMAGENET_MEAN
+    default_image_std: tuple[float, ...] = IMAGENET_STD
 
     def __init__(
         self,
         size: int | dict[str, int] | None = None,
         resize_mode: str = "stretch",
-        num_channels: int = 3,
+        num_channels: int | None = None,
         do_rescale: bool = True,
         do_normalize: bool = True,
-        image_mean: Sequence[float] | float = IMAGENET_MEAN,
-        image_std: Sequence[float] | float = IMAGENET_STD,
+        image_mean: Sequence[float] | float | None = None,
+        image_std: Sequence[float] | float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.size = _as_size_dict(size if size is not None else 224)
+        self.size = _as_size_dict(size if size is not None else self.default_size)
         self.resize_mode = resize_mode
-        self.num_channels = num_channels
+        self.num_channels = num_channels if num_channels is not None else self.default_num_channels
         self.do_rescale = do_rescale
         self.do_normalize = do_normalize
+        image_mean = image_mean if image_mean is not None else self.default_image_mean
+        image_std = image_std if image_std is not None else self.default_image_std
         self.image_mean = list(image_mean) if isinstance(image_mean, Sequence) else [float(image_mean)]
         self.image_std = list(image_std) if isinstance(image_std, Sequence) else [float(image_std)]
         self._check(self.resize_mode, self.num_channels, self.image_mean, self.image_std)

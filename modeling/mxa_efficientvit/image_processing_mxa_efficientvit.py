@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .image_processing_cxr import CXRImageProcessor
 
 # (x - 0.5) / (1 / 2048) = (x - 0.5) * 2048 maps [0, 1] to [-1024, 1024], the torchxrayvision convention the
@@ -18,21 +16,9 @@ class MXAEfficientViTImageProcessor(CXRImageProcessor):
     The same pixels suit a torchxrayvision teacher, so a distillation run can feed one batch to both models.
     """
 
-    def __init__(
-        self,
-        size: int | dict[str, int] | None = None,
-        num_channels: int = 1,
-        image_mean: Any = XRV_MEAN,
-        image_std: Any = XRV_STD,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            size=size if size is not None else 224,
-            num_channels=num_channels,
-            image_mean=image_mean,
-            image_std=image_std,
-            **kwargs,
-        )
+    default_num_channels = 1
+    default_image_mean = (XRV_MEAN,)
+    default_image_std = (XRV_STD,)
 
 
 __all__ = ["MXAEfficientViTImageProcessor"]
