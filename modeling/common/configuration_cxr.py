@@ -38,6 +38,8 @@ class CXRClassifierConfig(PretrainedConfig):
     """
 
     default_labels: ClassVar[tuple[str, ...]] = CHESTXRAY14_LABELS
+    # The `loss` names this architecture's head accepts (multi-label sigmoid losses by default).
+    loss_types: ClassVar[tuple[str, ...]] = LOSS_TYPES
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
 
     def __init__(
@@ -83,8 +85,8 @@ class CXRClassifierConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         """Checks of the shared fields; subclasses extend it with their own (and call this one)."""
-        if self.loss not in LOSS_TYPES:
-            self._fail("loss", f"must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if self.loss not in self.loss_types:
+            self._fail("loss", f"must be one of {self.loss_types}, got {self.loss!r}")
         if self.class_balance_mode not in CLASS_BALANCE_MODES:
             self._fail("class_balance_mode", f"must be one of {CLASS_BALANCE_MODES}, got {self.class_balance_mode!r}")
         counts = self.class_positive_counts
@@ -92,7 +94,7 @@ class CXRClassifierConfig(PretrainedConfig):
             self._fail("class_positive_counts", f"has {len(counts)} entries for {self.num_labels} labels")
         unknown = sorted(set(self.decision_thresholds) - set(self.id2label.values()))
         if unknown:
-            self._fail("decision_thresholds", f"names findings the model does not have: {unknown}")
+            self._fail("decision_thresholds", f"names labels the model does not have: {unknown}")
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides: Any) -> CXRClassifierConfig:

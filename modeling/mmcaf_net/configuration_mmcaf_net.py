@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from .clinical import ABEG_LABELS, AG_LABELS, CLINICAL_FEATURE_NAMES, HISTOLOGY
 from .configuration_cxr import CXRClassifierConfig
-from .losses import CLASS_BALANCE_MODES, SINGLE_LABEL_LOSS_TYPES
+from .losses import SINGLE_LABEL_LOSS_TYPES
 
 CLASSIFICATION_HEADS = ("fused", "image", "table")
 FREEZABLE_PARTS = ("image_encoder", "table_encoder", "fusion")
@@ -78,6 +78,7 @@ class MMCAFNetConfig(CXRClassifierConfig):
 
     model_type = "mmcaf_net"
     default_labels: ClassVar[tuple[str, ...]] = AG_LABELS
+    loss_types: ClassVar[tuple[str, ...]] = SINGLE_LABEL_LOSS_TYPES  # softmax losses: one histology per patient
     presets: ClassVar[dict[str, dict[str, Any]]] = MMCAF_NET_PRESETS
 
     def __init__(
@@ -156,17 +157,7 @@ class MMCAFNetConfig(CXRClassifierConfig):
         return self.embed_dim * (2 if self.bsf_mode == "concat" else 1)
 
     def _validate(self) -> None:
-        # The shared checks, with the single-label loss names instead of the multi-label ones.
-        if self.loss not in SINGLE_LABEL_LOSS_TYPES:
-            self._fail("loss", f"must be one of {SINGLE_LABEL_LOSS_TYPES}, got {self.loss!r}")
-        if self.class_balance_mode not in CLASS_BALANCE_MODES:
-            self._fail("class_balance_mode", f"must be one of {CLASS_BALANCE_MODES}, got {self.class_balance_mode!r}")
-        counts = self.class_positive_counts
-        if counts is not None and len(counts) != self.num_labels:
-            self._fail("class_positive_counts", f"has {len(counts)} entries for {self.num_labels} labels")
-        unknown = sorted(set(self.decision_thresholds) - set(self.id2label.values()))
-        if unknown:
-            self._fail("decision_thresholds", f"names classes the model does not have: {unknown}")
+        super()._validate()
         if self.problem_type != "single_label_classification":
             self._fail("problem_type", f"must be 'single_label_classification' (softmax), got {self.problem_type!r}")
         if self.num_channels != 1:
