@@ -324,7 +324,7 @@ def test_ddp_processes_update_the_anchor_identically(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    states = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    states = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     torch.manual_seed(0)
     initial, _ = anchor_and_online(tiny(anchor_momentum=0.9))  # the seed-0 model both ranks started from
     for name, tensor in states[0]["anchor"].items():
