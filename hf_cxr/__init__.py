@@ -1,8 +1,9 @@
 """hf-cxr: chest-imaging architectures as first-class Hugging Face models.
 
-Importing the package registers every architecture with `AutoConfig`, `AutoModel`,
-`AutoModelForImageClassification` and `AutoImageProcessor`, and the `"chest-x-ray-classification"`
-pipeline task. Research use only: these models are not medical devices.
+Importing the package registers every architecture with `AutoConfig`, `AutoModel`, its task's Auto class
+(`AutoModelForImageClassification` for the radiograph models, `AutoModelForVideoClassification` for MMCAF-Net's
+CT windows) and `AutoImageProcessor`, and the `"chest-x-ray-classification"` and `"ct-clinical-classification"`
+pipeline tasks. Research use only: these models are not medical devices.
 """
 
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS
