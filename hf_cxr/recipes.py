@@ -15,33 +15,45 @@ from typing import Any
 
 import yaml
 
-# The keys a recipe may hold, per section. Values are documented in `training_scripts/recipes/README.md`.
+# The keys a recipe may hold, per section. Descriptive keys (what the data or the report is, read by no code in
+# train.py): model.backbone_init, data.{dataset, labels, image_size, num_channels, resize_mode, split_protocol,
+# uncertain_labels, views, intensity_range, interpolation, task}, augmentation.normalization (must be `processor`),
+# evaluation.{metrics, threshold, confidence_intervals} (what `hf-cxr evaluate` reports). CT-only keys (MMCAF-Net):
+# data.processor (MMCAFNetProcessor arguments, plus `fit_clinical_statistics: train`), data.oversample_minority
+# ({class, target_count, train_only: true}: rows of that class repeated in the training split), augmentation.sharpen,
+# optimization.momentum (SGD), evaluation.{positive_class, patient_level: {windows, window_stride, aggregate}}
+# (validation scoring) and the stage keys classification_head / frozen_parts.
 RECIPE_SCHEMA: dict[str, set[str]] = {
     "model": {"model_type", "preset", "overrides", "backbone_init"},
     "data": {
         "dataset", "labels", "train_split", "validation_split", "image_size", "num_channels", "resize_mode",
-        "split_protocol", "uncertain_labels", "views", "intensity_range", "interpolation",
+        "split_protocol", "uncertain_labels", "views", "intensity_range", "interpolation", "task", "processor",
+        "oversample_minority",
     },
     "split_protocols": None,  # free-form documentation of the split protocols a recipe supports
     "anchor": {"update", "carry_over_between_stages"},
     "curriculum": None,  # stage name -> STAGE_KEYS
     "augmentation": {
         "random_resized_crop", "horizontal_flip", "rotate", "affine", "elastic", "gaussian_blur", "mixup", "cutmix",
+        "sharpen", "normalization",
     },
     "optimization": {
         "optimizer", "learning_rate", "weight_decay", "betas", "eps", "batch_size", "epochs", "scheduler",
         "warmup_epochs", "warmup_learning_rate", "min_learning_rate", "cooldown_epochs", "gradient_clipping", "ema",
-        "seed", "mixed_precision", "gradient_accumulation_steps",
+        "seed", "mixed_precision", "gradient_accumulation_steps", "momentum",
     },
     "distillation": {
         "enabled", "teacher", "teacher_labels", "teacher_outputs", "type", "alpha", "temperature",
         "dynamic_weights", "no_finding", "unmapped_labels",
     },
-    "evaluation": {"metrics", "select_best_by", "threshold"},
+    "evaluation": {
+        "metrics", "select_best_by", "threshold", "positive_class", "patient_level", "confidence_intervals",
+    },
 }  # fmt: skip
 STAGE_KEYS = {
     "description", "exclude_no_finding", "loss", "focal_gamma", "class_balance_mode", "class_balance_beta",
     "asymmetric_gamma_pos", "asymmetric_gamma_neg", "asymmetric_clip", "epochs", "learning_rate",
+    "classification_head", "frozen_parts",
 }  # fmt: skip
 
 

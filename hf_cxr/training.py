@@ -1,10 +1,16 @@
 """The Accelerate training loop behind `training_scripts/train.py` and `hf-cxr train`.
 
-One loop for every 2D architecture and every machine: CPU, one GPU, or many GPUs/nodes under
+One loop for every architecture and every machine: CPU, one GPU, or many GPUs/nodes under
 `accelerate launch` (DDP; FSDP/DeepSpeed through Accelerate's own config), mixed precision, gradient
 accumulation and an optional `torch.compile`. A recipe (YAML, see `hf_cxr.recipes`) gives the paper's
 hyper-parameters: a curriculum of stages (e.g. abnormal images first, then all images with a class-balanced
 loss), optimiser and schedule, augmentation, gradient clipping, model EMA and distillation.
+
+What differs by architecture sits in small functions chosen by `model_type`: the 2D classifiers read images with
+their image processor and are scored by macro AUC over findings; MMCAF-Net (3D CT + 7 clinical values) reads
+converted Lung-PET-CT-Dx rows with `MMCAFNetProcessor` (one lesion-centred window per row), trains stage by stage
+(`classification_head`, `frozen_parts`) with SGD and is scored per patient (max over sliding windows: AUROC, or
+accuracy for four classes).
 
 Checkpoints (`accelerator.save_state`: model, optimiser, scheduler, RNG, EMA, position in the data) are written
 atomically every `checkpointing_steps`; `--resume-from-checkpoint latest` continues the same run and ends with
@@ -30,7 +36,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -38,6 +44,13 @@ from tqdm.auto import tqdm
 
 from hf_cxr.callbacks import update_model_anchor
 from hf_cxr.data.transforms import eval_transform, train_transform
+from hf_cxr.evaluation.single_label import (
+    CLINICAL_COLUMNS,
+    SINGLE_LABEL_CT_MODEL_TYPES,
+    dataset_class_indices,
+    predict_ct_windows,
+    score_single_label,
+)
 from hf_cxr.losses import build_loss_from_config
 from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
 from hf_cxr.models import build_image_processor, build_model
@@ -59,6 +72,8 @@ class Stage:
     loss_fields: dict[str, Any] = field(default_factory=dict)
     epochs: float = 1.0
     learning_rate: float | None = None
+    classification_head: str | None = None  # MMCAF-Net: which head's logits are trained (image, table, fused)
+    frozen_parts: list[str] | None = None  # MMCAF-Net: parts frozen (and kept in eval mode) during the stage
     steps: int = 0  # optimizer steps, resolved once the data is known
 
 
@@ -107,7 +122,7 @@ class CSVTracker(GeneralTracker):
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `train.py` / `hf-cxr train` command line; flags override the recipe."""
-    parser.add_argument("--model", required=True, help="model_type, e.g. cr_msnet, ma_msf, mxa_efficientvit")
+    parser.add_argument("--model", required=True, help="model_type: cr_msnet, ma_msf, mxa_efficientvit, mmcaf_net")
     parser.add_argument("--preset", default=None, help="paper (the published configuration) or tiny")
     parser.add_argument("--dataset", required=True, help="a converted dataset folder (hf-cxr convert) or a Hub id")
     parser.add_argument("--output-dir", required=True, help="the final model, checkpoints and logs go here")
@@ -141,11 +156,9 @@ def resolve_recipe(args: argparse.Namespace) -> dict[str, Any]:
     from hf_cxr.models import ARCHITECTURES
 
     trainable = sorted(k for k, a in ARCHITECTURES.items() if a.task_auto_class is AutoModelForImageClassification)
+    trainable += sorted(SINGLE_LABEL_CT_MODEL_TYPES)
     if args.model not in trainable:
-        raise ValueError(
-            f"train.py trains the 2D chest X-ray classifiers {trainable}; {args.model!r} is not one of them "
-            "(MMCAF-Net's stage-wise 3D training is not implemented yet: its recipe documents the paper's schedule)"
-        )
+        raise ValueError(f"train.py trains {trainable}; {args.model!r} is not one of them")
     recipe = load_recipe(args.recipe) if args.recipe else {}
     model_type = (recipe.get("model") or {}).get("model_type")
     if model_type and model_type != args.model:
@@ -166,7 +179,29 @@ def resolve_recipe(args: argparse.Namespace) -> dict[str, Any]:
             stage["learning_rate"] = args.learning_rate
     if args.teacher:
         recipe.setdefault("distillation", {}).update({"enabled": True, "teacher": args.teacher})
+    _check_stage_keys(recipe, is_ct_model(args.model))
     return recipe
+
+
+def is_ct_model(model_type: str) -> bool:
+    """Whether `model_type` trains on CT windows and clinical values (MMCAF-Net) rather than 2D images."""
+    return model_type in SINGLE_LABEL_CT_MODEL_TYPES
+
+
+def _check_stage_keys(recipe: dict[str, Any], ct: bool) -> None:
+    """Refuse recipe keys that the chosen architecture's path would ignore."""
+    wrong = ("exclude_no_finding",) if ct else ("classification_head", "frozen_parts")
+    for name, values in (recipe.get("curriculum") or {}).items():
+        used = [key for key in wrong if (values or {}).get(key)]
+        if used:
+            raise ValueError(f"curriculum.{name}: {used} do not apply to {'CT' if ct else '2D'} models")
+    if ct and (recipe.get("distillation") or {}).get("enabled"):
+        raise ValueError("distillation is implemented for the 2D classifiers only")
+    if not ct:
+        ct_only = [f"data.{key}" for key in ("processor", "oversample_minority") if (recipe.get("data") or {}).get(key)]
+        ct_only += ["augmentation.sharpen"] if (recipe.get("augmentation") or {}).get("sharpen") else []
+        if ct_only:
+            raise ValueError(f"{ct_only} apply to CT models (MMCAF-Net) only")
 
 
 def stages_from_recipe(recipe: dict[str, Any]) -> list[Stage]:
@@ -183,6 +218,8 @@ def stages_from_recipe(recipe: dict[str, Any]) -> list[Stage]:
                 loss_fields={key: values[key] for key in LOSS_FIELDS if key in values},
                 epochs=float(values.get("epochs", opt.get("epochs", 1))),
                 learning_rate=values.get("learning_rate", opt.get("learning_rate")),
+                classification_head=values.get("classification_head"),
+                frozen_parts=list(values["frozen_parts"]) if values.get("frozen_parts") is not None else None,
             )
         )
     return stages
@@ -230,6 +267,165 @@ class _ResizedCrop(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return v2.RandomResizedCrop(tuple(image.shape[-2:]), scale=self.scale, ratio=self.ratio)(image)
+
+
+# ------------------------------------------------------------------------------------------- CT (MMCAF-Net)
+
+
+def ct_augmentation_from_recipe(section: dict[str, Any] | None) -> torch.nn.Module:
+    """Augmentation of one processed CT window [1, D, H, W] (already windowed and normalised) from the recipe:
+    `rotate` (every slice by the same in-plane angle; the fill is the window's darkest value) and `sharpen`
+    (an unsharp blend `x + alpha (sharp(x) - x)`, alpha uniform in the given range)."""
+    section = dict(section or {})
+    if section.pop("normalization", "processor") != "processor":
+        raise ValueError("augmentation.normalization must be 'processor' (windowing is the processor's)")
+    rotate, sharpen = section.pop("rotate", None), section.pop("sharpen", None)
+    unsupported = sorted(key for key, value in section.items() if value)
+    if unsupported:
+        raise ValueError(f"augmentation {unsupported} is not supported for CT windows; use rotate and sharpen")
+    if rotate and rotate.get("plane", "axial") != "axial":
+        raise ValueError("augmentation.rotate.plane must be 'axial' for CT windows")
+    return _CTAugmentation(rotate or {}, sharpen or {})
+
+
+class _CTAugmentation(torch.nn.Module):
+    """Random axial rotation and sharpening of a [1, D, H, W] window (see `ct_augmentation_from_recipe`)."""
+
+    def __init__(self, rotate: dict[str, Any], sharpen: dict[str, Any]) -> None:
+        super().__init__()
+        self.degrees = float(rotate.get("degrees", 0.0))
+        self.rotate_p = float(rotate.get("p", 1.0)) if self.degrees else 0.0
+        self.alpha = tuple(float(a) for a in sharpen.get("alpha", (0.0, 0.0)))
+        self.sharpen_p = float(sharpen.get("p", 1.0)) if max(self.alpha) > 0 else 0.0
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        if self.rotate_p and torch.rand(()) < self.rotate_p:
+            angle = float(torch.empty(()).uniform_(-self.degrees, self.degrees))
+            window = v2.functional.rotate(window, angle, fill=float(window.min()))
+        if self.sharpen_p and torch.rand(()) < self.sharpen_p:
+            alpha = float(torch.empty(()).uniform_(*self.alpha))
+            kernel = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]]).view(1, 1, 3, 3)
+            slices = window.reshape(-1, 1, *window.shape[-2:])
+            sharp = torch.nn.functional.conv2d(torch.nn.functional.pad(slices, (1, 1, 1, 1), mode="replicate"), kernel)
+            low, high = window.min(), window.max()
+            window = (window + alpha * (sharp.reshape(window.shape) - window)).clamp(low, high)
+        return window
+
+
+class CTTrainingWindows(torch.utils.data.Dataset):
+    """Training rows of a converted Lung-PET-CT-Dx split as model inputs: one window per row (the processor's
+    `slice_selection`, lesion-centred in the recipe), the encoded clinical values and the model's class index.
+    `indices` lists the rows to serve (a row repeated by oversampling appears several times)."""
+
+    def __init__(
+        self, split: datasets.Dataset, processor: Any, classes: np.ndarray, indices: Sequence[int],
+        augment: torch.nn.Module,
+    ) -> None:  # fmt: skip
+        columns = ["volume", "lesion_slice_range", *CLINICAL_COLUMNS]
+        self.rows = split.select_columns(columns).with_format("numpy", columns=["volume"], output_all_columns=True)
+        self.processor, self.classes, self.indices, self.augment = processor, classes, list(indices), augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.indices[index]
+        inputs = self.processor(self.rows[row], return_tensors="pt")
+        return {
+            "pixel_values": self.augment(inputs["pixel_values"][0]),
+            "clinical_values": inputs["clinical_values"][0],
+            "labels": torch.tensor(int(self.classes[row]), dtype=torch.long),
+        }
+
+
+def oversampled_indices(classes: np.ndarray, label_names: Sequence[str], section: dict[str, Any] | None,
+                        seed: int) -> list[int]:  # fmt: skip
+    """Every training row, plus random repeats of `section["class"]`'s rows until it has `target_count` rows
+    (`data.oversample_minority`; the validation split is never oversampled)."""
+    indices = list(range(len(classes)))
+    if not section:
+        return indices
+    if not section.get("train_only", True):
+        raise ValueError("data.oversample_minority.train_only must be true: validation is never oversampled")
+    name = section["class"]
+    if name not in label_names:
+        raise ValueError(f"data.oversample_minority.class {name!r} is not one of the model's labels {label_names}")
+    minority = [i for i in indices if classes[i] == list(label_names).index(name)]
+    extra = int(section["target_count"]) - len(minority)
+    if minority and extra > 0:
+        indices += np.random.default_rng(seed).choice(minority, size=extra, replace=True).tolist()
+    return indices
+
+
+def build_ct_processor(model_type: str, preset: str, config: Any, section: dict[str, Any] | None,
+                       train_split: datasets.Dataset) -> Any:  # fmt: skip
+    """MMCAF-Net's processor from `data.processor`; its window must match the model's input (`image_size`,
+    `num_slices`), and `fit_clinical_statistics: train` fits the clinical ranges and fill values on the training
+    split (saved with the model)."""
+    options = dict(section or {})
+    fit = options.pop("fit_clinical_statistics", None)
+    options = {"num_slices": config.num_slices, **options}
+    processor = build_image_processor(model_type, preset=preset, **options)
+    if processor.size["height"] != config.image_size or processor.num_slices != config.num_slices:
+        raise ValueError(
+            f"data.processor gives {processor.num_slices} x {processor.size['height']} windows but the '{preset}' "
+            f"model takes {config.num_slices} x {config.image_size}: set data.processor.size / num_slices"
+        )
+    if fit not in (None, False, "train"):
+        raise ValueError(f"data.processor.fit_clinical_statistics must be 'train' or absent, got {fit!r}")
+    if fit == "train":
+        processor.fit_clinical_statistics(train_split.select_columns(list(CLINICAL_COLUMNS)))
+    return processor
+
+
+def evaluate_ct(model: Any, processor: Any, split: datasets.Dataset, section: dict[str, Any] | None,
+                device: torch.device) -> dict[str, float]:  # fmt: skip
+    """Patient-level validation numbers (`evaluation.patient_level`: sliding windows, max per patient) and the
+    window-level cross-entropy as `loss`; the model is put back in training mode."""
+    section = section or {}
+    windows = section.get("patient_level") or {}
+    names = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    try:
+        probabilities, rows = predict_ct_windows(
+            model, processor, split, device=device, slice_selection=windows.get("windows"),
+            window_stride=windows.get("window_stride"),
+        )  # fmt: skip
+    finally:
+        model.train()
+    classes = dataset_class_indices(split, names)[rows]
+    patients = np.asarray(split.select_columns(["patient_id"])["patient_id"])[rows]
+    scores = score_single_label(
+        probabilities, classes, patients.tolist(), names, aggregate=windows.get("aggregate", "max"), n_bootstrap=0,
+        positive_class=section.get("positive_class") if len(names) == 2 else None,
+    )  # fmt: skip
+    picked = np.clip(probabilities[np.arange(len(rows)), classes], 1e-12, None)
+    return {"loss": float(-np.log(picked).mean()), **scores.metrics}
+
+
+def _selection_metric(metrics: dict[str, float], name: str | None, ct: bool) -> str:
+    """The validation number that picks the best model: `evaluation.select_best_by`, or per architecture the
+    macro AUC (2D), the patient AUROC (two CT classes) or accuracy (more CT classes)."""
+    if name is None:
+        name = "auc_macro" if not ct else ("auroc" if "auroc" in metrics else "accuracy")
+    if ct and name == "auroc" and "auroc" not in metrics:
+        name = "auroc_macro"  # four classes: the macro mean of one-vs-rest AUROCs
+    if name not in metrics:
+        raise ValueError(f"evaluation.select_best_by {name!r} is not a validation number ({sorted(metrics)})")
+    return name
+
+
+def build_optimizer(opt: dict[str, Any], parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """`optimization.optimizer`: adamw (default) or sgd (with `momentum`); base lr 1.0, scaled by `lr_at`."""
+    name = str(opt.get("optimizer", "adamw")).lower()
+    weight_decay = float(opt.get("weight_decay", 0.01))
+    if name == "adamw":
+        return torch.optim.AdamW(
+            parameters, lr=1.0, weight_decay=weight_decay, betas=tuple(opt.get("betas", (0.9, 0.999))),
+            eps=float(opt.get("eps", 1e-8)),
+        )  # fmt: skip
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=1.0, momentum=float(opt.get("momentum", 0.0)), weight_decay=weight_decay)
+    raise ValueError(f"optimization.optimizer must be 'adamw' or 'sgd', got {name!r}")
 
 
 def lr_at(step: int, stages: Sequence[Stage], opt: dict[str, Any], steps_per_epoch: Sequence[int]) -> float:
@@ -366,6 +562,7 @@ def _save_model(model: Any, processor: Any, output_dir: Path, metrics: dict[str,
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) a training run; returns the metrics written to `metrics.json`."""
     recipe = resolve_recipe(args)
+    ct = is_ct_model(args.model)
     model_section, data_section = recipe.get("model") or {}, recipe.get("data") or {}
     opt = recipe.get("optimization") or {}
     output_dir = Path(args.output_dir)
@@ -380,13 +577,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         log_with=log_with,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # MMCAF-Net's stages leave heads (and frozen parts) without gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if ct else None,
     )
     set_seed(seed)
 
     preset = args.preset or model_section.get("preset", "paper")
     overrides = dict(model_section.get("overrides") or {})
     model = build_model(args.model, preset=preset, **overrides)
-    processor = build_image_processor(args.model, preset=preset)
     data = load_training_data(
         args.dataset, data_section.get("train_split", "train"), data_section.get("validation_split", "validation")
     )
@@ -397,33 +595,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for stage in stages:
         stage.learning_rate = float(stage.learning_rate if stage.learning_rate is not None else 1e-4)
     batch_size = int(opt.get("batch_size", 32))
-    augment = augmentation_from_recipe(recipe.get("augmentation"))
-    stage_data = []
-    for stage in stages:
-        split = train_split
-        if stage.exclude_no_finding:
-            keep = [i for i, empty in enumerate(_no_finding_mask(split)) if not empty]
-            split = split.select(keep)
-        stage_data.append(split.with_transform(train_transform(processor, augmentation=augment)))
+    if ct:
+        inputs = _ct_inputs(args, recipe, preset, model, train_split, validation_split, seed)
+    else:
+        inputs = _image_inputs(args, recipe, preset, model, train_split, validation_split)
+    processor, stage_data, eval_loaders, scorer = inputs
     loaders = [
         DataLoader(split, batch_size=batch_size, shuffle=True, num_workers=args.num_workers, drop_last=False)
         for split in stage_data
     ]
-    eval_loader = DataLoader(
-        validation_split.with_transform(eval_transform(processor)), batch_size=batch_size, num_workers=args.num_workers
-    )
-    positive_counts, num_samples = _label_counts(train_split)
-    model.config.class_positive_counts, model.config.num_train_samples = positive_counts, num_samples
 
-    # One AdamW for the whole run; its learning rate comes from `lr_at` (base lr 1.0 x the absolute rate).
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameters, lr=1.0, weight_decay=float(opt.get("weight_decay", 0.01)),
-        betas=tuple(opt.get("betas", (0.9, 0.999))), eps=float(opt.get("eps", 1e-8)),
-    )  # fmt: skip
+    # One optimizer for the whole run; its learning rate comes from `lr_at` (base lr 1.0 x the absolute rate).
+    # CT stages freeze and unfreeze parts: every parameter is in it (a frozen one has no gradient and is skipped).
+    parameters = [p for p in model.parameters() if p.requires_grad or ct]
+    optimizer = build_optimizer(opt, parameters)
     if args.compile:
         model = torch.compile(model)
-    model, optimizer, eval_loader, *loaders = accelerator.prepare(model, optimizer, eval_loader, *loaders)
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *eval_loaders, *loaders)
+    eval_loaders, loaders = prepared[: len(eval_loaders)], prepared[len(eval_loaders) :]
+
+    def score(accelerator: Accelerator, scored: Any) -> dict[str, float]:
+        return scorer(accelerator, scored, eval_loaders)
+
     steps_per_epoch = [max(math.ceil(len(loader) / grad_accumulation), 1) for loader in loaders]
     for stage, per_epoch in zip(stages, steps_per_epoch, strict=True):
         stage.steps = max(round(stage.epochs * per_epoch), 1)
@@ -466,7 +659,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if progress.step >= stage_end:
             stage_start = stage_end
             continue
-        _apply_stage_loss(unwrapped, stage)
+        apply_stage(unwrapped, stage)
         while progress.step < stage_end and not stopped_early:
             within = progress.step - stage_start
             epoch, step_in_epoch = divmod(within, steps_per_epoch[stages.index(stage)])
@@ -492,9 +685,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 bar.update(1)
                 accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
                 if progress.step % eval_every == 0 or progress.step == total_steps:
-                    _validate_and_keep_best(
-                        accelerator, model, ema, eval_loader, processor, progress, recipe, output_dir
-                    )
+                    _validate_and_keep_best(accelerator, model, ema, score, processor, progress, recipe, output_dir, ct)
                 checkpoint = (output_dir / "checkpoints", args.keep_checkpoints, progress, scheduler, ema)
                 if progress.step % args.checkpointing_steps == 0 or progress.step == total_steps:
                     _save_checkpoint(accelerator, *checkpoint)
@@ -521,18 +712,81 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _apply_stage_loss(model: Any, stage: Stage) -> None:
-    """Switch the model's loss to the stage's (e.g. class-balanced focal in stage 2)."""
+def _image_inputs(
+    args: argparse.Namespace, recipe: dict[str, Any], preset: str, model: Any, train_split: datasets.Dataset,
+    validation_split: datasets.Dataset,
+) -> tuple[Any, list[Any], list[DataLoader], Any]:  # fmt: skip
+    """2D: (image processor, training data per stage, validation loaders, validation scorer): images through
+    `train_transform`, the abnormal-only stages filtered, macro AUC over findings on validation."""
+    processor = build_image_processor(args.model, preset=preset)
+    augment = augmentation_from_recipe(recipe.get("augmentation"))
+    stage_data = []
+    for stage in stages_from_recipe(recipe):
+        split = train_split
+        if stage.exclude_no_finding:
+            keep = [i for i, empty in enumerate(_no_finding_mask(split)) if not empty]
+            split = split.select(keep)
+        stage_data.append(split.with_transform(train_transform(processor, augmentation=augment)))
+    batch_size = int((recipe.get("optimization") or {}).get("batch_size", 32))
+    eval_loader = DataLoader(
+        validation_split.with_transform(eval_transform(processor)), batch_size=batch_size, num_workers=args.num_workers
+    )
+    positive_counts, num_samples = _label_counts(train_split)
+    model.config.class_positive_counts, model.config.num_train_samples = positive_counts, num_samples
+
+    def score(accelerator: Accelerator, scored: Any, loaders: list[DataLoader]) -> dict[str, float]:
+        return _evaluate(accelerator, scored, loaders[0], accelerator.unwrap_model(scored).config.id2label)
+
+    return processor, stage_data, [eval_loader], score
+
+
+def _ct_inputs(
+    args: argparse.Namespace, recipe: dict[str, Any], preset: str, model: Any, train_split: datasets.Dataset,
+    validation_split: datasets.Dataset, seed: int,
+) -> tuple[Any, list[Any], list[DataLoader], Any]:  # fmt: skip
+    """CT: (MMCAF-Net processor, training windows per stage, no validation loader, validation scorer): one window
+    per converted row (oversampled as `data.oversample_minority` says), patient-level numbers on validation."""
+    data_section = recipe.get("data") or {}
+    processor = build_ct_processor(args.model, preset, model.config, data_section.get("processor"), train_split)
+    names = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    classes = dataset_class_indices(train_split, names)
+    indices = oversampled_indices(classes, names, data_section.get("oversample_minority"), seed)
+    counts = np.bincount(classes[indices], minlength=len(names))  # for a class-balanced loss: rows per class served
+    model.config.class_positive_counts, model.config.num_train_samples = counts.tolist(), len(indices)
+    augment = ct_augmentation_from_recipe(recipe.get("augmentation"))
+    windows = CTTrainingWindows(train_split, processor, classes, indices, augment)
+    dataset_class_indices(validation_split, names)  # fail before training when validation has other classes
+
+    def score(accelerator: Accelerator, scored: Any, loaders: list[DataLoader]) -> dict[str, float]:
+        # Every process scores the whole (small) validation split: no gather, the same numbers everywhere.
+        unwrapped = accelerator.unwrap_model(scored)
+        return evaluate_ct(unwrapped, processor, validation_split, recipe.get("evaluation"), accelerator.device)
+
+    return processor, [windows for _ in stages_from_recipe(recipe)], [], score
+
+
+def apply_stage(model: Any, stage: Stage) -> None:
+    """The stage's effect on the model: its loss (e.g. class-balanced focal in stage 2) and, for MMCAF-Net, the
+    head whose logits are trained and the frozen parts (kept in eval mode)."""
+    if stage.classification_head is not None:
+        model.config.classification_head = stage.classification_head
+    if stage.frozen_parts is not None:
+        model.set_frozen_parts(stage.frozen_parts)
     if not stage.loss_fields:
         return
     for key, value in stage.loss_fields.items():
         setattr(model.config, key, value)
-    model.criterion = build_loss_from_config(model.config).to(next(model.parameters()).device)
+    if is_ct_model(model.config.model_type):
+        from hf_cxr.modeling.mmcaf_net.losses import build_single_label_loss_from_config as build
+    else:
+        build = build_loss_from_config
+    model.criterion = build(model.config).to(next(model.parameters()).device)
 
 
 def _training_loss(model: Any, batch: dict[str, torch.Tensor], distiller: Any) -> torch.Tensor:
     if distiller is None:
-        return model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
+        inputs = {key: batch[key] for key in ("pixel_values", "clinical_values") if key in batch}
+        return model(**inputs, labels=batch["labels"]).loss
     teacher, loss_fn = distiller
     output = model(pixel_values=batch["pixel_values"])
     cls_logits = getattr(output, "cls_logits", None)
@@ -591,13 +845,14 @@ def _clip(accelerator: Accelerator, parameters: list[torch.nn.Parameter], clippi
 
 
 def _validate_and_keep_best(
-    accelerator: Accelerator, model: Any, ema: Any, loader: DataLoader, processor: Any,
-    progress: TrainingProgress, recipe: dict[str, Any], output_dir: Path,
+    accelerator: Accelerator, model: Any, ema: Any, score: Any, processor: Any,
+    progress: TrainingProgress, recipe: dict[str, Any], output_dir: Path, ct: bool,
 ) -> None:  # fmt: skip
-    """Score the validation split; when it improves, the model folder is rewritten with this model."""
+    """Score the validation split (`score(accelerator, model)`); when it improves, the model folder is rewritten
+    with this model."""
     scored = ema.module if ema is not None else model
-    metrics = _evaluate(accelerator, scored, loader, accelerator.unwrap_model(model).config.id2label)
-    metric_name = (recipe.get("evaluation") or {}).get("select_best_by", "auc_macro")
+    metrics = score(accelerator, scored)
+    metric_name = _selection_metric(metrics, (recipe.get("evaluation") or {}).get("select_best_by"), ct)
     value = metrics[metric_name]
     value = -metrics["loss"] if math.isnan(value) else value  # a tiny split may leave every AUC undefined
     progress.history.append({"step": progress.step, **{f"validation/{k}": v for k, v in metrics.items()}})

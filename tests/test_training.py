@@ -122,15 +122,23 @@ def test_two_processes_report_the_same_validation_auc_as_one(tiny_dataset, tmp_p
     assert logged["validation/auc_micro"] == pytest.approx(single["auc_micro"], abs=1e-6)
 
 
-def test_every_recipe_of_a_trainable_model_validates(tmp_path) -> None:
+def test_every_recipe_validates_and_names_its_model(tmp_path) -> None:
     from hf_cxr.recipes import available_recipes
 
-    trainable = [name for name in available_recipes() if not name.startswith("mmcaf_net")]
-    assert {"cr_msnet_chestxray14", "ma_msf_chestxray14", "mxa_efficientvit_chexpert"} <= set(trainable)
-    for name in trainable:
-        assert load_recipe(name)["model"]["model_type"] == name.split("_chestxray14")[0].split("_chexpert")[0]
-    with pytest.raises(ValueError, match="not implemented yet"):
-        train(run_args(tmp_path, tmp_path / "out", "--model", "mmcaf_net"))
+    names = available_recipes()
+    assert {
+        "cr_msnet_chestxray14",
+        "ma_msf_chestxray14",
+        "mxa_efficientvit_chexpert",
+        "mmcaf_net_lung_pet_ct_dx",
+    } <= set(names)
+    for name in names:
+        model_type = name.removesuffix("_chestxray14").removesuffix("_chexpert").removesuffix("_lung_pet_ct_dx")
+        assert load_recipe(name)["model"]["model_type"] == model_type
+    with pytest.raises(ValueError, match="'nope' is not one of them"):
+        train(run_args(tmp_path, tmp_path / "out", "--model", "nope"))
+    with pytest.raises(ValueError, match="apply to CT models"):  # a CT-only key is refused for a 2D model
+        train(run_args(tmp_path, tmp_path / "out", "--set", "data.processor={size: 32}"))
 
 
 def test_recipes_are_validated_and_scheduled() -> None:
