@@ -1,9 +1,12 @@
-"""A pipeline task that reads chest X-ray files faithfully.
+"""The pipeline tasks hf-cxr registers.
 
-`pipeline("image-classification")` opens file paths itself and converts them to 8-bit RGB, which clips
-16-bit PNGs and cannot read DICOM. The `"chest-x-ray-classification"` task hands every input (path, bytes,
-DICOM, PIL image, array) to the model's image processor, which reads it at full precision. Scores are
-per-finding sigmoids for the multi-label models, as with the standard task.
+`"chest-x-ray-classification"` reads chest X-ray files faithfully. `pipeline("image-classification")` opens file
+paths itself and converts them to 8-bit RGB, which clips 16-bit PNGs and cannot read DICOM; this task hands every
+input (path, bytes, DICOM, PIL image, array) to the model's image processor, which reads it at full precision.
+Scores are per-finding sigmoids for the multi-label models, as with the standard task.
+
+`"ct-clinical-classification"` runs MMCAF-Net on a CT series and a clinical record and returns patient-level
+class scores (max over windows by default).
 """
 
 from __future__ import annotations
