@@ -20,17 +20,16 @@ from PIL import Image
 
 from hf_cxr import build_image_processor, build_model
 from hf_cxr.imaging import load_radiograph
+from hf_cxr.lesions import insert_square
 from hf_cxr.predict import format_results, load_predictor, predict
 from hf_cxr.sample import SAMPLE_DIR
 
 OUTPUT = Path(__file__).parent / "images" / "predict_example.png"
-SQUARE = slice(36, 60)  # rows and columns of the planted square in a 128-px image
+SQUARE = (36, 36, 60, 60)  # (x0, y0, x1, y1) of the planted square in a 128-px image
 
 
 def plant(grey: np.ndarray) -> np.ndarray:
-    planted = grey.copy()
-    planted[SQUARE, SQUARE] = np.maximum(planted[SQUARE, SQUARE], 0.95)
-    return planted
+    return insert_square(grey, SQUARE, at_least=0.95).image
 
 
 def main() -> None:

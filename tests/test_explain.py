@@ -17,6 +17,7 @@ from conftest import NIH_DIR
 from hf_cxr import build_image_processor, build_model
 from hf_cxr.explain import DEFAULT_LAYERS, colormap, explain, heatmap, overlay
 from hf_cxr.imaging import load_radiograph
+from hf_cxr.lesions import box_mask, insert_square
 from hf_cxr.sample import SAMPLE_DIR
 
 # The planted square in relative image coordinates (rows and columns): 72..120 px of a 256-px image.
@@ -24,20 +25,20 @@ SQUARE = (36 / 128, 60 / 128)
 IMAGE_SIZE = 128  # 8 x 8 local map for CR-MSNet's default Grad-CAM layer
 
 
+def square_box(shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The square's (x0, y0, x1, y1) in an image of `shape`."""
+    x0, x1 = round(SQUARE[0] * shape[1]), round(SQUARE[1] * shape[1])
+    y0, y1 = round(SQUARE[0] * shape[0]), round(SQUARE[1] * shape[0])
+    return x0, y0, x1, y1
+
+
 def square_mask(shape: tuple[int, int]) -> np.ndarray:
-    mask = np.zeros(shape, dtype=bool)
-    rows = slice(round(SQUARE[0] * shape[0]), round(SQUARE[1] * shape[0]))
-    cols = slice(round(SQUARE[0] * shape[1]), round(SQUARE[1] * shape[1]))
-    mask[rows, cols] = True
-    return mask
+    return box_mask(shape, square_box(shape))
 
 
 def plant(grey: np.ndarray) -> np.ndarray:
     """The radiograph with a bright square (at least 0.95) at the fixed place."""
-    planted = grey.copy()
-    mask = square_mask(grey.shape)
-    planted[mask] = np.maximum(planted[mask], 0.95)
-    return planted
+    return insert_square(grey, square_box(grey.shape), at_least=0.95).image
 
 
 def fixture_images() -> list[np.ndarray]:
