@@ -15,12 +15,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from hf_cxr import build_image_processor, build_model
 from hf_cxr.imaging import load_radiograph
-from hf_cxr.lesions import insert_square
+from hf_cxr.lesions import insert_square, train_planted_signal_model
 from hf_cxr.predict import format_results, load_predictor, predict
 from hf_cxr.sample import SAMPLE_DIR
 
@@ -33,22 +31,9 @@ def plant(grey: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    torch.manual_seed(0)
     images = sorted((SAMPLE_DIR / "images").glob("*.png"))
     train, shown = [load_radiograph(path) for path in images[:64]], images[100]
-    processor = build_image_processor("cr_msnet", "tiny", size=128)
-    model = build_model("cr_msnet", "tiny", image_size=128, labels=["Planted square"])
-    pixels = torch.cat([processor([plant(g) for g in train], return_tensors="pt")["pixel_values"],
-                        processor(train, return_tensors="pt")["pixel_values"]])  # fmt: skip
-    targets = torch.cat([torch.ones(len(train), 1), torch.zeros(len(train), 1)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(60):
-        batch = torch.randperm(len(pixels), generator=generator)[:16]
-        model(pixel_values=pixels[batch], labels=targets[batch]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    model, processor = train_planted_signal_model(train, plant, label="Planted square", image_size=128)
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work) / "model"
         model.eval().save_pretrained(folder)

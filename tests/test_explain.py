@@ -17,7 +17,7 @@ from conftest import NIH_DIR
 from hf_cxr import build_image_processor, build_model
 from hf_cxr.explain import DEFAULT_LAYERS, colormap, explain, heatmap, overlay
 from hf_cxr.imaging import load_radiograph
-from hf_cxr.lesions import box_mask, insert_square
+from hf_cxr.lesions import box_mask, insert_square, train_planted_signal_model
 from hf_cxr.sample import SAMPLE_DIR
 
 # The planted square in relative image coordinates (rows and columns): 72..120 px of a 256-px image.
@@ -49,30 +49,10 @@ def fixture_images() -> list[np.ndarray]:
 def planted_model():
     """A tiny CR-MSNet trained for 60 steps to tell 64 bundled NIH images with the square from the same without.
 
-    The 15 NIH fixture images (256 px, none of them in the bundled sample) stay unseen for the checks. Training
-    runs on one thread: CPU reductions split over more threads sum in another order, and 60 steps amplify that
-    into a different model, so the thresholds below would be checked on a model nobody looked at.
+    The 15 NIH fixture images (256 px, none of them in the bundled sample) stay unseen for the checks.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    processor = build_image_processor("cr_msnet", "tiny", size=IMAGE_SIZE)
-    model = build_model("cr_msnet", "tiny", image_size=IMAGE_SIZE, labels=["Square"])
     train = [load_radiograph(path) for path in sorted((SAMPLE_DIR / "images").glob("*.png"))[:64]]
-    positives = processor([plant(grey) for grey in train], return_tensors="pt")["pixel_values"]
-    negatives = processor(train, return_tensors="pt")["pixel_values"]
-    pixels = torch.cat([positives, negatives])
-    targets = torch.cat([torch.ones(len(train), 1), torch.zeros(len(train), 1)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(60):
-        batch = torch.randperm(len(pixels), generator=generator)[:16]
-        model(pixel_values=pixels[batch], labels=targets[batch]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    torch.set_num_threads(threads)
-    return model.eval(), processor
+    return train_planted_signal_model(train, plant, label="Square", image_size=IMAGE_SIZE)
 
 
 def test_heatmap_peak_lies_in_the_planted_square(planted_model) -> None:
