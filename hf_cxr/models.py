@@ -5,6 +5,7 @@ Adding an architecture is one `Architecture` entry in `ARCHITECTURES`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,12 +114,20 @@ def register_architectures() -> None:
         # The pipeline factory also looks for a video processor and, finding our image processor's auto_map,
         # would ask on stdin whether to trust remote code; registering "no video processor" for our config
         # tells it the model type is known locally, so nothing prompts.
-        AutoVideoProcessor.register(arch.config_class, video_processor_classes={"torchvision": None}, exist_ok=True)
+        _register_no_video_processor(arch.config_class)
         arch.config_class.register_for_auto_class()
         arch.base_model_class.register_for_auto_class("AutoModel")
         arch.task_model_class.register_for_auto_class(arch.task_auto_class.__name__)
         arch.image_processor_class.register_for_auto_class("AutoImageProcessor")
     AutoProcessor.register(MMCAFNetConfig, MMCAFNetProcessor, exist_ok=True)
+
+
+def _register_no_video_processor(config_class: type) -> None:
+    """Map `config_class` to "no video processor", in whichever form the installed transformers takes it."""
+    if "video_processor_classes" in inspect.signature(AutoVideoProcessor.register).parameters:  # >= 5.2x
+        AutoVideoProcessor.register(config_class, video_processor_classes={"torchvision": None}, exist_ok=True)
+    else:
+        AutoVideoProcessor.register(config_class, None, exist_ok=True)
 
 
 def _architecture(model_type: str) -> Architecture:
