@@ -21,6 +21,7 @@ written to the output folder with `save_pretrained`, with its image processor an
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -143,7 +144,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--teacher", default=None, help="distillation teacher: local path or Hub id")
-    parser.add_argument("--log-with", default="csv", help="Accelerate trackers: csv, tensorboard, wandb, all")
+    parser.add_argument(
+        "--log-with",
+        default="auto",
+        help="comma-separated trackers: csv, tensorboard, wandb, none; auto = csv, plus tensorboard when installed. "
+        "All write under OUTPUT_DIR/logs/run",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any recipe field, e.g. --set optimization.weight_decay=0.05")  # fmt: skip
     return parser
@@ -559,6 +565,19 @@ def _save_model(model: Any, processor: Any, output_dir: Path, metrics: dict[str,
     staging.rmdir()
 
 
+def tracker_list(log_with: str, logging_dir: Path) -> list[Any] | None:
+    """`--log-with` as Accelerate's `log_with`: our CSV tracker as an instance, the others by name."""
+    names = [name.strip() for name in log_with.split(",") if name.strip()]
+    if names == ["none"]:
+        return None
+    if names == ["auto"]:
+        names = ["csv"] + (["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else [])
+    unknown = sorted(set(names) - {"csv", "tensorboard", "wandb"})
+    if unknown:
+        raise ValueError(f"--log-with: unknown tracker(s) {unknown}; use csv, tensorboard, wandb, auto or none")
+    return [CSVTracker("run", logging_dir) if name == "csv" else name for name in names]
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) a training run; returns the metrics written to `metrics.json`."""
     recipe = resolve_recipe(args)
@@ -568,14 +587,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     output_dir = Path(args.output_dir)
     seed = int(opt.get("seed", 0))
     grad_accumulation = int(opt.get("gradient_accumulation_steps", 1))
-    log_with = None if args.log_with == "none" else [CSVTracker("run", output_dir / "logs")] + (
-        [name for name in args.log_with.split(",") if name not in ("csv", "")]
-    )  # fmt: skip
+    log_with = tracker_list(args.log_with, output_dir / "logs")
     accelerator = Accelerator(
         gradient_accumulation_steps=grad_accumulation,
         mixed_precision=opt.get("mixed_precision") or "no",
         log_with=log_with,
-        project_dir=str(output_dir),
+        # Every tracker (ours, TensorBoard, W&B's local files) writes under OUTPUT_DIR/logs/run.
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # MMCAF-Net's stages leave heads (and frozen parts) without gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if ct else None,

@@ -51,6 +51,7 @@ def train_loss(model, dataset: Path) -> float:
 
 
 def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset, tmp_path) -> None:
+    """The loss falls, the best validation model is saved, and the CSV and TensorBoard trackers log every step."""
     torch.manual_seed(0)
     before = train_loss(hf_cxr.build_model("cr_msnet", "tiny"), tiny_dataset)  # the run builds the same init
     argv = ["train", "--model", "cr_msnet", "--preset", "tiny", "--dataset", str(tiny_dataset), "--output-dir",
@@ -68,6 +69,12 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     assert train_loss(last, tiny_dataset) < before
     assert train_loss(model, tiny_dataset) < before
     assert (tmp_path / "logs" / "run" / "metrics.csv").read_text().count("train/loss") == 10
+    # --log-with defaults to csv plus TensorBoard (installed by the test extra), both under logs/run.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "logs" / "run")).Reload()
+    assert len(events.Scalars("train/loss")) == 10
+    assert [event.step for event in events.Scalars("validation/auc_macro")] == [5, 10]
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_dataset, tmp_path) -> None:
@@ -139,6 +146,17 @@ def test_every_recipe_validates_and_names_its_model(tmp_path) -> None:
         train(run_args(tmp_path, tmp_path / "out", "--model", "nope"))
     with pytest.raises(ValueError, match="apply to CT models"):  # a CT-only key is refused for a 2D model
         train(run_args(tmp_path, tmp_path / "out", "--set", "data.processor={size: 32}"))
+
+
+def test_log_with_names_trackers_and_refuses_unknown_ones(tmp_path) -> None:
+    from hf_cxr.training import CSVTracker, tracker_list
+
+    assert tracker_list("none", tmp_path) is None
+    csv, *others = tracker_list("csv,tensorboard,wandb", tmp_path)
+    assert isinstance(csv, CSVTracker) and others == ["tensorboard", "wandb"]
+    assert [getattr(t, "name", t) for t in tracker_list("auto", tmp_path)] == ["csv", "tensorboard"]  # test extra
+    with pytest.raises(ValueError, match=r"--log-with: unknown tracker\(s\) \['tensorbord'\]"):
+        tracker_list("csv,tensorbord", tmp_path)
 
 
 def test_recipes_are_validated_and_scheduled() -> None:

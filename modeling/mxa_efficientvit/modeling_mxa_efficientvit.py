@@ -81,16 +81,19 @@ def bilinear_roi_pool(features: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
 
     One bilinear sample at the centre of every output cell (RoIAlign with one sample per bin), written with
     `affine_grid`/`grid_sample` so gradients reach the box coordinates. [B, C, H, W], [B, 4] -> [B, C, H, W].
+    It runs in float32 whatever the autocast: CUDA has no bfloat16 kernel for part of its backward pass.
     """
-    x1, y1, x2, y2 = boxes.to(features.dtype).unbind(dim=-1)
-    zero = torch.zeros_like(x1)
-    # Output coordinate u in [-1, 1] maps to x1..x2 in the [-1, 1] frame of grid_sample: x = (x2-x1) u + (x1+x2-1).
-    theta = torch.stack(
-        [torch.stack([x2 - x1, zero, x1 + x2 - 1], dim=-1), torch.stack([zero, y2 - y1, y1 + y2 - 1], dim=-1)],
-        dim=1,
-    )
-    grid = F.affine_grid(theta, list(features.shape), align_corners=False)
-    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    with torch.autocast(features.device.type, enabled=False):
+        x1, y1, x2, y2 = boxes.float().unbind(dim=-1)
+        zero = torch.zeros_like(x1)
+        # Output coordinate u in [-1, 1] maps to x1..x2 in the [-1, 1] frame of grid_sample: x = (x2-x1) u + (x1+x2-1).
+        theta = torch.stack(
+            [torch.stack([x2 - x1, zero, x1 + x2 - 1], dim=-1), torch.stack([zero, y2 - y1, y1 + y2 - 1], dim=-1)],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(features.shape), align_corners=False)
+        pooled = F.grid_sample(features.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return pooled.to(features.dtype)
 
 
 def integer_roi_crop(features: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
