@@ -66,6 +66,11 @@ DEFAULT_CONTRAST: dict[str, tuple[float, float]] = {
 }
 
 
+# The meniscus ramps up over its outline's first two pixels, so one under 2.25 px high has no pixel at half its peak
+# (measured at 48-256 px); 3 px leaves a margin.
+MIN_EFFUSION_HEIGHT_PX = 3.0
+
+
 @dataclass(frozen=True)
 class Insertion:
     """A modified radiograph and the exact ground truth of what was inserted."""
@@ -202,8 +207,11 @@ def blunt_costophrenic_angle(image: np.ndarray, side: str, height_px: float, con
     height, width = grey.shape
     cx, cy, ax, ay = LUNG_ELLIPSES[side]
     base = (cy + ay) * height
-    if not 1.0 <= height_px <= base:
-        raise ValueError(f"height_px: must be between 1 and {base:.1f} (the lung base's row), got {height_px}")
+    if not MIN_EFFUSION_HEIGHT_PX <= height_px <= base:
+        raise ValueError(
+            f"height_px: must be between {MIN_EFFUSION_HEIGHT_PX} (a meniscus with a pixel at half its peak) and "
+            f"{base:.1f} (the lung base's row), got {height_px}"
+        )
     _check_contrast(contrast)
     lung_width = 2 * ax * width
     lateral = (cx - ax) * width if side == "right" else (cx + ax) * width  # the patient's right is the image's left
@@ -366,7 +374,7 @@ def make_learnability_dataset(
     mm_per_px = image_size_mm / max(shape)
     for kind in kinds:
         _check_positive(f"size_mm ({kind})", sizes[kind][0])
-        minimum_mm = mm_per_px * (2.0 if kind == "opacity" else 1.0)
+        minimum_mm = mm_per_px * {"opacity": 2.0, "effusion": MIN_EFFUSION_HEIGHT_PX}.get(kind, 1.0)
         if sizes[kind][0] < minimum_mm:
             raise ValueError(
                 f"size_mm: {kind} from {sizes[kind][0]} mm is under {minimum_mm:.2f} mm, the smallest a "

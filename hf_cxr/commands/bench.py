@@ -8,9 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from hf_cxr.bench import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
+from hf_cxr.learnability import (
+    DEFAULT_BASELINE,
+    DEFAULT_MODELS,
+    SMALL_SETTINGS,
+    LearnabilitySettings,
+    run_learnability,
+)
+from hf_cxr.learnability import format_markdown as format_learnability
 
 
 def _positive(value: str) -> int:
@@ -20,11 +29,51 @@ def _positive(value: str) -> int:
     return number
 
 
+def _write(text: str, payload: dict, out: str | None) -> None:
+    print(text)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"hf-cxr bench: wrote {path} and {path.with_suffix('.json')}", file=sys.stderr)
+
+
+def _progress(message: str) -> None:
+    print(f"hf-cxr bench: {message}", file=sys.stderr, flush=True)
+
+
+def run_learnability_bench(args: argparse.Namespace) -> int:
+    defaults = LearnabilitySettings() if not args.small else SMALL_SETTINGS
+    chosen = {
+        "image_size": args.image_size,
+        "sizes_mm": tuple(args.lesion_sizes_mm) if args.lesion_sizes_mm else None,
+        "contrasts": tuple(args.lesion_contrasts) if args.lesion_contrasts else None,
+        "checkpoints": tuple(args.checkpoints) if args.checkpoints else None,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "train_samples": args.train_samples,
+        "test_samples_per_cell": args.test_samples,
+        "seed": args.seed,
+    }
+    settings = replace(defaults, **{key: value for key, value in chosen.items() if value is not None})
+    baseline = args.baselines[0] if args.baselines else DEFAULT_BASELINE  # the one the budget is calibrated on
+    result = run_learnability(
+        settings, models=args.models or DEFAULT_MODELS, baseline=baseline, device=args.device, progress=_progress
+    )
+    _write(format_learnability(result), result.to_dict(), args.out)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.learnability:
+        return run_learnability_bench(args)
+    if args.small:
+        raise SystemExit("hf-cxr bench: --small applies to --learnability only")
     result = run_benchmark(
         model_types=args.models,
         presets=args.presets,
-        baselines=args.baselines,
+        baselines=DEFAULT_BASELINES if args.baselines is None else args.baselines,
         batch_size=args.batch_size,
         repeats=args.repeats,
         warmup=args.warmup,
@@ -39,16 +88,9 @@ def run(args: argparse.Namespace) -> int:
         data_path=not args.no_data,
         data_workers=args.data_workers,
         data_images=args.data_images,
-        progress=lambda message: print(f"hf-cxr bench: {message}", file=sys.stderr, flush=True),
+        progress=_progress,
     )
-    text = format_markdown(result)
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-        print(f"hf-cxr bench: wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    _write(format_markdown(result), result.to_dict(), args.out)
     return 0
 
 
@@ -70,8 +112,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--baselines",
         nargs="*",
-        default=list(DEFAULT_BASELINES),
-        help="timm model names measured beside the models (default: %(default)s)",
+        default=None,
+        help=f"timm model names measured beside the models (default: {' '.join(DEFAULT_BASELINES)}; "
+        f"--learnability: {DEFAULT_BASELINE})",
     )
     parser.add_argument("--batch-size", type=_positive, default=None, help="default: 2 on CPU, 64 on CUDA")
     parser.add_argument("--repeats", type=_positive, default=3, help="timed repeats (medians are reported)")
@@ -92,4 +135,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-workers", nargs="+", type=int, default=[0, 2], help="DataLoader worker counts")
     parser.add_argument("--data-images", type=_positive, default=200, help="bundled PNGs read in the data path")
     parser.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
+    learn = parser.add_argument_group(
+        "learnability",
+        "--learnability trains each architecture and the first --baselines model (default densenet121) on real "
+        "radiographs with inserted findings, for a budget calibrated on the baseline, and reports AUC per lesion "
+        "diameter x contrast (see hf_cxr.learnability). --models, --batch-size and --device apply too.",
+    )
+    learn.add_argument("--learnability", action="store_true", help="run the learnability benchmark instead")
+    learn.add_argument("--small", action="store_true", help="CPU-minutes settings (64 px, few steps): a smoke run")
+    learn.add_argument("--image-size", type=_positive, default=None, help="px (default 128, --small 64)")
+    learn.add_argument("--lesion-sizes-mm", nargs="+", type=float, default=None, help="nodule diameters of the grid")
+    learn.add_argument("--lesion-contrasts", nargs="+", type=float, default=None, help="nodule contrasts of the grid")
+    learn.add_argument("--checkpoints", nargs="+", type=_positive, default=None, help="steps at which to score")
+    learn.add_argument("--learning-rate", type=float, default=None)
+    learn.add_argument("--train-samples", type=_positive, default=None, help="inserted training images")
+    learn.add_argument("--test-samples", type=_positive, default=None, help="inserted test images per grid cell")
+    learn.add_argument("--seed", type=int, default=None)
     parser.set_defaults(func=run)

@@ -1,0 +1,114 @@
+"""The learnability harness (`hf_cxr.learnability`, `hf-cxr bench --learnability`) at CPU sizes: held-out
+backgrounds, exact grid cells, the calibration rule, seeded equal-budget training, the report, and input errors.
+Whether the architectures learn the findings takes thousands of GPU steps: that is the benchmark's run, not a test."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hf_cxr.cli import main as cli_main
+from hf_cxr.learnability import (
+    LABELS,
+    SMALL_SETTINGS,
+    LearnabilitySettings,
+    ModelRun,
+    Probe,
+    _resized,
+    build_splits,
+    calibrate_budget,
+    cell_name,
+    format_markdown,
+    run_learnability,
+)
+from hf_cxr.lesions import no_finding_images
+
+# Smaller still than `--small`: seconds on two cores.
+QUICK = replace(SMALL_SETTINGS, checkpoints=(3, 6), train_samples=48, test_samples_per_cell=24, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def backgrounds() -> list[np.ndarray]:
+    return no_finding_images()[:24]
+
+
+def test_test_images_sit_on_held_out_backgrounds_with_each_cells_exact_nodules(backgrounds) -> None:
+    data = build_splits(QUICK, backgrounds)
+    assert sorted(data.train_backgrounds + data.test_backgrounds) == list(range(24))
+    assert len(data.test_backgrounds) == round(24 * QUICK.test_fraction)
+    assert data.train.pixels.shape == (48, 1, 64, 64) and data.test.pixels.shape == (4 * 24, 1, 64, 64)
+    assert np.bincount(data.test.cells).tolist() == [24, 24, 24, 24]
+    # An image with no finding is its background untouched: every such test image is a test background.
+    def key(image) -> bytes:
+        return np.asarray(image, dtype=np.float32).tobytes()
+
+    test_keys = {key(_resized(backgrounds[i], 64)) for i in data.test_backgrounds}
+    train_keys = {key(_resized(backgrounds[i], 64)) for i in data.train_backgrounds}
+    untouched = data.test.pixels[data.test.labels.sum(dim=1) == 0][:, 0].numpy()
+    assert len(untouched) > 0
+    assert all(key(image) in test_keys and key(image) not in train_keys for image in untouched)
+    nodule = LABELS.index("Nodule")
+    assert 0.3 < data.test.labels[:, nodule].mean() < 0.7  # half of each block carries the cell's nodule
+    assert data.train.labels[:, LABELS.index("Lucency")].mean() < 0.1  # the rare finding stays rare in training
+
+
+def _run(aucs: list[float]) -> ModelRun:
+    middle = cell_name(*QUICK.middle_cell)
+    run = ModelRun("baseline", "timm baseline", 1)
+    for step, auc in zip((100, 200, 400), aucs, strict=True):
+        run.probes.append(Probe(step, 1.0, {middle: auc}, {}))
+    return run
+
+
+def test_the_budget_is_the_first_checkpoint_where_the_baseline_reaches_the_target() -> None:
+    assert calibrate_budget(_run([0.55, 0.74, 0.9]), QUICK) == (200, "calibrated")
+    assert calibrate_budget(_run([0.97, 0.99, 1.0]), QUICK) == (100, "too easy")
+    assert calibrate_budget(_run([0.5, 0.6, 0.65]), QUICK) == (400, "not reached")
+
+
+def test_a_seeded_run_trains_every_model_for_the_same_budget_and_repeats_exactly(backgrounds) -> None:
+    settings = replace(QUICK, target_auc=(0.99, 1.0))  # unreachable in 6 steps: the budget is the last checkpoint
+    first = run_learnability(settings, models=["ma_msf"], baseline="resnet10t", device="cpu", backgrounds=backgrounds)
+    again = run_learnability(settings, models=["ma_msf"], baseline="resnet10t", device="cpu", backgrounds=backgrounds)
+    assert (first.budget, first.calibration) == (6, "not reached")
+    assert [run.name for run in first.runs] == ["resnet10t", "ma_msf"]
+    assert [run.kind for run in first.runs] == ["timm baseline", "hf-cxr tiny"]
+    for run, repeat in zip(first.runs, again.runs, strict=True):
+        assert [probe.step for probe in run.probes] == [3, 6]
+        assert [probe.nodule_auc for probe in run.probes] == [probe.nodule_auc for probe in repeat.probes]
+        assert [probe.finding_auc for probe in run.probes] == [probe.finding_auc for probe in repeat.probes]
+        for probe in run.probes:
+            assert len(probe.nodule_auc) == 4 and set(probe.finding_auc) == set(LABELS)
+            values = [*probe.nodule_auc.values(), *probe.finding_auc.values(), *probe.train_finding_auc.values()]
+            assert all(0.0 <= value <= 1.0 for value in values if not math.isnan(value))
+    report = format_markdown(first)
+    assert "NOT calibrated" in report and "not evidence about real disease" in report
+    assert "| ma_msf | 0.3 |" in report and "| resnet10t | timm baseline |" in report
+
+
+def test_bad_settings_and_models_are_refused_by_name(backgrounds) -> None:
+    with pytest.raises(ValueError, match="checkpoints: must be increasing"):
+        LearnabilitySettings(checkpoints=(500, 250))
+    with pytest.raises(ValueError, match="target_auc"):
+        LearnabilitySettings(target_auc=(0.9, 0.8))
+    with pytest.raises(ValueError, match="other_sizes_mm: only opacity and effusion"):
+        LearnabilitySettings(other_sizes_mm={"nodule": (1.0, 2.0)})
+    with pytest.raises(ValueError, match="'mmcaf_net' is not a 2D hf-cxr architecture"):
+        run_learnability(QUICK, models=["mmcaf_net"], backgrounds=backgrounds)
+    with pytest.raises(ValueError, match=r"effusion from 10\.0 mm is under"):  # 10 mm is under 3 px at 64 px
+        build_splits(replace(QUICK, other_sizes_mm={"effusion": (10.0, 20.0)}), backgrounds)
+
+
+def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
+    out = tmp_path / "learnability.md"
+    argv = ["bench", "--learnability", "--small", "--models", "cr_msnet", "--baselines", "resnet10t", "--checkpoints",
+            "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert payload["budget"] == 2 and [run["name"] for run in payload["runs"]] == ["resnet10t", "cr_msnet"]
+    assert payload["settings"]["image_size"] == 64 and payload["settings"]["train_samples"] == 32
+    assert "## Lesion-insertion learnability" in out.read_text()
