@@ -60,7 +60,7 @@ class LearnabilitySettings:
     sizes_mm: tuple[float, ...] = (8.0, 16.0, 32.0)  # nodule diameters of the grid's columns
     contrasts: tuple[float, ...] = (0.05, 0.1, 0.2)  # nodule peak contrasts of the grid's rows
     # Size ranges (mm) of the opacity and effusion, for images too small for `hf_cxr.lesions`' defaults.
-    other_sizes_mm: dict[str, tuple[float, float]] = field(default_factory=lambda: {"effusion": (12.0, 30.0)})
+    other_sizes_mm: dict[str, tuple[float, float]] = field(default_factory=dict)
     checkpoints: tuple[int, ...] = (250, 500, 1000, 2000, 4000)  # steps at which every model is scored
     batch_size: int = 64
     learning_rate: float = 1e-3  # AdamW, after `warmup_steps` of linear warm-up; constant afterwards

@@ -55,7 +55,7 @@ DEFAULT_PREVALENCE: dict[str, float] = {"nodule": 0.3, "opacity": 0.3, "effusion
 DEFAULT_SIZE_MM: dict[str, tuple[float, float]] = {
     "nodule": (2.0, 8.0),
     "opacity": (40.0, 80.0),
-    "effusion": (10.0, 25.0),
+    "effusion": (12.0, 30.0),  # 3 px at least on the 128-px sample (MIN_EFFUSION_HEIGHT_PX)
     "lucency": (4.0, 10.0),
 }
 DEFAULT_CONTRAST: dict[str, tuple[float, float]] = {
