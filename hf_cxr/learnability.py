@@ -107,7 +107,7 @@ SMALL_SETTINGS = LearnabilitySettings(
     warmup_steps=5,
     train_samples=256,
     test_samples_per_cell=64,
-    other_sizes_mm={"effusion": (25.0, 40.0)},  # at 64 px (6.7 mm per pixel) the default 10-25 mm are too small
+    other_sizes_mm={"effusion": (25.0, 40.0)},  # at 64 px (6.7 mm per pixel) the default 12-30 mm are too small
 )
 
 
