@@ -22,6 +22,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from safetensors import safe_open
 
 from hf_cxr.evaluation.report import REPORT_FILES, read_metrics
 from hf_cxr.labels import LABEL_SETS
@@ -290,6 +291,35 @@ def _recipe_section(recipe_text: str | None) -> str:
     )
 
 
+def _compute_section(model_dir: Path) -> str:
+    """Parameters from the weights, and the training run's hardware and time from `metrics.json`, when recorded."""
+    parameters = 0
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as handle:
+            names = handle.keys()  # a safe_open handle is not iterable
+            parameters += sum(math.prod(handle.get_slice(name).get_shape()) for name in names)
+    lines = [f"- Parameters: {parameters / 1e6:.2f} M (all tensors in the weights, buffers included)."]
+    metrics_path = model_dir / "metrics.json"
+    recorded = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    training = recorded.get("training") or {}
+    compute = training.get("compute")
+    if compute:
+        hours = compute["wall_seconds"] / 3600
+        lines.append(
+            f"- Training: {training['step']} optimizer steps on {compute['processes']} x {compute['device']}, "
+            f"mixed precision {compute['mixed_precision']}, batch {compute['batch_size_per_device']} per device x "
+            f"{compute['gradient_accumulation_steps']} accumulation step(s); {hours:.2f} h of wall-clock time "
+            "(validation included)."
+        )
+    else:
+        lines.append("- Training hardware and time were not recorded with this model folder.")
+    lines.append(
+        "- Speed: `hf-cxr bench` measures inference and training images/s beside DenseNet-121 and the model's own "
+        "backbone on your machine; hf-cxr's `docs/benchmarks.md` records the figures measured so far, with machines."
+    )
+    return "\n".join(lines)
+
+
 def _thresholds_section(config: Mapping[str, Any]) -> str:
     thresholds = config.get("decision_thresholds") or {}
     if not thresholds:
@@ -378,6 +408,7 @@ def render_model_card(
         "num_channels": config.get("num_channels", "the config's"),
         "training_data": training,
         "recipe": _recipe_section(recipe_text),
+        "compute": _compute_section(model_dir),
         "evaluation": _metrics_section(document, eval_name),
         "thresholds": _thresholds_section(config),
         "data_attribution": attribution,

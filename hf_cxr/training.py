@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,14 +87,26 @@ class TrainingProgress:
         self.best_metric = -math.inf
         self.best_step = -1
         self.history: list[dict[str, Any]] = []
+        self.seconds = 0.0  # wall-clock training time over every session of the run, validation included
+        self._clock: tuple[float, float] | None = None
+
+    def start_clock(self) -> None:
+        self._clock = (time.perf_counter(), self.seconds)
+
+    def tick(self) -> None:
+        if self._clock is not None:
+            self.seconds = self._clock[1] + time.perf_counter() - self._clock[0]
 
     def state_dict(self) -> dict[str, Any]:
+        self.tick()
         return {"step": self.step, "best_metric": self.best_metric, "best_step": self.best_step,
-                "history": self.history}  # fmt: skip
+                "history": self.history, "seconds": round(self.seconds, 3)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.best_metric, self.best_step = state["step"], state["best_metric"], state["best_step"]
         self.history = state["history"]
+        self.seconds = float(state.get("seconds", 0.0))  # absent from checkpoints written before it was recorded
+        self.start_clock()
 
 
 class CSVTracker(GeneralTracker):
@@ -652,6 +665,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=float(opt["ema"].get("decay", 0.9998)))
     progress = TrainingProgress()
+    progress.start_clock()
     distiller = _build_distillation(recipe.get("distillation"), accelerator, model)
 
     resume = args.resume_from_checkpoint
@@ -719,15 +733,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             break
     bar.close()
     accelerator.end_training()
+    progress.tick()
     summary = {"step": progress.step, "total_steps": total_steps, "best_step": progress.best_step,
                "best_validation_metric": progress.best_metric, "finished": not stopped_early,
                "stages": [{"name": st.name, "steps": st.steps, "exclude_no_finding": st.exclude_no_finding,
                            "learning_rate": st.learning_rate, **st.loss_fields} for st in stages],
-               "history": progress.history}  # fmt: skip
+               "history": progress.history,
+               "compute": _compute_summary(accelerator, batch_size, progress.seconds)}  # fmt: skip
     if accelerator.is_main_process and not stopped_early and (output_dir / "metrics.json").is_file():
         best = json.loads((output_dir / "metrics.json").read_text())
         (output_dir / "metrics.json").write_text(json.dumps({**best, "training": summary}, indent=2))
     return summary
+
+
+def _compute_summary(accelerator: Accelerator, batch_size: int, seconds: float) -> dict[str, Any]:
+    """What the run trained on, for the model card's compute section."""
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} logical cores)"
+    return {"device": name, "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+            "batch_size_per_device": batch_size,
+            "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+            "wall_seconds": round(seconds, 1)}  # fmt: skip
 
 
 def _image_inputs(

@@ -94,6 +94,22 @@ def test_card_from_a_report_carries_per_finding_metrics_with_intervals(run) -> N
     assert "measure the pipeline, not the model" in card.text and "recipe.yaml" in card.text
 
 
+def test_compute_section_counts_the_weights_and_reports_the_recorded_run(run, tmp_path: Path) -> None:
+    model_dir, _ = run
+    parameters = sum(p.numel() for p in build_model("cr_msnet", "tiny").state_dict().values())
+    card = render_model_card(model_dir, REPO_ID)
+    assert f"- Parameters: {parameters / 1e6:.2f} M" in card.text
+    assert "hardware and time were not recorded" in card.text
+    recorded = tmp_path / "recorded"
+    shutil.copytree(model_dir, recorded)
+    compute = {"device": "NVIDIA H100 80GB HBM3", "processes": 2, "mixed_precision": "bf16",
+               "batch_size_per_device": 32, "gradient_accumulation_steps": 1, "wall_seconds": 5400.0}  # fmt: skip
+    (recorded / "metrics.json").write_text(json.dumps({"training": {"step": 1200, "compute": compute}}))
+    text = render_model_card(recorded, REPO_ID).text
+    assert "1200 optimizer steps on 2 x NVIDIA H100 80GB HBM3, mixed precision bf16, batch 32 per device" in text
+    assert "1.50 h of wall-clock time" in text
+
+
 def test_check_card_rejects_bad_metadata(run) -> None:
     model_dir, report_dir = run
     card = render_model_card(model_dir, REPO_ID, report_dir)

@@ -61,6 +61,8 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["selected_on"] == "validation" and metrics["step"] in (5, 10)
     assert metrics["training"]["finished"] and metrics["training"]["step"] == 10
+    compute = metrics["training"]["compute"]  # what the model card's compute section reports
+    assert compute["processes"] == 1 and compute["batch_size_per_device"] == 5 and compute["wall_seconds"] > 0
     model = hf_cxr.CRMSNetForImageClassification.from_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file() and (tmp_path / "modeling_cr_msnet.py").is_file()
     final = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
