@@ -55,6 +55,7 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
         "train_samples": args.train_samples,
         "test_samples_per_cell": args.test_samples,
         "seed": args.seed,
+        "target_auc": tuple(args.target_auc) if args.target_auc else None,
     }
     settings = replace(defaults, **{key: value for key, value in chosen.items() if value is not None})
     baseline = args.baselines[0] if args.baselines else DEFAULT_BASELINE  # the one the budget is calibrated on
@@ -151,4 +152,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     learn.add_argument("--train-samples", type=_positive, default=None, help="inserted training images")
     learn.add_argument("--test-samples", type=_positive, default=None, help="inserted test images per grid cell")
     learn.add_argument("--seed", type=int, default=None)
+    learn.add_argument(
+        "--target-auc", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+        help="the baseline's middle-cell AUC range the budget is calibrated to (default 0.7 0.95)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
