@@ -49,6 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="auto", help="auto: dynamo, then TorchScript")
     parser.add_argument("--check", action="store_true", help="compare with PyTorch in onnxruntime and time both")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest |logit difference| accepted")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest |logit difference| accepted, relative to the largest |logit| when that is above 1",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
