@@ -105,16 +105,24 @@ def test_killed_run_resumes_to_the_same_weights(tiny_dataset, tmp_path) -> None:
     assert len(config["class_positive_counts"]) == 14 and config["num_train_samples"] == 10
 
 
+# Two gloo processes on the CPU. `accelerate launch --cpu --num_processes 2` starts ONE process (it expects mpirun
+# for several CPU processes); torchrun's launcher (`--multi_gpu`) with ACCELERATE_USE_CPU starts two.
+TWO_CPU_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+TWO_CPU_PROCESSES_ENV = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
 def test_two_processes_report_the_same_validation_auc_as_one(tiny_dataset, tmp_path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    env = {**os.environ, **TWO_CPU_PROCESSES_ENV}
+    command = [*TWO_CPU_PROCESSES,
                str(REPO / "training_scripts" / "train.py"), "--model", "cr_msnet", "--preset", "tiny",
                "--dataset", str(tiny_dataset), "--output-dir", str(tmp_path), "--max-steps", "3",
                "--per-device-batch-size", "2", "--eval-steps", "3"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    logged = json.loads((tmp_path / "metrics.json").read_text())["training"]["history"][-1]
+    training = json.loads((tmp_path / "metrics.json").read_text())["training"]
+    assert training["compute"]["processes"] == 2  # really two processes
+    logged = training["history"][-1]
     # The same weights scored by one process over the whole validation split.
     from accelerate import Accelerator
     from torch.utils.data import DataLoader

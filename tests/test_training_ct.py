@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 from test_evaluation_ct import HEADER, LUNG, SERIES, SERIES_DIR, STUDY, _copy_series
+from test_training import TWO_CPU_PROCESSES, TWO_CPU_PROCESSES_ENV
 
 import hf_cxr
 from hf_cxr.data import build_lung_pet_ct_dx
@@ -113,6 +117,42 @@ def test_resumed_ct_run_ends_with_the_same_weights(ct_dataset: Path, tmp_path: P
     a = load_file(str(latest_checkpoint(tmp_path / "straight") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "resumed") / "model.safetensors"))
     assert _same(a, b)
+
+
+def test_two_process_ct_run_keeps_frozen_parts_and_logs_one_process_auroc(ct_dataset: Path, tmp_path: Path) -> None:
+    """Two gloo processes (`TWO_CPU_PROCESSES`) through the three stages: frozen parts stay frozen under DDP,
+    and the validation AUROC it logs equals one process's evaluation of the saved model."""
+    env = {**os.environ, **TWO_CPU_PROCESSES_ENV}
+    command = [*TWO_CPU_PROCESSES,
+               str(Path(__file__).resolve().parents[1] / "training_scripts" / "train.py"),
+               "--model", "mmcaf_net", "--preset", "tiny", "--recipe", "mmcaf_net_lung_pet_ct_dx", "--dataset",
+               str(ct_dataset), "--output-dir", str(tmp_path / "two"), "--per-device-batch-size", "1",
+               "--max-steps", "3", "--eval-steps", "1", "--checkpointing-steps", "1", "--keep-checkpoints", "3",
+               "--learning-rate", "1e-2", "--log-with", "csv", "--seed", "0", *TINY]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "metrics.json").read_text())["training"]
+    assert summary["finished"] and [stage["steps"] for stage in summary["stages"]] == [1, 1, 1]
+    assert summary["compute"]["processes"] == 2
+    step = {n: load_file(str(tmp_path / "two" / "checkpoints" / f"step-0000000{n}" / "model.safetensors"))
+            for n in (1, 2, 3)}  # fmt: skip
+    image = [_part(step[n], "image_encoder") for n in (1, 2, 3)]
+    assert _same(image[0], image[1]) and _same(image[1], image[2])
+    table = [_part(step[n], "table_encoder") for n in (1, 2, 3)]
+    assert not _same(table[0], table[1]) and _same(table[1], table[2])
+    # Each process scored the whole validation split: one process rescoring the saved best model agrees.
+    from transformers import AutoModelForVideoClassification, AutoProcessor
+
+    from hf_cxr.recipes import load_recipe
+    from hf_cxr.training import evaluate_ct
+
+    best = json.loads((tmp_path / "two" / "metrics.json").read_text())["step"]
+    model = AutoModelForVideoClassification.from_pretrained(tmp_path / "two").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "two")
+    validation = datasets.load_from_disk(str(ct_dataset))["validation"]
+    rescored = evaluate_ct(model, processor, validation, load_recipe("mmcaf_net_lung_pet_ct_dx")["evaluation"], "cpu")
+    logged = next(entry for entry in summary["history"] if entry["step"] == best)
+    assert logged["validation/auroc"] == pytest.approx(rescored["auroc"], abs=1e-6)
 
 
 def test_minority_oversampling_repeats_training_rows_only() -> None:
