@@ -791,6 +791,11 @@ def _ct_inputs(
     """CT: (MMCAF-Net processor, training windows per stage, no validation loader, validation scorer): one window
     per converted row (oversampled as `data.oversample_minority` says), patient-level numbers on validation."""
     data_section = recipe.get("data") or {}
+    if preset != (recipe.get("model") or {}).get("preset", "paper") and data_section.get("processor"):
+        # `--preset tiny` with a paper recipe: the window follows the model; recipe.yaml records what was used.
+        data_section["processor"] = {
+            **data_section["processor"], "size": model.config.image_size, "num_slices": model.config.num_slices
+        }
     processor = build_ct_processor(args.model, preset, model.config, data_section.get("processor"), train_split)
     names = [model.config.id2label[i] for i in sorted(model.config.id2label)]
     classes = dataset_class_indices(train_split, names)
