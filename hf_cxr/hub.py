@@ -29,6 +29,13 @@ from hf_cxr.labels import LABEL_SETS
 
 HUB_TAGS = ("medical", "radiology", "chest-x-ray", "multi-label-classification")
 PIPELINE_TAG = "image-classification"
+# MMCAF-Net reads a CT window and a clinical table: no Hub widget or stock pipeline task fits it (it is hf-cxr's
+# `ct-clinical-classification` pipeline), so its card says "other" rather than promising an image widget.
+PIPELINE_TAGS: dict[str, str] = {"mmcaf_net": "other"}
+
+
+def pipeline_tag(model_type: str) -> str:
+    return PIPELINE_TAGS.get(model_type, PIPELINE_TAG)
 LIBRARY_NAME = "transformers"
 TASK_NAME = "Multi-label chest X-ray classification"
 EVALUATION_FOLDER = "evaluation"
@@ -169,8 +176,10 @@ def check_card(card: ModelCard) -> None:
         problems.append("license 'other' needs license_name and license_link")
     if data.get("library_name") != LIBRARY_NAME:
         problems.append(f"library_name is {data.get('library_name')!r}, expected {LIBRARY_NAME!r}")
-    if data.get("pipeline_tag") != PIPELINE_TAG:
-        problems.append(f"pipeline_tag is {data.get('pipeline_tag')!r}, expected {PIPELINE_TAG!r}")
+    model_types = [tag for tag in data.get("tags") or [] if tag in PIPELINE_TAGS]
+    expected = pipeline_tag(model_types[0]) if model_types else PIPELINE_TAG
+    if data.get("pipeline_tag") != expected:
+        problems.append(f"pipeline_tag is {data.get('pipeline_tag')!r}, expected {expected!r}")
     missing_tags = sorted(set(HUB_TAGS) - set(data.get("tags") or []))
     if missing_tags:
         problems.append(f"missing tags {missing_tags}")
@@ -377,7 +386,7 @@ def render_model_card(
     card_data = ModelCardData(
         license=license,
         library_name=LIBRARY_NAME,
-        pipeline_tag=PIPELINE_TAG,
+        pipeline_tag=pipeline_tag(model_type),
         tags=[*HUB_TAGS, model_type, "hf-cxr"],
         datasets=list(dict.fromkeys(datasets_meta)) or None,
         metrics=sorted({result.metric_type for result in results}) or ["roc_auc"],
