@@ -101,6 +101,22 @@ def test_a_baseline_learns_large_bright_nodules_on_unseen_backgrounds() -> None:
     assert probe.nodule_auc[cell_name(50.0, 0.5)] >= 0.8  # on the 17 held-out backgrounds
 
 
+def test_a_given_budget_skips_calibration_and_partial_results_are_reported(backgrounds) -> None:
+    seen: list[list[str]] = []
+    result = run_learnability(
+        QUICK, models=["cr_msnet", "ma_msf"], baseline=None, budget=3, device="cpu", backgrounds=backgrounds,
+        on_run=lambda partial: seen.append([run.name for run in partial.runs]),
+    )  # fmt: skip
+    assert (result.budget, result.calibration) == (3, "fixed")
+    assert seen == [["cr_msnet"], ["cr_msnet", "ma_msf"]]
+    assert all([probe.step for probe in run.probes] == [3] for run in result.runs)
+    assert "given on the command line" in format_markdown(result)
+    with pytest.raises(ValueError, match="budget: must be one of the checkpoints"):
+        run_learnability(QUICK, models=[], budget=5, backgrounds=backgrounds)
+    with pytest.raises(ValueError, match="give one, or give a budget"):
+        run_learnability(QUICK, models=["ma_msf"], baseline=None, backgrounds=backgrounds)
+
+
 def test_bad_settings_and_models_are_refused_by_name(backgrounds) -> None:
     with pytest.raises(ValueError, match="checkpoints: must be increasing"):
         LearnabilitySettings(checkpoints=(500, 250))
@@ -123,3 +139,10 @@ def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
     assert payload["budget"] == 2 and [run["name"] for run in payload["runs"]] == ["resnet10t", "cr_msnet"]
     assert payload["settings"]["image_size"] == 64 and payload["settings"]["train_samples"] == 32
     assert "## Lesion-insertion learnability" in out.read_text()
+    fixed = tmp_path / "fixed.md"  # no baseline, a given budget
+    argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--baselines", "--budget", "2",
+            "--checkpoints", "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu", "--out",
+            str(fixed)]  # fmt: skip
+    assert cli_main(argv) == 0
+    payload = json.loads(fixed.with_suffix(".json").read_text())
+    assert payload["calibration"] == "fixed" and [run["name"] for run in payload["runs"]] == ["ma_msf"]

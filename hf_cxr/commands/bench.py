@@ -10,6 +10,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from hf_cxr.bench import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
 from hf_cxr.learnability import (
@@ -29,14 +30,16 @@ def _positive(value: str) -> int:
     return number
 
 
-def _write(text: str, payload: dict, out: str | None) -> None:
-    print(text)
+def _write(text: str, payload: dict, out: str | None, quiet: bool = False) -> None:
+    if not quiet:
+        print(text)
     if out:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"hf-cxr bench: wrote {path} and {path.with_suffix('.json')}", file=sys.stderr)
+        if not quiet:
+            print(f"hf-cxr bench: wrote {path} and {path.with_suffix('.json')}", file=sys.stderr)
 
 
 def _progress(message: str) -> None:
@@ -58,9 +61,25 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
         "target_auc": tuple(args.target_auc) if args.target_auc else None,
     }
     settings = replace(defaults, **{key: value for key, value in chosen.items() if value is not None})
-    baseline = args.baselines[0] if args.baselines else DEFAULT_BASELINE  # the one the budget is calibrated on
+    if args.baselines is None:
+        baseline = DEFAULT_BASELINE
+    elif len(args.baselines) > 1:
+        raise SystemExit("hf-cxr bench: --learnability takes one baseline (or none with --budget)")
+    else:  # `--baselines` with no name: no baseline (needs --budget)
+        baseline = args.baselines[0] if args.baselines else None
+
+    def save_partial(partial: Any) -> None:  # a long run that is cut off keeps the models it finished
+        if args.out:
+            _write(format_learnability(partial), partial.to_dict(), args.out, quiet=True)
+
     result = run_learnability(
-        settings, models=args.models or DEFAULT_MODELS, baseline=baseline, device=args.device, progress=_progress
+        settings,
+        models=DEFAULT_MODELS if args.models is None else args.models,
+        baseline=baseline,
+        device=args.device,
+        budget=args.budget,
+        progress=_progress,
+        on_run=save_partial,
     )
     _write(format_learnability(result), result.to_dict(), args.out)
     return 0
@@ -107,7 +126,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "--models", nargs="+", choices=image_model_types(), default=None, help="architectures (default: all 2D)"
+        "--models",
+        nargs="*",
+        choices=image_model_types(),
+        default=None,
+        help="architectures (default: all 2D; none with --learnability: the baseline alone)",
     )
     parser.add_argument("--presets", nargs="+", choices=["tiny", "paper"], default=["tiny", "paper"])
     parser.add_argument(
@@ -152,6 +175,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     learn.add_argument("--train-samples", type=_positive, default=None, help="inserted training images")
     learn.add_argument("--test-samples", type=_positive, default=None, help="inserted test images per grid cell")
     learn.add_argument("--seed", type=int, default=None)
+    learn.add_argument(
+        "--budget", type=_positive, default=None,
+        help="train every model for this many steps (one of the checkpoints) instead of calibrating on the baseline; "
+        "with `--baselines` and no name, no baseline is trained",
+    )  # fmt: skip
     learn.add_argument(
         "--target-auc", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
         help="the baseline's middle-cell AUC range the budget is calibrated to (default 0.7 0.95)",
