@@ -54,7 +54,8 @@ LABELS: tuple[str, ...] = tuple(FINDING_NAMES[kind] for kind in DEFAULT_FINDINGS
 
 @dataclass(frozen=True)
 class LearnabilitySettings:
-    """Everything that decides a learnability run; two runs with equal settings on one machine train alike."""
+    """Everything that decides a learnability run; two runs with equal settings on one CPU train bit for bit alike
+    (CUDA kernels are not deterministic)."""
 
     image_size: int = 128  # px; the bundled sample's size (3.35 mm per pixel at NIH's scale)
     # The grid: nodule diameters (columns) and peak contrasts (rows). At the sample's 3.35 mm per pixel the issue's
@@ -79,8 +80,11 @@ class LearnabilitySettings:
     def __post_init__(self) -> None:
         if not self.sizes_mm or not self.contrasts:
             raise ValueError("sizes_mm and contrasts: the grid needs at least one value of each")
-        if any(size <= 0 for size in self.sizes_mm) or any(contrast <= 0 for contrast in self.contrasts):
-            raise ValueError(f"sizes_mm and contrasts must be positive, got {self.sizes_mm} and {self.contrasts}")
+        for name in ("sizes_mm", "contrasts"):
+            values = list(getattr(self, name))
+            if values != sorted(set(values)) or values[0] <= 0:
+                raise ValueError(f"{name}: must be increasing positive values (the middle one is the middle cell), "
+                                 f"got {tuple(values)}")  # fmt: skip
         if not self.checkpoints or list(self.checkpoints) != sorted(set(self.checkpoints)) or self.checkpoints[0] < 1:
             raise ValueError(f"checkpoints: must be increasing positive step counts, got {self.checkpoints}")
         if set(self.other_sizes_mm) - {"opacity", "effusion"}:

@@ -120,6 +120,8 @@ def test_a_given_budget_skips_calibration_and_partial_results_are_reported(backg
 def test_bad_settings_and_models_are_refused_by_name(backgrounds) -> None:
     with pytest.raises(ValueError, match="checkpoints: must be increasing"):
         LearnabilitySettings(checkpoints=(500, 250))
+    with pytest.raises(ValueError, match="contrasts: must be increasing positive values"):
+        LearnabilitySettings(contrasts=(0.2, 0.1))
     with pytest.raises(ValueError, match="target_auc"):
         LearnabilitySettings(target_auc=(0.9, 0.8))
     with pytest.raises(ValueError, match="other_sizes_mm: only opacity and effusion"):
