@@ -43,7 +43,13 @@ from torch import nn
 
 from hf_cxr.bench import image_model_types, machine_description
 from hf_cxr.callbacks import update_model_anchor
-from hf_cxr.lesions import DEFAULT_FINDINGS, FINDING_NAMES, make_learnability_dataset, no_finding_images
+from hf_cxr.lesions import (
+    DEFAULT_FINDINGS,
+    FINDING_NAMES,
+    make_learnability_dataset,
+    no_finding_images,
+    resize_square,
+)
 from hf_cxr.modeling.common.image_processing_cxr import CXRImageProcessor
 from hf_cxr.models import ARCHITECTURES, build_image_processor, build_model
 
@@ -178,7 +184,7 @@ class LearnabilityData:
 
 def build_splits(settings: LearnabilitySettings, backgrounds: Sequence[np.ndarray]) -> LearnabilityData:
     """The training images and the per-cell test blocks, from disjoint backgrounds (see the module docstring)."""
-    pool = [_resized(image, settings.image_size) for image in backgrounds]
+    pool = [resize_square(image, settings.image_size) for image in backgrounds]
     order = np.random.default_rng(settings.seed).permutation(len(pool))
     test_count = max(1, round(len(pool) * settings.test_fraction))
     if test_count >= len(pool):
@@ -412,13 +418,6 @@ def _auc(truth: np.ndarray, scores: np.ndarray) -> float:
 
 def _grid(settings: LearnabilitySettings) -> list[tuple[float, float]]:
     return [(size, contrast) for contrast in settings.contrasts for size in settings.sizes_mm]
-
-
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape == (size, size):
-        return image
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
-    return nn.functional.interpolate(tensor, size=(size, size), mode="area").squeeze().numpy()
 
 
 def _as_split(dataset: Any, cell: int) -> _Split:

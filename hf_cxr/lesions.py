@@ -28,6 +28,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hf_cxr.imaging import load_radiograph
 from hf_cxr.sample import SAMPLE_DIR
@@ -315,6 +316,53 @@ def no_finding_images(folder: str | Path = SAMPLE_DIR) -> list[np.ndarray]:
         raise ValueError(f"folder: '{table}' has no 'No Finding' column")
     names = sorted(row["Image Index"] for row in rows if float(row["No Finding"]) == 1.0)
     return [load_radiograph(Path(folder) / "images" / name) for name in names]
+
+
+def no_finding_images_from_dataset(
+    path: str | Path,
+    image_size: int,
+    splits: Sequence[str] = ("train",),
+    views: Sequence[str] = ("PA",),
+    limit: int | None = None,
+) -> list[np.ndarray]:
+    """Backgrounds from a converted ChestX-ray14 dataset (`hf-cxr convert chestxray14`): its "No Finding" images
+    of `views` (PA by default: the lung prior is drawn for PA films) in `splits`, in dataset order, at most `limit`,
+    each resized to `image_size` x `image_size` by area averaging. More backgrounds than the bundled sample's 67
+    make remembering them harder than learning the findings.
+    """
+    data = datasets.load_from_disk(str(path))
+    if not isinstance(data, datasets.DatasetDict):
+        raise ValueError(f"path: '{path}' holds a single Dataset, not a converted DatasetDict with splits")
+    images: list[np.ndarray] = []
+    for split in splits:
+        if split not in data:
+            raise ValueError(f"splits: '{path}' has no split {split!r}; it has {sorted(data)}")
+        part = data[split]
+        missing = sorted({"image", "finding_labels", "view_position"} - set(part.column_names))
+        if missing:
+            raise ValueError(f"path: '{path}' split {split!r} lacks the ChestX-ray14 column(s) {missing}")
+        meta = part.select_columns(["finding_labels", "view_position"])
+        rows = [
+            index
+            for index, (finding, view) in enumerate(zip(meta["finding_labels"], meta["view_position"], strict=True))
+            if finding == "No Finding" and view in views
+        ]
+        for index in tqdm(rows, desc=f"backgrounds ({split})", unit="img", leave=False):
+            if limit is not None and len(images) >= limit:
+                break
+            grey = load_radiograph(part[index]["image"], name=f"{path} [{split} {index}]")
+            images.append(resize_square(grey, image_size))
+    if not images:
+        raise ValueError(f"path: '{path}' has no 'No Finding' image of views {list(views)} in splits {list(splits)}")
+    return images
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """A grey [H, W] image as [size, size] float32, by area averaging (no aliasing when shrinking)."""
+    if image.shape == (size, size):
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(tensor, size=(size, size), mode="area").squeeze(0).squeeze(0).numpy()
 
 
 def make_learnability_dataset(

@@ -19,14 +19,13 @@ from hf_cxr.learnability import (
     LearnabilitySettings,
     ModelRun,
     Probe,
-    _resized,
     build_splits,
     calibrate_budget,
     cell_name,
     format_markdown,
     run_learnability,
 )
-from hf_cxr.lesions import no_finding_images
+from hf_cxr.lesions import no_finding_images, resize_square
 
 # Smaller still than `--small`: seconds on two cores.
 QUICK = replace(SMALL_SETTINGS, checkpoints=(3, 6), train_samples=48, test_samples_per_cell=24, warmup_steps=2)
@@ -47,8 +46,8 @@ def test_test_images_sit_on_held_out_backgrounds_with_each_cells_exact_nodules(b
     def key(image) -> bytes:
         return np.asarray(image, dtype=np.float32).tobytes()
 
-    test_keys = {key(_resized(backgrounds[i], 64)) for i in data.test_backgrounds}
-    train_keys = {key(_resized(backgrounds[i], 64)) for i in data.train_backgrounds}
+    test_keys = {key(resize_square(backgrounds[i], 64)) for i in data.test_backgrounds}
+    train_keys = {key(resize_square(backgrounds[i], 64)) for i in data.train_backgrounds}
     untouched = data.test.pixels[data.test.labels.sum(dim=1) == 0][:, 0].numpy()
     assert len(untouched) > 0
     assert all(key(image) in test_keys and key(image) not in train_keys for image in untouched)
@@ -148,3 +147,22 @@ def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
     assert cli_main(argv) == 0
     payload = json.loads(fixed.with_suffix(".json").read_text())
     assert payload["calibration"] == "fixed" and [run["name"] for run in payload["runs"]] == ["ma_msf"]
+
+
+def test_backgrounds_can_come_from_a_converted_dataset(tmp_path) -> None:
+    import datasets
+
+    from hf_cxr.sample import SAMPLE_DIR
+
+    names = sorted((SAMPLE_DIR / "images").glob("*.png"))[:8]
+    split = datasets.Dataset.from_dict(
+        {"image": [str(path) for path in names], "finding_labels": ["No Finding"] * 8, "view_position": ["PA"] * 8}
+    ).cast_column("image", datasets.Image())
+    datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / "nih"))
+    out = tmp_path / "own.md"
+    argv = ["bench", "--learnability", "--small", "--models", "--baselines", "resnet10t", "--checkpoints", "2",
+            "--train-samples", "16", "--test-samples", "8", "--device", "cpu", "--backgrounds", str(tmp_path / "nih"),
+            "--max-backgrounds", "6", "--out", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    payload = json.loads(out.with_suffix(".json").read_text())
+    assert (payload["train_backgrounds"], payload["test_backgrounds"]) == (4, 2)  # 6 backgrounds, a quarter held out

@@ -222,3 +222,33 @@ def test_rare_finding_prevalence(backgrounds) -> None:
 def test_bad_arguments_name_the_argument(call, argument: str) -> None:
     with pytest.raises(ValueError, match=rf"^{argument}"):
         call()
+
+
+def test_backgrounds_from_a_converted_dataset_are_its_no_finding_pa_images(tmp_path) -> None:
+    import datasets
+    from conftest import NIH_DIR
+
+    from hf_cxr.imaging import load_radiograph
+    from hf_cxr.lesions import no_finding_images_from_dataset, resize_square
+
+    paths = sorted((NIH_DIR / "images").glob("*.png"))[:6]
+    findings = ["No Finding", "Mass", "No Finding", "No Finding", "Effusion|Mass", "No Finding"]
+    views = ["PA", "PA", "AP", "PA", "PA", "PA"]
+    split = datasets.Dataset.from_dict(
+        {"image": [str(path) for path in paths], "finding_labels": findings, "view_position": views}
+    ).cast_column("image", datasets.Image())
+    folder = tmp_path / "converted"
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(folder))
+
+    images = no_finding_images_from_dataset(folder, image_size=32)
+    expected = [resize_square(load_radiograph(paths[i]), 32) for i in (0, 3, 5)]  # No Finding and PA
+    assert len(images) == 3 and all(np.array_equal(a, b) for a, b in zip(images, expected, strict=True))
+    assert len(no_finding_images_from_dataset(folder, 32, splits=("train", "test"), views=("PA", "AP"))) == 8
+    assert len(no_finding_images_from_dataset(folder, 32, limit=2)) == 2
+    with pytest.raises(ValueError, match="has no split 'validation'"):
+        no_finding_images_from_dataset(folder, 32, splits=("validation",))
+    with pytest.raises(ValueError, match=r"no 'No Finding' image of views \['LL'\]"):
+        no_finding_images_from_dataset(folder, 32, views=("LL",))
+    datasets.DatasetDict({"train": split.remove_columns("view_position")}).save_to_disk(str(tmp_path / "bare"))
+    with pytest.raises(ValueError, match=r"lacks the ChestX-ray14 column\(s\) \['view_position'\]"):
+        no_finding_images_from_dataset(tmp_path / "bare", 32)

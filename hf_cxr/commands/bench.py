@@ -21,6 +21,7 @@ from hf_cxr.learnability import (
     run_learnability,
 )
 from hf_cxr.learnability import format_markdown as format_learnability
+from hf_cxr.lesions import no_finding_images_from_dataset
 
 
 def _positive(value: str) -> int:
@@ -72,8 +73,13 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
         if args.out:
             _write(format_learnability(partial), partial.to_dict(), args.out, quiet=True)
 
+    backgrounds = None  # the bundled sample's "No Finding" images
+    if args.backgrounds:
+        _progress(f"reading 'No Finding' PA backgrounds from {args.backgrounds}")
+        backgrounds = no_finding_images_from_dataset(args.backgrounds, settings.image_size, limit=args.max_backgrounds)
     result = run_learnability(
         settings,
+        backgrounds=backgrounds,
         models=DEFAULT_MODELS if args.models is None else args.models,
         baseline=baseline,
         device=args.device,
@@ -175,6 +181,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     learn.add_argument("--train-samples", type=_positive, default=None, help="inserted training images")
     learn.add_argument("--test-samples", type=_positive, default=None, help="inserted test images per grid cell")
     learn.add_argument("--seed", type=int, default=None)
+    learn.add_argument(
+        "--backgrounds", default=None, metavar="DATASET_DIR",
+        help="a converted ChestX-ray14 dataset (hf-cxr convert chestxray14): its train split's 'No Finding' PA "
+        "images become the backgrounds instead of the bundled sample's 67",
+    )  # fmt: skip
+    learn.add_argument("--max-backgrounds", type=_positive, default=2000, help="at most this many (default 2000)")
     learn.add_argument(
         "--budget", type=_positive, default=None,
         help="train every model for this many steps (one of the checkpoints) instead of calibrating on the baseline; "
