@@ -305,6 +305,7 @@ def _train_and_probe(
     train_pixels, train_labels = train.pixels.to(device), train.labels.to(device)
     checkpoints = [step for step in settings.checkpoints if step <= budget]
     seconds, start, order = 0.0, time.perf_counter(), torch.empty(0, dtype=torch.long)
+    finite = torch.tensor(True, device=device)
     model.train()
     for step in range(1, budget + 1):
         if len(order) < settings.batch_size:  # epochs of a seeded permutation; same batches for every model
@@ -319,9 +320,10 @@ def _train_and_probe(
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         update_model_anchor(model)  # MA-MSF: its anchor follows every optimizer step; others have none
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{name}: the training loss became {loss.item()} at step {step}")
+        finite = finite & torch.isfinite(loss.detach())  # checked at checkpoints: no GPU sync per step
         if step in checkpoints:
+            if not finite:
+                raise FloatingPointError(f"{name}: the training loss stopped being finite before step {step}")
             if cuda:
                 torch.cuda.synchronize(device)
             seconds += time.perf_counter() - start
