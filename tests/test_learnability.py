@@ -134,11 +134,13 @@ def test_bad_settings_and_models_are_refused_by_name(backgrounds) -> None:
 def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
     out = tmp_path / "learnability.md"
     argv = ["bench", "--learnability", "--small", "--models", "cr_msnet", "--baselines", "resnet10t", "--checkpoints",
-            "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu", "--out", str(out)]  # fmt: skip
+            "2", "--train-samples", "32", "--test-samples", "16", "--effusion-mm", "30", "45", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
     assert cli_main(argv) == 0
     payload = json.loads(out.with_suffix(".json").read_text())
     assert payload["budget"] == 2 and [run["name"] for run in payload["runs"]] == ["resnet10t", "cr_msnet"]
     assert payload["settings"]["image_size"] == 64 and payload["settings"]["train_samples"] == 32
+    assert payload["settings"]["other_sizes_mm"] == {"effusion": [30.0, 45.0]}
     assert "## Lesion-insertion learnability" in out.read_text()
     fixed = tmp_path / "fixed.md"  # no baseline, a given budget
     argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--baselines", "--budget", "2",

@@ -61,6 +61,10 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "target_auc": tuple(args.target_auc) if args.target_auc else None,
     }
+    other_sizes = {kind: tuple(value) for kind, value in (("opacity", args.opacity_mm), ("effusion", args.effusion_mm))
+                   if value}  # fmt: skip
+    if other_sizes:
+        chosen["other_sizes_mm"] = {**defaults.other_sizes_mm, **other_sizes}
     settings = replace(defaults, **{key: value for key, value in chosen.items() if value is not None})
     if args.baselines is None:
         baseline = DEFAULT_BASELINE
@@ -177,6 +181,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     learn.add_argument("--lesion-sizes-mm", nargs="+", type=float, default=None, help="nodule diameters of the grid")
     learn.add_argument("--lesion-contrasts", nargs="+", type=float, default=None, help="nodule contrasts of the grid")
     learn.add_argument("--checkpoints", nargs="+", type=_positive, default=None, help="steps at which to score")
+    for kind, default in (("opacity", "40 80"), ("effusion", "12 30; --small 25 40")):
+        learn.add_argument(
+            f"--{kind}-mm", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
+            help=f"{kind} size range in mm (default {default}); at least 2 px (opacity) or 3 px (effusion)",
+        )  # fmt: skip
     learn.add_argument("--learning-rate", type=float, default=None)
     learn.add_argument("--train-samples", type=_positive, default=None, help="inserted training images")
     learn.add_argument("--test-samples", type=_positive, default=None, help="inserted test images per grid cell")
