@@ -313,11 +313,12 @@ def _compute_section(model_dir: Path) -> str:
     training = recorded.get("training") or {}
     compute = training.get("compute")
     if compute:
-        hours = compute["wall_seconds"] / 3600
+        seconds = float(compute["wall_seconds"])
+        duration = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
         lines.append(
             f"- Training: {training['step']} optimizer steps on {compute['processes']} x {compute['device']}, "
             f"mixed precision {compute['mixed_precision']}, batch {compute['batch_size_per_device']} per device x "
-            f"{compute['gradient_accumulation_steps']} accumulation step(s); {hours:.2f} h of wall-clock time "
+            f"{compute['gradient_accumulation_steps']} accumulation step(s); {duration} of wall-clock time "
             "(validation included)."
         )
     else:
