@@ -253,14 +253,19 @@ def test_lora_trains_only_adapters_and_reloads_exactly(model_type: str, tmp_path
 
 @pytest.mark.parametrize("model_type", IMAGE_CLASSIFIERS)
 def test_gradient_checkpointing_still_trains(model_type: str) -> None:
+    """Both entry points (transformers 5.23 renames it "activation checkpointing") switch timm's checkpointing on."""
     model, processor = build(model_type)
-    model.gradient_checkpointing_enable()
+    entry = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    entry()
+    assert any(getattr(module, "grad_checkpointing", False) for module in model.modules())
     model.train()
     batch = labelled_fixture(processor)[:4]
     loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim > 1)
+    (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    assert not any(getattr(module, "grad_checkpointing", False) for module in model.modules())
 
 
 @pytest.mark.parametrize("model_type", IMAGE_CLASSIFIERS)
