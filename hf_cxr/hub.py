@@ -32,10 +32,6 @@ PIPELINE_TAG = "image-classification"
 # MMCAF-Net reads a CT window and a clinical table: no Hub widget or stock pipeline task fits it (it is hf-cxr's
 # `ct-clinical-classification` pipeline), so its card says "other" rather than promising an image widget.
 PIPELINE_TAGS: dict[str, str] = {"mmcaf_net": "other"}
-
-
-def pipeline_tag(model_type: str) -> str:
-    return PIPELINE_TAGS.get(model_type, PIPELINE_TAG)
 LIBRARY_NAME = "transformers"
 TASK_NAME = "Multi-label chest X-ray classification"
 EVALUATION_FOLDER = "evaluation"
@@ -50,6 +46,11 @@ DEFAULT_TRAINING_DATA = {"mmcaf_net": "lung_pet_ct_dx"}
 # Files of a saved model folder that belong on the Hub (plus every top-level *.py: the remote code).
 MODEL_FILES = ("config.json", "preprocessor_config.json", "processor_config.json")
 MODEL_SUFFIXES = (".safetensors", ".safetensors.index.json", ".py")
+
+
+def pipeline_tag(model_type: str) -> str:
+    """The card's `pipeline_tag`: the Hub widget and task the architecture fits."""
+    return PIPELINE_TAGS.get(model_type, PIPELINE_TAG)
 
 
 @dataclass(frozen=True)
