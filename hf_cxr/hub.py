@@ -301,7 +301,7 @@ def _recipe_section(recipe_text: str | None) -> str:
     )
 
 
-def _compute_section(model_dir: Path) -> str:
+def _compute_section(model_dir: Path, metrics_path: Path) -> str:
     """Parameters from the weights, and the training run's hardware and time from `metrics.json`, when recorded."""
     parameters = 0
     for weights in sorted(model_dir.glob("*.safetensors")):
@@ -309,7 +309,6 @@ def _compute_section(model_dir: Path) -> str:
             names = handle.keys()  # a safe_open handle is not iterable
             parameters += sum(math.prod(handle.get_slice(name).get_shape()) for name in names)
     lines = [f"- Parameters: {parameters / 1e6:.2f} M (all tensors in the weights, buffers included)."]
-    metrics_path = model_dir / "metrics.json"
     recorded = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     training = recorded.get("training") or {}
     compute = training.get("compute")
@@ -354,9 +353,11 @@ def render_model_card(
     training_dataset: str | None = None,
     dataset_id: str | None = None,
     license: str | None = None,
+    training_metrics: str | os.PathLike[str] | None = None,
 ) -> ModelCard:
     """The model card of a saved model folder: metadata from the config and the evaluation report, prose from
-    the architecture's template. `report` is a report folder or its `metrics.json` document."""
+    the architecture's template. `report` is a report folder or its `metrics.json` document; `training_metrics`
+    is train.py's `metrics.json` (default: the one in `model_dir`), for the compute section."""
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     model_type = config["model_type"]
@@ -419,7 +420,7 @@ def render_model_card(
         "num_channels": config.get("num_channels", "the config's"),
         "training_data": training,
         "recipe": _recipe_section(recipe_text),
-        "compute": _compute_section(model_dir),
+        "compute": _compute_section(model_dir, Path(training_metrics or model_dir / "metrics.json")),
         "evaluation": _metrics_section(document, eval_name),
         "thresholds": _thresholds_section(config),
         "data_attribution": attribution,
@@ -515,6 +516,7 @@ def assemble_upload_folder(
         training_dataset,
         dataset_id,
         license,
+        training_metrics=model_dir / "metrics.json",
     )
     card.save(out_dir / "README.md")
     return out_dir

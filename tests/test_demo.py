@@ -26,6 +26,7 @@ def test_demo_converts_trains_evaluates_and_predicts(tmp_path, capsys) -> None:
     assert {"roc_curves.png", "reliability.png"} <= hub
     card = (out / "hub" / "README.md").read_text()
     assert "not a medical device" in card.lower() or "not medical devices" in card.lower()
+    assert "optimizer steps on 1 x CPU" in card  # the compute section reads the training run's record
     # Thresholds were chosen on validation and stored in the model's config.
     config = json.loads((out / "model" / "config.json").read_text())
     assert set(config["decision_thresholds"]) <= set(CHESTXRAY14_LABELS) and config["decision_thresholds"]
