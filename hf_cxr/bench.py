@@ -341,12 +341,14 @@ def build_groups(
     return groups
 
 
-def _logits(entry: BenchEntry, module: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    return module(pixel_values=pixels).logits if entry.is_hf else module(pixels)
+def classifier_logits(module: nn.Module, pixels: torch.Tensor, is_hf: bool) -> torch.Tensor:
+    """Logits of an hf-cxr model (`pixel_values` in, `.logits` out) or of a timm classifier."""
+    return module(pixel_values=pixels).logits if is_hf else module(pixels)
 
 
-def _loss(entry: BenchEntry, module: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if entry.is_hf:
+def classifier_loss(module: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, is_hf: bool) -> torch.Tensor:
+    """An hf-cxr model's own configured loss, or binary cross-entropy for a timm classifier."""
+    if is_hf:
         return module(pixel_values=pixels, labels=labels).loss
     return F.binary_cross_entropy_with_logits(module(pixels).float(), labels)
 
@@ -386,12 +388,12 @@ def _prepare(
     def eager_infer() -> None:
         module.eval()
         with torch.inference_mode(), autocast():
-            _logits(entry, module, pixels)
+            classifier_logits(module, pixels, entry.is_hf)
 
     def eager_train_pass() -> None:
         module.train()
         with autocast():
-            loss = _loss(entry, module, pixels, labels)
+            loss = classifier_loss(module, pixels, labels, entry.is_hf)
         loss.backward()
         module.zero_grad(set_to_none=True)
 
@@ -403,13 +405,13 @@ def _prepare(
     def infer() -> None:
         module.eval()
         with torch.inference_mode(), autocast():
-            _logits(entry, runner, pixels)
+            classifier_logits(runner, pixels, entry.is_hf)
 
     def train_step() -> None:
         module.train()
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            loss = _loss(entry, runner, pixels, labels)
+            loss = classifier_loss(runner, pixels, labels, entry.is_hf)
         loss.backward()
         optimizer.step()
 

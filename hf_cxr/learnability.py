@@ -38,10 +38,9 @@ from typing import Any
 import numpy as np
 import timm
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from hf_cxr.bench import image_model_types, machine_description
+from hf_cxr.bench import classifier_logits, classifier_loss, image_model_types, machine_description
 from hf_cxr.callbacks import update_model_anchor
 from hf_cxr.lesions import (
     DEFAULT_FINDINGS,
@@ -50,6 +49,7 @@ from hf_cxr.lesions import (
     no_finding_images,
     resize_square,
 )
+from hf_cxr.metrics import per_class_roc_auc
 from hf_cxr.modeling.common.image_processing_cxr import CXRImageProcessor
 from hf_cxr.models import ARCHITECTURES, build_image_processor, build_model
 
@@ -246,7 +246,7 @@ def run_learnability(
     data = build_splits(settings, backgrounds)
     result = LearnabilityResult(
         settings=settings,
-        machine=_machine(target),
+        machine=machine_description(target, torch.get_num_threads()),
         baseline=baseline or "",
         budget=budget or 0,
         calibration="fixed" if budget is not None else "",
@@ -292,6 +292,7 @@ def _train_and_probe(
 ) -> ModelRun:
     torch.manual_seed(settings.seed)
     model, kind, normalize = _build(name, settings)
+    is_hf = name in ARCHITECTURES  # else a timm classifier
     model.to(device)
     cuda = device.type == "cuda"
     if cuda:
@@ -314,7 +315,7 @@ def _train_and_probe(
         flip = torch.rand(len(batch), generator=generator) < 0.5
         pixels = torch.where(flip.to(device)[:, None, None, None], train_pixels[batch].flip(-1), train_pixels[batch])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = _loss(model, normalize(pixels), train_labels[batch])
+            loss = classifier_loss(model, normalize(pixels), train_labels[batch], is_hf)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -327,7 +328,7 @@ def _train_and_probe(
             if cuda:
                 torch.cuda.synchronize(device)
             seconds += time.perf_counter() - start
-            probe = _probe(model, normalize, train, test, settings, step, seconds)
+            probe = _probe(model, normalize, is_hf, train, test, settings, step, seconds)
             run.probes.append(probe)
             middle = probe.nodule_auc[cell_name(*settings.middle_cell)]
             progress(
@@ -345,6 +346,7 @@ def _train_and_probe(
 def _probe(
     model: nn.Module,
     normalize: Callable[[torch.Tensor], torch.Tensor],
+    is_hf: bool,
     train: _Split,
     test: _Split,
     settings: LearnabilitySettings,
@@ -352,30 +354,33 @@ def _probe(
     seconds: float,
 ) -> Probe:
     model.eval()
-    probabilities, truth = _probabilities(model, normalize, test.pixels), test.labels.numpy()
-    nodule = LABELS.index(FINDING_NAMES["nodule"])
+    probabilities, truth = _probabilities(model, normalize, is_hf, test.pixels), test.labels.numpy()
+    nodule = FINDING_NAMES["nodule"]
     per_cell = {
-        cell_name(size, contrast): _auc(truth[test.cells == index, nodule], probabilities[test.cells == index, nodule])
+        cell_name(size, contrast): _aucs(probabilities[test.cells == index], truth[test.cells == index])[nodule]
         for index, (size, contrast) in enumerate(_grid(settings))
     }
-    findings = {label: _auc(truth[:, column], probabilities[:, column]) for column, label in enumerate(LABELS)}
     seen = slice(0, len(test.labels))
-    train_probabilities, train_truth = _probabilities(model, normalize, train.pixels[seen]), train.labels[seen].numpy()
-    seen_findings = {
-        label: _auc(train_truth[:, column], train_probabilities[:, column]) for column, label in enumerate(LABELS)
-    }
-    return Probe(step, round(seconds, 2), per_cell, findings, seen_findings)
+    train_probabilities = _probabilities(model, normalize, is_hf, train.pixels[seen])
+    seen_findings = _aucs(train_probabilities, train.labels[seen].numpy())
+    return Probe(step, round(seconds, 2), per_cell, _aucs(probabilities, truth), seen_findings)
+
+
+def _aucs(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Per-finding ROC-AUC (NaN where a finding has one class only), to 4 decimals."""
+    return {name: round(value, 4) for name, value in per_class_roc_auc(probabilities, truth, LABELS).items()}
 
 
 @torch.no_grad()
 def _probabilities(
-    model: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor
+    model: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor], is_hf: bool, pixels: torch.Tensor
 ) -> np.ndarray:
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(pixels), 256):
+        batch = normalize(pixels[start : start + 256].to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            scores.append(_logits(model, normalize(pixels[start : start + 256].to(device))).float().sigmoid().cpu())
+            scores.append(classifier_logits(model, batch, is_hf).float().sigmoid().cpu())
     return torch.cat(scores).numpy()
 
 
@@ -402,22 +407,6 @@ def _build(name: str, settings: LearnabilitySettings) -> tuple[nn.Module, str, C
     return model, kind, normalize
 
 
-def _loss(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if hasattr(model, "config"):  # an hf-cxr model computes its own configured loss
-        return model(pixel_values=pixels, labels=labels).loss
-    return nn.functional.binary_cross_entropy_with_logits(model(pixels).float(), labels)
-
-
-def _logits(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    return model(pixel_values=pixels).logits if hasattr(model, "config") else model(pixels)
-
-
-def _auc(truth: np.ndarray, scores: np.ndarray) -> float:
-    if truth.min() == truth.max():
-        return math.nan
-    return round(float(roc_auc_score(truth, scores)), 4)
-
-
 def _grid(settings: LearnabilitySettings) -> list[tuple[float, float]]:
     return [(size, contrast) for contrast in settings.contrasts for size in settings.sizes_mm]
 
@@ -435,10 +424,6 @@ def _concatenated(splits: Sequence[_Split]) -> _Split:
         labels=torch.cat([split.labels for split in splits]),
         cells=np.concatenate([split.cells for split in splits]),
     )
-
-
-def _machine(device: torch.device) -> dict[str, Any]:
-    return machine_description(device, torch.get_num_threads())
 
 
 def format_markdown(result: LearnabilityResult) -> str:
