@@ -142,6 +142,8 @@ def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
     assert payload["settings"]["image_size"] == 64 and payload["settings"]["train_samples"] == 32
     assert payload["settings"]["other_sizes_mm"] == {"effusion": [30.0, 45.0]}
     assert "## Lesion-insertion learnability" in out.read_text()
+    with pytest.raises(SystemExit, match="--small --budget apply to --learnability only"):  # never silently ignored
+        cli_main(["bench", "--small", "--budget", "2", "--no-data"])
     fixed = tmp_path / "fixed.md"  # no baseline, a given budget
     argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--baselines", "--budget", "2",
             "--checkpoints", "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu", "--out",

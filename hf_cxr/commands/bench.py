@@ -23,6 +23,12 @@ from hf_cxr.learnability import (
 from hf_cxr.learnability import format_markdown as format_learnability
 from hf_cxr.lesions import no_finding_images_from_dataset
 
+# Options of the learnability benchmark alone (all default to None or False): refused without --learnability.
+LEARNABILITY_ONLY = ("small", "image_size", "lesion_sizes_mm", "lesion_contrasts", "checkpoints", "opacity_mm",
+                     "effusion_mm", "learning_rate", "train_samples", "test_samples", "seed", "backgrounds",
+                     "max_backgrounds", "budget", "target_auc")  # fmt: skip
+DEFAULT_MAX_BACKGROUNDS = 2000
+
 
 def _positive(value: str) -> int:
     number = int(value)
@@ -80,7 +86,8 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
     backgrounds = None  # the bundled sample's "No Finding" images
     if args.backgrounds:
         _progress(f"reading 'No Finding' PA backgrounds from {args.backgrounds}")
-        backgrounds = no_finding_images_from_dataset(args.backgrounds, settings.image_size, limit=args.max_backgrounds)
+        limit = args.max_backgrounds or DEFAULT_MAX_BACKGROUNDS
+        backgrounds = no_finding_images_from_dataset(args.backgrounds, settings.image_size, limit=limit)
     result = run_learnability(
         settings,
         backgrounds=backgrounds,
@@ -98,8 +105,9 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.learnability:
         return run_learnability_bench(args)
-    if args.small:
-        raise SystemExit("hf-cxr bench: --small applies to --learnability only")
+    given = [f"--{name.replace('_', '-')}" for name in LEARNABILITY_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise SystemExit(f"hf-cxr bench: {' '.join(given)} apply to --learnability only")
     result = run_benchmark(
         model_types=args.models,
         presets=args.presets,
@@ -195,7 +203,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a converted ChestX-ray14 dataset (hf-cxr convert chestxray14): its train split's 'No Finding' PA "
         "images become the backgrounds instead of the bundled sample's 67",
     )  # fmt: skip
-    learn.add_argument("--max-backgrounds", type=_positive, default=2000, help="at most this many (default 2000)")
+    learn.add_argument(
+        "--max-backgrounds", type=_positive, default=None, help=f"at most this many (default {DEFAULT_MAX_BACKGROUNDS})"
+    )
     learn.add_argument(
         "--budget", type=_positive, default=None,
         help="train every model for this many steps (one of the checkpoints) instead of calibrating on the baseline; "
