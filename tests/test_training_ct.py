@@ -46,12 +46,16 @@ def ct_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def ct_args(dataset: Path, output: Path, *extra: str) -> argparse.Namespace:
-    argv = ["--model", "mmcaf_net", "--preset", "tiny", "--recipe", "mmcaf_net_lung_pet_ct_dx", "--dataset",
+def ct_argv(dataset: Path, output: Path, *extra: str) -> list[str]:
+    """train.py's arguments for a 3-step (one per stage) tiny MMCAF-Net run; later flags override earlier ones."""
+    return ["--model", "mmcaf_net", "--preset", "tiny", "--recipe", "mmcaf_net_lung_pet_ct_dx", "--dataset",
             str(dataset), "--output-dir", str(output), "--per-device-batch-size", "2", "--max-steps", "3",
             "--eval-steps", "1", "--checkpointing-steps", "1", "--keep-checkpoints", "3", "--learning-rate", "1e-2",
             "--log-with", "csv", "--seed", "0", *TINY, *extra]  # fmt: skip
-    return add_train_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def ct_args(dataset: Path, output: Path, *extra: str) -> argparse.Namespace:
+    return add_train_arguments(argparse.ArgumentParser()).parse_args(ct_argv(dataset, output, *extra))
 
 
 def _part(weights: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
@@ -124,12 +128,9 @@ def test_two_process_ct_run_keeps_frozen_parts_and_logs_one_process_auroc(ct_dat
     """Two gloo processes (`TWO_CPU_PROCESSES`) through the three stages: frozen parts stay frozen under DDP,
     and the validation AUROC it logs equals one process's evaluation of the saved model."""
     env = {**os.environ, **TWO_CPU_PROCESSES_ENV}
-    command = [*TWO_CPU_PROCESSES,
-               str(Path(__file__).resolve().parents[1] / "training_scripts" / "train.py"),
-               "--model", "mmcaf_net", "--preset", "tiny", "--recipe", "mmcaf_net_lung_pet_ct_dx", "--dataset",
-               str(ct_dataset), "--output-dir", str(tmp_path / "two"), "--per-device-batch-size", "1",
-               "--max-steps", "3", "--eval-steps", "1", "--checkpointing-steps", "1", "--keep-checkpoints", "3",
-               "--learning-rate", "1e-2", "--log-with", "csv", "--seed", "0", *TINY]  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "training_scripts" / "train.py"
+    one_image_each = ("--per-device-batch-size", "1")  # two processes x 1 = the single-process batch of 2
+    command = [*TWO_CPU_PROCESSES, str(script), *ct_argv(ct_dataset, tmp_path / "two", *one_image_each)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "metrics.json").read_text())["training"]
