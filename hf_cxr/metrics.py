@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -36,10 +36,15 @@ def per_class_roc_auc(probabilities: np.ndarray, targets: np.ndarray, label_name
     return scores
 
 
+def mean_of_defined(values: Iterable[float]) -> float:
+    """Mean of the values that are not NaN (NaN when none is): the macro average over findings that have one."""
+    defined = [value for value in values if not math.isnan(value)]
+    return float(np.mean(defined)) if defined else math.nan
+
+
 def macro_roc_auc(per_class: Mapping[str, float]) -> float:
     """Mean of the per-class AUCs that are defined (NaN when none is)."""
-    defined = [value for value in per_class.values() if not math.isnan(value)]
-    return float(np.mean(defined)) if defined else math.nan
+    return mean_of_defined(per_class.values())
 
 
 def make_compute_metrics(id2label: Mapping[int, str]) -> Callable:

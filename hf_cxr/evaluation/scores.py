@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from hf_cxr.labels import CHESTXRAY14_TO_CHEXPERT
 from hf_cxr.losses import IGNORE_LABEL
-from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
+from hf_cxr.metrics import macro_roc_auc, mean_of_defined, per_class_roc_auc
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BOOTSTRAP = 1000
@@ -135,11 +135,6 @@ def threshold_metrics(
     return results
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    defined = [value for value in values if not math.isnan(value)]
-    return float(np.mean(defined)) if defined else math.nan
-
-
 def point_metrics(
     probabilities: np.ndarray,
     targets: np.ndarray,
@@ -157,7 +152,7 @@ def point_metrics(
     flat = {
         "auc_macro": macro_roc_auc(auc),
         "auc_micro": micro_roc_auc(probabilities, targets),
-        "ap_macro": _nanmean(list(average_precision.values())),
+        "ap_macro": mean_of_defined(list(average_precision.values())),
     }
     flat.update({f"auc/{name}": value for name, value in auc.items()})
     flat.update({f"ap/{name}": value for name, value in average_precision.items()})
@@ -169,7 +164,7 @@ def point_metrics(
         for metric in THRESHOLD_METRICS:
             values = [per_finding[name][metric] for name in label_names]
             flat.update({f"{point}/{metric}/{name}": value for name, value in zip(label_names, values, strict=True)})
-            flat[f"{point}/{metric}_macro"] = _nanmean(values)
+            flat[f"{point}/{metric}_macro"] = mean_of_defined(values)
     return flat
 
 

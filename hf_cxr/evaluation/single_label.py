@@ -53,6 +53,7 @@ from hf_cxr.evaluation.scores import (
     ratio,
     youden_thresholds,
 )
+from hf_cxr.metrics import mean_of_defined
 
 AGGREGATIONS = ("max", "mean")
 # Model types evaluated here rather than by the 2D multi-label path.
@@ -145,11 +146,6 @@ def binary_metrics(truth: np.ndarray, score: np.ndarray, threshold: float = DEFA
     }
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    defined = [value for value in values if not math.isnan(value)]
-    return float(np.mean(defined)) if defined else math.nan
-
-
 def single_label_point_metrics(
     probabilities: np.ndarray,
     labels: np.ndarray,
@@ -179,9 +175,9 @@ def single_label_point_metrics(
         flat[f"auroc/{name}"] = _auroc(truth, probabilities[:, index])
         tp, fp, fn, _ = confusion_counts(truth, predicted == index)
         flat[f"f1/{name}"] = ratio(2 * tp, 2 * tp + fp + fn)
-    flat["auroc_macro"] = _nanmean([flat[f"auroc/{name}"] for name in label_names])
+    flat["auroc_macro"] = mean_of_defined([flat[f"auroc/{name}"] for name in label_names])
     flat["accuracy"] = float(np.mean(predicted == labels)) if len(labels) else math.nan
-    flat["f1_macro"] = _nanmean([flat[f"f1/{name}"] for name in label_names])
+    flat["f1_macro"] = mean_of_defined([flat[f"f1/{name}"] for name in label_names])
     return flat
 
 
