@@ -39,6 +39,7 @@ import numpy as np
 import timm
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from hf_cxr.bench import classifier_logits, classifier_loss, image_model_types, machine_description
 from hf_cxr.callbacks import update_model_anchor
@@ -308,6 +309,7 @@ def _train_and_probe(
     seconds, start, order = 0.0, time.perf_counter(), torch.empty(0, dtype=torch.long)
     finite = torch.tensor(True, device=device)
     model.train()
+    bar = tqdm(total=budget, desc=f"{name} (training)", unit="step", leave=False)
     for step in range(1, budget + 1):
         if len(order) < settings.batch_size:  # epochs of a seeded permutation; same batches for every model
             order = torch.cat([order, torch.randperm(len(train_labels), generator=generator)])
@@ -322,6 +324,7 @@ def _train_and_probe(
         scheduler.step()
         update_model_anchor(model)  # MA-MSF: its anchor follows every optimizer step; others have none
         finite = finite & torch.isfinite(loss.detach())  # checked at checkpoints: no GPU sync per step
+        bar.update()
         if step in checkpoints:
             if not finite:
                 raise FloatingPointError(f"{name}: the training loss stopped being finite before step {step}")
@@ -339,6 +342,7 @@ def _train_and_probe(
             start = time.perf_counter()
             if stop_at_target and middle >= settings.target_auc[0]:
                 break
+    bar.close()
     return run
 
 

@@ -794,7 +794,9 @@ def _ct_inputs(
     if preset != (recipe.get("model") or {}).get("preset", "paper") and data_section.get("processor"):
         # `--preset tiny` with a paper recipe: the window follows the model; recipe.yaml records what was used.
         data_section["processor"] = {
-            **data_section["processor"], "size": model.config.image_size, "num_slices": model.config.num_slices
+            **data_section["processor"],
+            "size": model.config.image_size,
+            "num_slices": model.config.num_slices,
         }
     processor = build_ct_processor(args.model, preset, model.config, data_section.get("processor"), train_split)
     names = [model.config.id2label[i] for i in sorted(model.config.id2label)]

@@ -42,6 +42,7 @@ def test_test_images_sit_on_held_out_backgrounds_with_each_cells_exact_nodules(b
     assert len(data.test_backgrounds) == round(24 * QUICK.test_fraction)
     assert data.train.pixels.shape == (48, 1, 64, 64) and data.test.pixels.shape == (4 * 24, 1, 64, 64)
     assert np.bincount(data.test.cells).tolist() == [24, 24, 24, 24]
+
     # An image with no finding is its background untouched: every such test image is a test background.
     def key(image) -> bytes:
         return np.asarray(image, dtype=np.float32).tobytes()

@@ -12,6 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from hf_cxr.bench import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
 from hf_cxr.learnability import (
     DEFAULT_BASELINE,
@@ -50,7 +52,7 @@ def _write(text: str, payload: dict, out: str | None, quiet: bool = False) -> No
 
 
 def _progress(message: str) -> None:
-    print(f"hf-cxr bench: {message}", file=sys.stderr, flush=True)
+    tqdm.write(f"hf-cxr bench: {message}", file=sys.stderr)  # above a progress bar, if one is showing
 
 
 def run_learnability_bench(args: argparse.Namespace) -> int:
