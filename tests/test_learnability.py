@@ -145,13 +145,19 @@ def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
     assert "## Lesion-insertion learnability" in out.read_text()
     with pytest.raises(SystemExit, match="--small --budget apply to --learnability only"):  # never silently ignored
         cli_main(["bench", "--small", "--budget", "2", "--no-data"])
-    fixed = tmp_path / "fixed.md"  # no baseline, a given budget
-    argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--baselines", "--budget", "2",
-            "--checkpoints", "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu", "--out",
-            str(fixed)]  # fmt: skip
+    with pytest.raises(SystemExit, match="--repeats --no-data do not apply to --learnability"):
+        cli_main(["bench", "--learnability", "--small", "--repeats", "2", "--no-data"])
+    with pytest.raises(SystemExit, match="one to --presets"):
+        cli_main(["bench", "--learnability", "--small", "--presets", "tiny", "paper"])
+    fixed = tmp_path / "fixed.md"  # no baseline, a given budget, the paper preset
+    argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--presets", "paper", "--baselines",
+            "--budget", "2", "--checkpoints", "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu",
+            "--out", str(fixed)]  # fmt: skip
     assert cli_main(argv) == 0
     payload = json.loads(fixed.with_suffix(".json").read_text())
     assert payload["calibration"] == "fixed" and [run["name"] for run in payload["runs"]] == ["ma_msf"]
+    assert payload["settings"]["preset"] == "paper" and payload["runs"][0]["kind"] == "hf-cxr paper"
+    assert payload["runs"][0]["parameters"] > 20e6  # MA-MSF's paper preset, not the 0.5 M tiny one
 
 
 def test_backgrounds_can_come_from_a_converted_dataset(tmp_path) -> None:

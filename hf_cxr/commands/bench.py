@@ -29,6 +29,10 @@ from hf_cxr.lesions import no_finding_images_from_dataset
 LEARNABILITY_ONLY = ("small", "image_size", "lesion_sizes_mm", "lesion_contrasts", "checkpoints", "opacity_mm",
                      "effusion_mm", "learning_rate", "train_samples", "test_samples", "seed", "backgrounds",
                      "max_backgrounds", "budget", "target_auc")  # fmt: skip
+# Options of the speed benchmark alone (all default to None or False): refused with --learnability.
+SPEED_ONLY = ("repeats", "warmup", "iterations", "threads", "no_train", "compile", "no_channels_last", "fp32",
+              "peak_tflops", "no_data", "data_workers", "data_images")  # fmt: skip
+DEFAULT_PRESETS = ("tiny", "paper")
 DEFAULT_MAX_BACKGROUNDS = 2000
 
 
@@ -55,7 +59,16 @@ def _progress(message: str) -> None:
     tqdm.write(f"hf-cxr bench: {message}", file=sys.stderr)  # above a progress bar, if one is showing
 
 
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
+
+
 def run_learnability_bench(args: argparse.Namespace) -> int:
+    given = _given(args, SPEED_ONLY)
+    if given:
+        raise SystemExit(f"hf-cxr bench: {' '.join(given)} do not apply to --learnability")
+    if args.presets is not None and len(args.presets) != 1:
+        raise SystemExit("hf-cxr bench: --learnability trains one preset of each model; give one to --presets")
     defaults = LearnabilitySettings() if not args.small else SMALL_SETTINGS
     chosen = {
         "image_size": args.image_size,
@@ -68,6 +81,7 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
         "test_samples_per_cell": args.test_samples,
         "seed": args.seed,
         "target_auc": tuple(args.target_auc) if args.target_auc else None,
+        "preset": args.presets[0] if args.presets else None,
     }
     other_sizes = {kind: tuple(value) for kind, value in (("opacity", args.opacity_mm), ("effusion", args.effusion_mm))
                    if value}  # fmt: skip
@@ -107,17 +121,17 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.learnability:
         return run_learnability_bench(args)
-    given = [f"--{name.replace('_', '-')}" for name in LEARNABILITY_ONLY if getattr(args, name) not in (None, False)]
+    given = _given(args, LEARNABILITY_ONLY)
     if given:
         raise SystemExit(f"hf-cxr bench: {' '.join(given)} apply to --learnability only")
     result = run_benchmark(
         model_types=args.models,
-        presets=args.presets,
+        presets=args.presets or DEFAULT_PRESETS,
         baselines=DEFAULT_BASELINES if args.baselines is None else args.baselines,
         batch_size=args.batch_size,
-        repeats=args.repeats,
+        repeats=args.repeats or 3,
         warmup=args.warmup,
-        iterations=args.iterations,
+        iterations=args.iterations or 1,
         device=args.device,
         threads=args.threads,
         train=not args.no_train,
@@ -126,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
         use_bf16=False if args.fp32 else None,
         peak_tflops=args.peak_tflops,
         data_path=not args.no_data,
-        data_workers=args.data_workers,
-        data_images=args.data_images,
+        data_workers=args.data_workers if args.data_workers is not None else (0, 2),
+        data_images=args.data_images or 200,
         progress=_progress,
     )
     _write(format_markdown(result), result.to_dict(), args.out)
@@ -152,7 +166,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="architectures (default: all 2D; none with --learnability: the baseline alone)",
     )
-    parser.add_argument("--presets", nargs="+", choices=["tiny", "paper"], default=["tiny", "paper"])
+    parser.add_argument(
+        "--presets", nargs="+", choices=DEFAULT_PRESETS, default=None,
+        help="hf-cxr presets measured (default: tiny paper; --learnability: one, default tiny)",
+    )  # fmt: skip
     parser.add_argument(
         "--baselines",
         nargs="*",
@@ -161,9 +178,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"--learnability: {DEFAULT_BASELINE})",
     )
     parser.add_argument("--batch-size", type=_positive, default=None, help="default: 2 on CPU, 64 on CUDA")
-    parser.add_argument("--repeats", type=_positive, default=3, help="timed repeats (medians are reported)")
+    parser.add_argument("--repeats", type=_positive, default=None, help="timed repeats, medians reported (default 3)")
     parser.add_argument("--warmup", type=_positive, default=None, help="warm-up steps (default: 1 on CPU, 3 on CUDA)")
-    parser.add_argument("--iterations", type=_positive, default=1, help="steps per timed repeat")
+    parser.add_argument("--iterations", type=_positive, default=None, help="steps per timed repeat (default 1)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument(
         "--threads", type=_positive, default=None, help="CPU threads (default: the cores not busy, by load average)"
@@ -176,14 +193,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (default: from a table of GPUs)"
     )
     parser.add_argument("--no-data", action="store_true", help="skip the data-path measurements")
-    parser.add_argument("--data-workers", nargs="+", type=int, default=[0, 2], help="DataLoader worker counts")
-    parser.add_argument("--data-images", type=_positive, default=200, help="bundled PNGs read in the data path")
+    parser.add_argument(
+        "--data-workers", nargs="+", type=int, default=None, help="DataLoader worker counts (default 0 2)"
+    )
+    parser.add_argument(
+        "--data-images", type=_positive, default=None, help="bundled PNGs read in the data path (default 200)"
+    )
     parser.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
     learn = parser.add_argument_group(
         "learnability",
         "--learnability trains each architecture and the first --baselines model (default densenet121) on real "
         "radiographs with inserted findings, for a budget calibrated on the baseline, and reports AUC per lesion "
-        "diameter x contrast (see hf_cxr.learnability). --models, --batch-size and --device apply too.",
+        "diameter x contrast (see hf_cxr.learnability). --models, --presets (one), --batch-size and --device apply "
+        "too.",
     )
     learn.add_argument("--learnability", action="store_true", help="run the learnability benchmark instead")
     learn.add_argument("--small", action="store_true", help="CPU-minutes settings (64 px, few steps): a smoke run")
