@@ -32,7 +32,6 @@ LEARNABILITY_ONLY = ("small", "image_size", "lesion_sizes_mm", "lesion_contrasts
 # Options of the speed benchmark alone (all default to None or False): refused with --learnability.
 SPEED_ONLY = ("repeats", "warmup", "iterations", "threads", "no_train", "compile", "no_channels_last", "fp32",
               "peak_tflops", "no_data", "data_workers", "data_images")  # fmt: skip
-DEFAULT_PRESETS = ("tiny", "paper")
 DEFAULT_MAX_BACKGROUNDS = 2000
 
 
@@ -124,14 +123,14 @@ def run(args: argparse.Namespace) -> int:
     given = _given(args, LEARNABILITY_ONLY)
     if given:
         raise SystemExit(f"hf-cxr bench: {' '.join(given)} apply to --learnability only")
+    # Options left out take run_benchmark's defaults (they default to None here, to be refused with --learnability).
+    given_options = {"presets": args.presets, "repeats": args.repeats, "iterations": args.iterations,
+                     "data_workers": args.data_workers, "data_images": args.data_images}  # fmt: skip
     result = run_benchmark(
         model_types=args.models,
-        presets=args.presets or DEFAULT_PRESETS,
         baselines=DEFAULT_BASELINES if args.baselines is None else args.baselines,
         batch_size=args.batch_size,
-        repeats=args.repeats or 3,
         warmup=args.warmup,
-        iterations=args.iterations or 1,
         device=args.device,
         threads=args.threads,
         train=not args.no_train,
@@ -140,9 +139,8 @@ def run(args: argparse.Namespace) -> int:
         use_bf16=False if args.fp32 else None,
         peak_tflops=args.peak_tflops,
         data_path=not args.no_data,
-        data_workers=args.data_workers if args.data_workers is not None else (0, 2),
-        data_images=args.data_images or 200,
         progress=_progress,
+        **{name: value for name, value in given_options.items() if value is not None},
     )
     _write(format_markdown(result), result.to_dict(), args.out)
     return 0
@@ -167,7 +165,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="architectures (default: all 2D; none with --learnability: the baseline alone)",
     )
     parser.add_argument(
-        "--presets", nargs="+", choices=DEFAULT_PRESETS, default=None,
+        "--presets", nargs="+", choices=["tiny", "paper"], default=None,
         help="hf-cxr presets measured (default: tiny paper; --learnability: one, default tiny)",
     )  # fmt: skip
     parser.add_argument(
