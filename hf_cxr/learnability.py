@@ -22,9 +22,9 @@ How it is laid out:
   that many steps. If the baseline is already above the top (0.95) at the first checkpoint the grid is too easy;
   if it never gets to 0.7 the budget is the last checkpoint; the result says which.
 
-Each model trains with its own configured loss (hf-cxr models, tiny preset unless told otherwise); a timm baseline
-trains with binary cross-entropy. MA-MSF's momentum anchor is updated after every optimizer step. MMCAF-Net (3D CT
-and a clinical table) has no place here.
+Each model trains with its own configured loss (hf-cxr models, tiny preset unless told otherwise, with any
+`model_config` fields on top); a timm baseline trains with binary cross-entropy. MA-MSF's momentum anchor is updated
+after every optimizer step. MMCAF-Net (3D CT and a clinical table) has no place here.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ from hf_cxr.lesions import (
 )
 from hf_cxr.metrics import per_class_roc_auc
 from hf_cxr.modeling.common.image_processing_cxr import CXRImageProcessor
-from hf_cxr.models import ARCHITECTURES, build_image_processor, build_model
+from hf_cxr.models import ARCHITECTURES, build_config, build_image_processor, build_model
 
+# Config fields the benchmark gives every hf-cxr model itself (its input and its findings): not `model_config`'s.
+BENCHMARK_CONFIG_FIELDS = ("image_size", "num_channels", "labels", "num_labels", "id2label", "label2id")
 DEFAULT_MODELS: tuple[str, ...] = ("cr_msnet", "mxa_efficientvit", "ma_msf")
 DEFAULT_BASELINE = "densenet121"
 LABELS: tuple[str, ...] = tuple(FINDING_NAMES[kind] for kind in DEFAULT_FINDINGS)
@@ -83,6 +85,9 @@ class LearnabilitySettings:
     test_fraction: float = 0.25  # share of the backgrounds held out for testing
     target_auc: tuple[float, float] = (0.7, 0.95)  # where the baseline should land on the middle cell
     preset: str = "tiny"  # hf-cxr preset of the models under test
+    # Config fields set on every hf-cxr model on top of its preset, e.g. {"backbone_kwargs": {"depth_multiplier":
+    # 0.1}} to try a variant; a value replaces the preset's whole field. The benchmark sets the input fields itself.
+    model_config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +107,10 @@ class LearnabilitySettings:
         low, high = self.target_auc
         if not 0.5 <= low < high <= 1.0:
             raise ValueError(f"target_auc: must be (low, high) with 0.5 <= low < high <= 1, got {self.target_auc}")
+        reserved = sorted(set(self.model_config) & set(BENCHMARK_CONFIG_FIELDS))
+        if reserved:
+            raise ValueError(f"model_config: {', '.join(reserved)} are set by the benchmark (the image size by "
+                             "image_size, the labels by its findings), not by model_config")  # fmt: skip
         for name in ("image_size", "batch_size", "train_samples", "test_samples_per_cell"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
@@ -238,6 +247,7 @@ def run_learnability(
     for name in models:
         if name not in image_model_types():
             raise ValueError(f"models: {name!r} is not a 2D hf-cxr architecture; choose from {image_model_types()}")
+        _check_model_config(name, settings)
     if budget is not None and budget not in settings.checkpoints:
         raise ValueError(f"budget: must be one of the checkpoints {settings.checkpoints}, got {budget}")
     if budget is None and baseline is None:
@@ -389,12 +399,24 @@ def _probabilities(
     return torch.cat(scores).numpy()
 
 
+def _check_model_config(name: str, settings: LearnabilitySettings) -> None:
+    """Before anything trains: every `model_config` field must exist in `name`'s config and pass its checks (a
+    config would otherwise keep an unknown field without using it)."""
+    preset_config = build_config(name, settings.preset)
+    unknown = sorted(key for key in settings.model_config if not hasattr(preset_config, key))
+    if unknown:
+        raise ValueError(f"model_config: {type(preset_config).__name__} ({name}) has no field {', '.join(unknown)}")
+    build_config(name, settings.preset, **settings.model_config)
+
+
 def _build(name: str, settings: LearnabilitySettings) -> tuple[nn.Module, str, Callable[[torch.Tensor], torch.Tensor]]:
     """The model, its description, and the normalisation its image processor applies to [0, 1] grey pixels."""
     if name in ARCHITECTURES:
-        model = build_model(name, settings.preset, image_size=settings.image_size, labels=list(LABELS))
+        model = build_model(
+            name, settings.preset, image_size=settings.image_size, labels=list(LABELS), **settings.model_config
+        )
         processor = build_image_processor(name, settings.preset, size=settings.image_size)
-        kind = f"hf-cxr {settings.preset}"
+        kind = f"hf-cxr {settings.preset}" + (" + model_config" if settings.model_config else "")
     else:
         processor = CXRImageProcessor(size=settings.image_size, num_channels=3)
         model = timm.create_model(name, pretrained=False, num_classes=len(LABELS), in_chans=3)
@@ -446,7 +468,8 @@ def format_markdown(result: LearnabilityResult) -> str:
         f"training images, {settings.test_samples_per_cell} test images per grid cell.",
         f"Training: batch {settings.batch_size}, AdamW lr {settings.learning_rate:g} (warm-up "
         f"{settings.warmup_steps} steps, then constant), horizontal flips, seed {settings.seed}; hf-cxr models at "
-        f"the {settings.preset} preset with their own loss, the baseline with binary cross-entropy.",
+        f"the {settings.preset} preset{_config_clause(settings)} with their own loss, the baseline with binary "
+        "cross-entropy.",
         f"Budget: {result.budget} steps, {_calibration_sentence(result, middle, low, high)}",
         "These are simulated findings on a few dozen backgrounds: a sanity check of what each architecture can "
         "learn in a fixed budget, not evidence about real disease.",
@@ -479,6 +502,12 @@ def format_markdown(result: LearnabilityResult) -> str:
         values = [_number(probe.nodule_auc[middle]) if (probe := run.at(step)) else "" for step in steps]
         lines.append(f"| {run.name} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _config_clause(settings: LearnabilitySettings) -> str:
+    if not settings.model_config:
+        return ""
+    return " (model_config: " + ", ".join(f"{key}={value!r}" for key, value in settings.model_config.items()) + ")"
 
 
 def _calibration_sentence(result: LearnabilityResult, middle: str, low: float, high: float) -> str:

@@ -141,6 +141,12 @@ def test_bad_settings_and_models_are_refused_by_name(backgrounds) -> None:
         run_learnability(QUICK, models=["mmcaf_net"], backgrounds=backgrounds)
     with pytest.raises(ValueError, match=r"effusion from 10\.0 mm is under"):  # 10 mm is under 3 px at 64 px
         build_splits(replace(QUICK, other_sizes_mm={"effusion": (10.0, 20.0)}), backgrounds)
+    with pytest.raises(ValueError, match="model_config: image_size, labels are set by the benchmark"):
+        LearnabilitySettings(model_config={"labels": ["A"], "image_size": 32})
+    with pytest.raises(ValueError, match=r"MAMSFConfig \(ma_msf\) has no field fusion_dimm"):  # before any training
+        run_learnability(replace(QUICK, model_config={"fusion_dimm": 8}), models=["ma_msf"], backgrounds=backgrounds)
+    with pytest.raises(ValueError, match="fusion"):  # a known field with a bad value fails the config's own checks
+        run_learnability(replace(QUICK, model_config={"fusion": "product"}), models=["ma_msf"], backgrounds=backgrounds)
 
 
 def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
@@ -160,15 +166,22 @@ def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
         cli_main(["bench", "--learnability", "--small", "--repeats", "2", "--no-data"])
     with pytest.raises(SystemExit, match="one to --presets"):
         cli_main(["bench", "--learnability", "--small", "--presets", "tiny", "paper"])
-    fixed = tmp_path / "fixed.md"  # no baseline, a given budget, the paper preset
+    with pytest.raises(SystemExit, match="--model-config expects FIELD=VALUE, got 'fusion_dim'"):
+        cli_main(["bench", "--learnability", "--small", "--model-config", "fusion_dim"])
+    fixed = tmp_path / "fixed.md"  # no baseline, a given budget, the paper preset with a one-block-per-stage backbone
     argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--presets", "paper", "--baselines",
             "--budget", "2", "--checkpoints", "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu",
+            "--model-config", "backbone_kwargs={depth_multiplier: 0.1}", "--model-config", "fusion_dim=256",
             "--out", str(fixed)]  # fmt: skip
     assert cli_main(argv) == 0
     payload = json.loads(fixed.with_suffix(".json").read_text())
     assert payload["calibration"] == "fixed" and [run["name"] for run in payload["runs"]] == ["ma_msf"]
-    assert payload["settings"]["preset"] == "paper" and payload["runs"][0]["kind"] == "hf-cxr paper"
-    assert payload["runs"][0]["parameters"] > 20e6  # MA-MSF's paper preset, not the 0.5 M tiny one
+    assert payload["settings"]["preset"] == "paper" and payload["runs"][0]["kind"] == "hf-cxr paper + model_config"
+    assert payload["settings"]["model_config"] == {"backbone_kwargs": {"depth_multiplier": 0.1}, "fusion_dim": 256}
+    # The paper preset's full-width EfficientNetV2-S with one block per stage: neither the 29 M paper model nor the
+    # 0.5 M tiny one.
+    assert 5e6 < payload["runs"][0]["parameters"] < 20e6
+    assert "paper preset (model_config: backbone_kwargs={'depth_multiplier': 0.1}, fusion_dim=256)" in fixed.read_text()
 
 
 def test_backgrounds_can_come_from_a_converted_dataset(tmp_path) -> None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
 from hf_cxr.bench import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
@@ -28,7 +29,7 @@ from hf_cxr.lesions import no_finding_images_from_dataset
 # Options of the learnability benchmark alone (all default to None or False): refused without --learnability.
 LEARNABILITY_ONLY = ("small", "image_size", "lesion_sizes_mm", "lesion_contrasts", "checkpoints", "opacity_mm",
                      "effusion_mm", "learning_rate", "train_samples", "test_samples", "seed", "backgrounds",
-                     "max_backgrounds", "budget", "target_auc")  # fmt: skip
+                     "max_backgrounds", "budget", "target_auc", "model_config")  # fmt: skip
 # Options of the speed benchmark alone (all default to None or False): refused with --learnability.
 SPEED_ONLY = ("repeats", "warmup", "iterations", "threads", "no_train", "compile", "no_channels_last", "fp32",
               "peak_tflops", "no_data", "data_workers", "data_images")  # fmt: skip
@@ -62,6 +63,19 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
     return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
 
 
+def _model_config(assignments: list[str] | None) -> dict[str, Any] | None:
+    """`--model-config FIELD=VALUE` assignments as a dict, each value parsed as YAML (as `hf-cxr train --set`)."""
+    if not assignments:
+        return None
+    fields: dict[str, Any] = {}
+    for assignment in assignments:
+        field, separator, raw = assignment.partition("=")
+        if not separator or not field.strip():
+            raise SystemExit(f"hf-cxr bench: --model-config expects FIELD=VALUE, got {assignment!r}")
+        fields[field.strip()] = yaml.safe_load(raw)
+    return fields
+
+
 def run_learnability_bench(args: argparse.Namespace) -> int:
     given = _given(args, SPEED_ONLY)
     if given:
@@ -81,6 +95,7 @@ def run_learnability_bench(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "target_auc": tuple(args.target_auc) if args.target_auc else None,
         "preset": args.presets[0] if args.presets else None,
+        "model_config": _model_config(args.model_config),
     }
     other_sizes = {kind: tuple(value) for kind, value in (("opacity", args.opacity_mm), ("effusion", args.effusion_mm))
                    if value}  # fmt: skip
@@ -232,6 +247,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--budget", type=_positive, default=None,
         help="train every model for this many steps (one of the checkpoints) instead of calibrating on the baseline; "
         "with `--baselines` and no name, no baseline is trained",
+    )  # fmt: skip
+    learn.add_argument(
+        "--model-config", action="append", default=None, metavar="FIELD=VALUE",
+        help="set a config field of every hf-cxr model on top of its preset (VALUE is YAML), to try a variant, e.g. "
+        "--model-config 'backbone_kwargs={depth_multiplier: 0.1}'; repeatable",
     )  # fmt: skip
     learn.add_argument(
         "--target-auc", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
