@@ -248,6 +248,8 @@ def run_learnability(
         if name not in image_model_types():
             raise ValueError(f"models: {name!r} is not a 2D hf-cxr architecture; choose from {image_model_types()}")
         _check_model_config(name, settings)
+    if settings.model_config and not models:
+        raise ValueError("model_config: no hf-cxr model is trained in this run, so nothing would use it")
     if budget is not None and budget not in settings.checkpoints:
         raise ValueError(f"budget: must be one of the checkpoints {settings.checkpoints}, got {budget}")
     if budget is None and baseline is None:

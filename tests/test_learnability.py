@@ -145,8 +145,10 @@ def test_bad_settings_and_models_are_refused_by_name(backgrounds) -> None:
         LearnabilitySettings(model_config={"labels": ["A"], "image_size": 32})
     with pytest.raises(ValueError, match=r"MAMSFConfig \(ma_msf\) has no field fusion_dimm"):  # before any training
         run_learnability(replace(QUICK, model_config={"fusion_dimm": 8}), models=["ma_msf"], backgrounds=backgrounds)
-    with pytest.raises(ValueError, match="fusion"):  # a known field with a bad value fails the config's own checks
+    with pytest.raises(ValueError, match=r"MAMSFConfig\.fusion must be one of"):  # a value its config refuses
         run_learnability(replace(QUICK, model_config={"fusion": "product"}), models=["ma_msf"], backgrounds=backgrounds)
+    with pytest.raises(ValueError, match="model_config: no hf-cxr model is trained"):  # the baseline alone
+        run_learnability(replace(QUICK, model_config={"fusion_dim": 8}), models=[], backgrounds=backgrounds)
 
 
 def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
