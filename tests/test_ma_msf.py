@@ -100,6 +100,23 @@ def test_bad_inputs_raise_value_errors() -> None:
         model(pixel_values=torch.randn(2, 3, 64, 64), labels=torch.zeros(2, 13))
 
 
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_zero_init_residual_makes_every_residual_block_start_as_the_identity(zero_init: bool) -> None:
+    """A randomly initialised full-depth EfficientNetV2-S learned nothing in 500 learnability-benchmark steps; with
+    each residual block starting as the identity it learned the effusion (docs/benchmarks.md)."""
+    model = tiny(zero_init_residual=zero_init).eval()
+    blocks = [module for module in model.ma_msf.backbone.modules() if getattr(module, "has_skip", False)]
+    assert len(blocks) == 2  # the tiny preset's two blocks with a skip connection
+    seen = []  # (input, output) of each residual block in one forward pass
+    hooks = [block.register_forward_hook(lambda _, args, output: seen.append((args[0], output))) for block in blocks]
+    with torch.no_grad():
+        model(pixel_values=batch()[0])
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == 2
+    assert all(torch.equal(block_input, block_output) == zero_init for block_input, block_output in seen)
+
+
 @pytest.mark.parametrize("scope", SCOPES)
 def test_anchor_starts_as_an_exact_copy_that_owns_its_tensors(scope: str) -> None:
     model = tiny(anchor_scope=scope)
@@ -113,7 +130,9 @@ def test_anchor_starts_as_an_exact_copy_that_owns_its_tensors(scope: str) -> Non
 
 @pytest.mark.parametrize("scope", SCOPES)
 def test_update_anchor_is_the_hand_computed_ema(scope: str) -> None:
-    model = tiny(anchor_scope=scope, anchor_momentum=0.9)
+    # zero_init_residual off: a zeroed residual scale passes no gradient to its branch, whose weights would then stay
+    # put in the one training step, and this test checks that every anchored weight moves.
+    model = tiny(anchor_scope=scope, anchor_momentum=0.9, zero_init_residual=False)
     train_step(model)
     anchor_before, online = (dict((n, t.clone()) for n, t in state.items()) for state in anchor_and_online(model))
     model.update_anchor()
@@ -157,13 +176,13 @@ def test_anchor_gets_no_gradient_and_its_input_gradient_is_configurable(stop_gra
     pixels, labels = batch()
     model(pixel_values=pixels, labels=labels).loss.backward()
     assert all(param.grad is None for param in model.ma_msf.anchor.parameters())
-    trunk_grad = model.ma_msf.backbone.blocks[-1][-1].conv_pwl.weight.grad.clone()
+    trunk_grad = model.ma_msf.backbone.conv_stem.weight.grad.clone()  # reached by the anchor path via the skips
     # The same model with the anchor's contribution blocked at its input: the trunk gradient equals this
     # only when the anchor path already contributes nothing (stop_gradient=True).
     model.zero_grad()
     model.config.anchor_stop_gradient = True
     model(pixel_values=pixels, labels=labels).loss.backward()
-    detached_grad = model.ma_msf.backbone.blocks[-1][-1].conv_pwl.weight.grad
+    detached_grad = model.ma_msf.backbone.conv_stem.weight.grad
     assert torch.equal(trunk_grad, detached_grad) is stop_gradient
 
 

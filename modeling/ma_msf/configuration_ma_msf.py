@@ -37,6 +37,11 @@ class MAMSFConfig(CXRClassifierConfig):
         backbone_kwargs (`dict`): extra keyword arguments for `timm.create_model` (e.g. `channel_multiplier`,
             `depth_multiplier`).
         drop_path_rate (`float`, defaults to 0.1): stochastic depth in the online backbone (paper silent).
+        zero_init_residual (`bool`, defaults to `True`): zero the scale of the last BatchNorm in every residual block
+            of the backbone, so each block starts as the identity (ours; the paper, like most EfficientNet work,
+            presumably started from ImageNet weights, and hf-cxr downloads none). A randomly initialised full-depth
+            EfficientNetV2-S otherwise learned nothing in 500 steps of the learnability benchmark
+            (docs/benchmarks.md). Weights loaded afterwards replace this initialisation.
         anchor_scope (`str`, defaults to `"final_expansion"`): what the momentum anchor copies.
             `"final_expansion"`: the final expansion block, timm's `conv_head` + `bn2` (the paper's "final expansion
             block"); `"last_stage"`: the last stage of blocks as well (`blocks[-1]` + `conv_head` + `bn2`).
@@ -63,6 +68,7 @@ class MAMSFConfig(CXRClassifierConfig):
         backbone: str = "efficientnetv2_s",
         backbone_kwargs: dict[str, Any] | None = None,
         drop_path_rate: float = 0.1,
+        zero_init_residual: bool = True,
         anchor_scope: str = "final_expansion",
         anchor_momentum: float = 0.999,
         anchor_stop_gradient: bool = False,
@@ -75,6 +81,7 @@ class MAMSFConfig(CXRClassifierConfig):
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.drop_path_rate = drop_path_rate
+        self.zero_init_residual = zero_init_residual
         self.anchor_scope = anchor_scope
         self.anchor_momentum = float(anchor_momentum)
         self.anchor_stop_gradient = anchor_stop_gradient

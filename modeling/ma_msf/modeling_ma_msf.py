@@ -126,6 +126,22 @@ class MomentumAnchor(nn.Module):
             offset += buffer.numel()
 
 
+def zero_init_residual_branches(backbone: nn.Module) -> int:
+    """Zero the scale of the last BatchNorm in each block of a timm EfficientNet whose output is added to its input
+    (`has_skip`), so the block starts as the identity and a deep randomly initialised network trains like a shallow
+    one at first (Goyal et al., 2017; timm's ResNets do the same with `zero_init_last`). Returns how many."""
+    count = 0
+    for block in backbone.modules():
+        if getattr(block, "has_skip", False):
+            norms = [module for module in block.modules() if isinstance(module, nn.BatchNorm2d)]
+            if not norms:
+                raise ValueError(f"MAMSFConfig.zero_init_residual: the residual block {type(block).__name__} has no "
+                                 "BatchNorm2d to zero; set zero_init_residual=False for this backbone")  # fmt: skip
+            nn.init.zeros_(norms[-1].weight)  # timm's BatchNormAct2d is a BatchNorm2d
+            count += 1
+    return count
+
+
 class ConvNormAct(nn.Module):
     """k x k convolution (same padding) -> BatchNorm -> SiLU, the unit of the multi-scale fusion."""
 
@@ -211,6 +227,8 @@ class MAMSFModel(MAMSFPreTrainedModel):
         for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"):
             if not hasattr(self.backbone, name):
                 raise ValueError(f"MAMSFConfig.backbone must be a timm EfficientNet-family model; {name!r} is missing")
+        if config.zero_init_residual:  # before the anchor copies the last stage
+            zero_init_residual_branches(self.backbone)
         self.anchor = MomentumAnchor(self._online_head())
         channels = self.backbone.num_features
         fusion_in = 2 * channels if config.fusion == "concat" else channels
