@@ -38,10 +38,10 @@ class MAMSFConfig(CXRClassifierConfig):
             `depth_multiplier`).
         drop_path_rate (`float`, defaults to 0.1): stochastic depth in the online backbone (paper silent).
         zero_init_residual (`bool`, defaults to `True`): zero the scale of the last BatchNorm in every residual block
-            of the backbone, so each block starts as the identity (ours; the paper, like most EfficientNet work,
-            presumably started from ImageNet weights, and hf-cxr downloads none). A randomly initialised full-depth
-            EfficientNetV2-S otherwise learned nothing in 500 steps of the learnability benchmark
-            (docs/benchmarks.md). Weights loaded afterwards replace this initialisation.
+            of the backbone, so each block starts as the identity (ours: the paper does not say how it initialised
+            the backbone, and hf-cxr downloads no weights). Without it a randomly initialised full-depth
+            EfficientNetV2-S learned nothing in 500 steps of the learnability benchmark (docs/benchmarks.md).
+            Weights loaded afterwards replace this initialisation.
         anchor_scope (`str`, defaults to `"final_expansion"`): what the momentum anchor copies.
             `"final_expansion"`: the final expansion block, timm's `conv_head` + `bn2` (the paper's "final expansion
             block"); `"last_stage"`: the last stage of blocks as well (`blocks[-1]` + `conv_head` + `bn2`).

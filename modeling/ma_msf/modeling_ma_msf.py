@@ -126,11 +126,10 @@ class MomentumAnchor(nn.Module):
             offset += buffer.numel()
 
 
-def zero_init_residual_branches(backbone: nn.Module) -> int:
+def zero_init_residual_branches(backbone: nn.Module) -> None:
     """Zero the scale of the last BatchNorm in each block of a timm EfficientNet whose output is added to its input
     (`has_skip`), so the block starts as the identity and a deep randomly initialised network trains like a shallow
-    one at first (Goyal et al., 2017; timm's ResNets do the same with `zero_init_last`). Returns how many."""
-    count = 0
+    one at first (Goyal et al., 2017; timm's ResNets do the same with `zero_init_last`)."""
     for block in backbone.modules():
         if getattr(block, "has_skip", False):
             norms = [module for module in block.modules() if isinstance(module, nn.BatchNorm2d)]
@@ -138,8 +137,6 @@ def zero_init_residual_branches(backbone: nn.Module) -> int:
                 raise ValueError(f"MAMSFConfig.zero_init_residual: the residual block {type(block).__name__} has no "
                                  "BatchNorm2d to zero; set zero_init_residual=False for this backbone")  # fmt: skip
             nn.init.zeros_(norms[-1].weight)  # timm's BatchNormAct2d is a BatchNorm2d
-            count += 1
-    return count
 
 
 class ConvNormAct(nn.Module):
