@@ -107,13 +107,19 @@ def set_by_path(recipe: dict[str, Any], dotted_key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def apply_assignments(target: dict[str, Any], assignments: list[str], option: str) -> None:
+    """Apply `key.path=value` assignments to `target` in place, each value parsed as YAML; `option` names the
+    command-line flag in errors (`--set`, `hf-cxr bench --model-config`)."""
+    for assignment in assignments:
+        key, separator, raw = assignment.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"{option} expects key.path=value, got '{assignment}'")
+        set_by_path(target, key.strip(), yaml.safe_load(raw))
+
+
 def apply_overrides(recipe: Mapping[str, Any], assignments: list[str]) -> dict[str, Any]:
     """A copy of `recipe` with each `section.key=value` assignment applied, validated."""
     result = copy.deepcopy(dict(recipe))
-    for assignment in assignments:
-        if "=" not in assignment:
-            raise ValueError(f"--set expects section.key=value, got '{assignment}'")
-        key, raw = assignment.split("=", 1)
-        set_by_path(result, key.strip(), yaml.safe_load(raw))
+    apply_assignments(result, assignments, "--set")
     validate_recipe(result, "recipe after --set")
     return result

@@ -168,12 +168,12 @@ def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
         cli_main(["bench", "--learnability", "--small", "--repeats", "2", "--no-data"])
     with pytest.raises(SystemExit, match="one to --presets"):
         cli_main(["bench", "--learnability", "--small", "--presets", "tiny", "paper"])
-    with pytest.raises(SystemExit, match="--model-config expects FIELD=VALUE, got 'fusion_dim'"):
+    with pytest.raises(SystemExit, match=r"--model-config expects key\.path=value, got 'fusion_dim'"):
         cli_main(["bench", "--learnability", "--small", "--model-config", "fusion_dim"])
     fixed = tmp_path / "fixed.md"  # no baseline, a given budget, the paper preset with a one-block-per-stage backbone
     argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--presets", "paper", "--baselines",
             "--budget", "2", "--checkpoints", "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu",
-            "--model-config", "backbone_kwargs={depth_multiplier: 0.1}", "--model-config", "fusion_dim=256",
+            "--model-config", "backbone_kwargs.depth_multiplier=0.1", "--model-config", "fusion_dim=256",
             "--out", str(fixed)]  # fmt: skip
     assert cli_main(argv) == 0
     payload = json.loads(fixed.with_suffix(".json").read_text())

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from hf_cxr.bench import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
@@ -25,6 +24,7 @@ from hf_cxr.learnability import (
 )
 from hf_cxr.learnability import format_markdown as format_learnability
 from hf_cxr.lesions import no_finding_images_from_dataset
+from hf_cxr.recipes import apply_assignments
 
 # Options of the learnability benchmark alone (all default to None or False): refused without --learnability.
 LEARNABILITY_ONLY = ("small", "image_size", "lesion_sizes_mm", "lesion_contrasts", "checkpoints", "opacity_mm",
@@ -64,15 +64,14 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
 
 
 def _model_config(assignments: list[str] | None) -> dict[str, Any] | None:
-    """`--model-config FIELD=VALUE` assignments as a dict, each value parsed as YAML (as `hf-cxr train --set`)."""
+    """`--model-config FIELD=VALUE` assignments as a dict, parsed as `hf-cxr train --set` parses its own."""
     if not assignments:
         return None
     fields: dict[str, Any] = {}
-    for assignment in assignments:
-        field, separator, raw = assignment.partition("=")
-        if not separator or not field.strip():
-            raise SystemExit(f"hf-cxr bench: --model-config expects FIELD=VALUE, got {assignment!r}")
-        fields[field.strip()] = yaml.safe_load(raw)
+    try:
+        apply_assignments(fields, assignments, "--model-config")
+    except ValueError as error:
+        raise SystemExit(f"hf-cxr bench: {error}") from None
     return fields
 
 
@@ -250,8 +249,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     learn.add_argument(
         "--model-config", action="append", default=None, metavar="FIELD=VALUE",
-        help="set a config field of every hf-cxr model on top of its preset (VALUE is YAML), to try a variant, e.g. "
-        "--model-config 'backbone_kwargs={depth_multiplier: 0.1}'; repeatable",
+        help="set a config field of every hf-cxr model on top of its preset (VALUE is YAML; a dotted FIELD builds a "
+        "dict, which replaces the preset's whole field), to try a variant, e.g. --model-config "
+        "backbone_kwargs.depth_multiplier=0.1; repeatable",
     )  # fmt: skip
     learn.add_argument(
         "--target-auc", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
