@@ -114,7 +114,11 @@ def apply_assignments(target: dict[str, Any], assignments: list[str], option: st
         key, separator, raw = assignment.partition("=")
         if not separator or not key.strip():
             raise ValueError(f"{option} expects key.path=value, got '{assignment}'")
-        set_by_path(target, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{option} {assignment!r}: the value is not valid YAML ({error})") from None
+        set_by_path(target, key.strip(), value)
 
 
 def apply_overrides(recipe: Mapping[str, Any], assignments: list[str]) -> dict[str, Any]:

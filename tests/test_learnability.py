@@ -170,6 +170,8 @@ def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
         cli_main(["bench", "--learnability", "--small", "--presets", "tiny", "paper"])
     with pytest.raises(SystemExit, match=r"--model-config expects key\.path=value, got 'fusion_dim'"):
         cli_main(["bench", "--learnability", "--small", "--model-config", "fusion_dim"])
+    with pytest.raises(SystemExit, match="'fusion_kernels=\\[1, 3': the value is not valid YAML"):
+        cli_main(["bench", "--learnability", "--small", "--model-config", "fusion_kernels=[1, 3"])
     fixed = tmp_path / "fixed.md"  # no baseline, a given budget, the paper preset with a one-block-per-stage backbone
     argv = ["bench", "--learnability", "--small", "--models", "ma_msf", "--presets", "paper", "--baselines",
             "--budget", "2", "--checkpoints", "2", "--train-samples", "32", "--test-samples", "16", "--device", "cpu",
