@@ -404,11 +404,10 @@ def _probabilities(
 def _check_model_config(name: str, settings: LearnabilitySettings) -> None:
     """Before anything trains: every `model_config` field must exist in `name`'s config and pass its checks (a
     config would otherwise keep an unknown field without using it)."""
-    preset_config = build_config(name, settings.preset)
-    unknown = sorted(key for key in settings.model_config if not hasattr(preset_config, key))
-    if unknown:
-        raise ValueError(f"model_config: {type(preset_config).__name__} ({name}) has no field {', '.join(unknown)}")
-    build_config(name, settings.preset, **settings.model_config)
+    try:
+        build_config(name, settings.preset, **settings.model_config)
+    except ValueError as error:
+        raise ValueError(f"model_config: {error}") from None
 
 
 def _build(name: str, settings: LearnabilitySettings) -> tuple[nn.Module, str, Callable[[torch.Tensor], torch.Tensor]]:

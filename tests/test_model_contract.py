@@ -7,6 +7,7 @@ gradient checkpointing. Tiny presets keep each check to seconds on a CPU.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import NIH_DIR
+from hf_cxr.modeling.common.losses import SINGLE_LABEL_LOSS_TYPES
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -28,6 +30,7 @@ from transformers import (
 
 import hf_cxr
 from hf_cxr.labels import CHESTXRAY14_LABELS
+from hf_cxr.losses import LOSS_TYPES
 from hf_cxr.metrics import make_compute_metrics
 from hf_cxr.models import ARCHITECTURES
 from hf_cxr.sample import load_labelled_folder
@@ -183,6 +186,66 @@ def labelled_fixture(processor):
     return load_labelled_folder(NIH_DIR).with_transform(transform)
 
 
+LOSS_CASES = [(model_type, loss) for model_type in IMAGE_CLASSIFIERS for loss in LOSS_TYPES] + [
+    ("mmcaf_net", loss) for loss in SINGLE_LABEL_LOSS_TYPES
+]
+
+
+def loss_case_model(model_type: str, loss: str):
+    """A tiny model of `model_type` with `loss`; the class-balanced losses get training-split counts."""
+    labels = 2 if model_type == "mmcaf_net" else len(CHESTXRAY14_LABELS)
+    counts = {"class_positive_counts": [40, 3] if labels == 2 else list(range(3, 3 + labels)), "num_train_samples": 60}
+    return hf_cxr.build_model(model_type, "tiny", loss=loss, **(counts if loss == "class_balanced_focal" else {}))
+
+
+def loss_case_rows(model, count: int = 4) -> list[dict[str, torch.Tensor]]:
+    """`count` training rows with random inputs of the model's shape and labels of its kind (seeded)."""
+    config, generator = model.config, torch.Generator().manual_seed(1)
+    rows = []
+    for index in range(count):
+        if config.model_type == "mmcaf_net":
+            shape = (1, config.num_slices, config.image_size, config.image_size)
+            row = {"clinical_values": torch.rand(7, generator=generator) * 2 - 1, "labels": torch.tensor(index % 2)}
+        else:
+            shape = (config.num_channels, config.image_size, config.image_size)
+            row = {"labels": (torch.rand(config.num_labels, generator=generator) < 0.3).float()}
+        rows.append({"pixel_values": torch.randn(shape, generator=generator), **row})
+    return rows
+
+
+def one_trainer_step(model, rows: list[dict[str, torch.Tensor]], folder: Path) -> float:
+    """One optimizer step of `Trainer` on `rows` (one batch); returns the training loss it reports."""
+    args = TrainingArguments(
+        output_dir=str(folder), per_device_train_batch_size=len(rows), max_steps=1, learning_rate=1e-3,
+        remove_unused_columns=False, report_to=[], save_strategy="no", use_cpu=True, seed=0, dataloader_num_workers=0,
+        disable_tqdm=True,
+    )  # fmt: skip
+    return Trainer(model=model, args=args, train_dataset=rows).train().training_loss
+
+
+@pytest.mark.parametrize(("model_type", "loss"), LOSS_CASES)
+def test_reload_restores_every_buffer_the_logits_and_the_loss(model_type: str, loss: str, tmp_path: Path) -> None:
+    """Buffers computed at construction (the class-balanced loss's weights, timm's index tables) come back after
+    `from_pretrained`, which builds the model on the meta device: every buffer, the logits, the loss and one
+    Trainer step of the reloaded model equal the original's."""
+    model = loss_case_model(model_type, loss).eval()
+    rows = loss_case_rows(model)
+    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    model.save_pretrained(tmp_path / "model")
+    reloaded = type(model).from_pretrained(tmp_path / "model").eval()
+    original_buffers, reloaded_buffers = dict(model.named_buffers()), dict(reloaded.named_buffers())
+    assert original_buffers.keys() == reloaded_buffers.keys()
+    differing = [name for name, value in original_buffers.items() if not torch.equal(value, reloaded_buffers[name])]
+    assert not differing, f"buffers differ after reload: {differing}"
+    with torch.no_grad():
+        before, after = model(**batch), reloaded(**batch)
+    assert torch.equal(before.logits, after.logits)
+    assert torch.isfinite(before.loss) and torch.equal(before.loss, after.loss)
+    trained = one_trainer_step(model, rows, tmp_path / "original")
+    retrained = one_trainer_step(reloaded, rows, tmp_path / "reloaded")
+    assert math.isfinite(trained) and trained == retrained
+
+
 def mean_loss(model, dataset) -> float:
     model.eval()
     batch = dataset[: len(dataset)]
@@ -276,3 +339,27 @@ def test_wrong_input_shapes_raise_clear_errors(model_type: str) -> None:
         model(pixel_values=torch.randn(1, 2, size, size))
     with pytest.raises(ValueError, match="labels"):
         model(pixel_values=processed_fixture_batch(processor, 1), labels=torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_every_model_refuses_an_input_of_another_size_by_name(model_type: str) -> None:
+    """A tiny model fed the paper preset's 224-px input (the default processor's) says what it expects, the same
+    way for every architecture, before anything reaches the backbone."""
+    model = hf_cxr.build_model(model_type, "tiny").eval()
+    expected = model.config.pixel_values_shape
+    paper = hf_cxr.build_config(model_type, "paper").pixel_values_shape
+    wanted = ", ".join("slices" if size is None else str(size) for size in expected)
+    with pytest.raises(ValueError, match=re.escape(f"pixel_values must be [batch, {wanted}], got (2, {paper[0]}")):
+        extra = {"clinical_values": torch.zeros(2, 7)} if model_type == "mmcaf_net" else {}
+        model(pixel_values=torch.zeros(2, *(12 if size is None else size for size in paper)), **extra)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_a_misspelled_config_field_is_refused_by_name(model_type: str) -> None:
+    """`build_model`/`build_config` overrides (and so a recipe's `model.overrides`) must name config fields: a typo
+    would otherwise be stored in config.json and never read. `labels` is taken and turned into id2label."""
+    with pytest.raises(ValueError, match=r"has no field image_sise \(did you mean image_size\?\)"):
+        hf_cxr.build_config(model_type, "tiny", image_sise=32)
+    with pytest.raises(ValueError, match="has no field not_a_field"):
+        hf_cxr.build_model(model_type, "tiny", not_a_field=1)
+    assert hf_cxr.build_config(model_type, "tiny", labels=["a", "b"]).id2label == {0: "a", 1: "b"}

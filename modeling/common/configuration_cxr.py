@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
 from .labels import CHESTXRAY14_LABELS, label_maps
 from .losses import CLASS_BALANCE_MODES, LOSS_TYPES
+
+# Keyword arguments a config takes without keeping an attribute of that name: `labels` becomes id2label/label2id.
+CONSUMED_INPUTS = frozenset({"labels"})
 
 
 class CXRClassifierConfig(PretrainedConfig):
@@ -80,6 +84,11 @@ class CXRClassifierConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self._validate()
 
+    @property
+    def pixel_values_shape(self) -> tuple[int, ...]:
+        """The shape of one input, `pixel_values[i]`: (num_channels, image_size, image_size)."""
+        return (self.num_channels, self.image_size, self.image_size)
+
     def _fail(self, field: str, problem: str) -> None:
         raise ValueError(f"{type(self).__name__}.{field} {problem}")
 
@@ -98,7 +107,20 @@ class CXRClassifierConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides: Any) -> CXRClassifierConfig:
-        """A config from a named preset (`paper`: the published configuration, `tiny`: CPU seconds), overridden."""
+        """A config from a named preset (`paper`: the published configuration, `tiny`: CPU seconds), overridden.
+
+        Raises `ValueError` for an unknown preset, and for an override that names no field of the config (a
+        misspelled field would otherwise be stored and never read, and the model built without it).
+        """
         if preset not in cls.presets:
             raise ValueError(f"unknown {cls.model_type} preset {preset!r}; choose from {sorted(cls.presets)}")
-        return cls(**{**cls.presets[preset], **overrides})
+        config = cls(**cls.presets[preset])
+        unknown = [name for name in overrides if name not in CONSUMED_INPUTS and not hasattr(config, name)]
+        if unknown:
+            fields = list(config.to_dict())
+            named = []
+            for name in unknown:
+                hint = difflib.get_close_matches(name, fields, n=1)
+                named.append(name + (f" (did you mean {hint[0]}?)" if hint else ""))
+            raise ValueError(f"{cls.__name__} ({cls.model_type}) has no field {', '.join(named)}")
+        return cls(**{**cls.presets[preset], **overrides}) if overrides else config

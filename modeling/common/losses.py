@@ -38,11 +38,12 @@ def class_balance_weights(
     `effective_number` is Cui et al. (CVPR 2019): w_c = (1 - beta) / (1 - beta^n_c).
     `inverse_frequency` is (N / n_c)^beta with beta typically 0.5.
     """
-    counts = torch.tensor([max(float(c), 1.0) for c in positive_counts], dtype=torch.float64)
+    # On the CPU explicitly: a model built on the meta device (as `from_pretrained` does) still gets real values.
+    counts = torch.tensor([max(float(c), 1.0) for c in positive_counts], dtype=torch.float64, device="cpu")
     if mode == "effective_number":
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"class_balance_beta must lie in [0, 1) for effective_number, got {beta}")
-        weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), counts))
+        weights = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64, device="cpu"), counts))
     elif mode == "inverse_frequency":
         weights = torch.pow(float(num_samples) / counts, beta)
     else:
@@ -50,12 +51,32 @@ def class_balance_weights(
     return (weights / weights.mean()).to(torch.float32)
 
 
-class MultiLabelBCELoss(nn.Module):
-    """Binary cross-entropy on logits, optionally with one weight per class."""
+class ClassWeightedLoss(nn.Module):
+    """A loss with optional per-class weights, kept as a non-persistent buffer `class_weights` [K].
 
-    def __init__(self, class_weights: torch.Tensor | None = None) -> None:
+    The weights are derived from the config (`class_positive_counts`, ...), so they are not saved with the model's
+    weights; `from_pretrained` builds the model on the meta device and leaves such buffers uninitialised, and the
+    model's `_init_weights` calls `init_non_persistent_buffers()` to write the values given here back.
+    """
+
+    def __init__(self, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("class_weights", class_weights, persistent=False)
+        if isinstance(class_weights, torch.Tensor):
+            class_weights = class_weights.detach().to("cpu", torch.float32).tolist()
+        self.class_weight_values = tuple(float(w) for w in class_weights) if class_weights is not None else None
+        weights = torch.tensor(self.class_weight_values) if self.class_weight_values is not None else None
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Rewrite `class_weights` from the values given at construction (after meta-device initialisation)."""
+        if self.class_weights is not None:
+            values = torch.tensor(self.class_weight_values, dtype=self.class_weights.dtype, device="cpu")
+            self.class_weights.copy_(values)
+
+
+class MultiLabelBCELoss(ClassWeightedLoss):
+    """Binary cross-entropy on logits, optionally with one weight per class."""
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets, keep = _split_targets(targets.to(logits.dtype))
@@ -71,7 +92,7 @@ class FocalLoss(MultiLabelBCELoss):
     With `class_weights` it is the class-balanced focal loss of Cui et al.
     """
 
-    def __init__(self, gamma: float = 2.0, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
         super().__init__(class_weights)
         self.gamma = gamma
 
@@ -161,7 +182,7 @@ def build_loss_from_config(config: Any) -> nn.Module:
 SINGLE_LABEL_LOSS_TYPES = ("cross_entropy", "focal", "class_balanced_focal")
 
 
-class SoftmaxFocalLoss(nn.Module):
+class SoftmaxFocalLoss(ClassWeightedLoss):
     """Single-label focal loss on a softmax: -alpha_y (1 - p_y)^gamma log p_y, mean over kept samples.
 
     For mutually exclusive classes (e.g. lung cancer histology) where the multi-label losses above do not apply.
@@ -169,10 +190,9 @@ class SoftmaxFocalLoss(nn.Module):
     `IGNORE_LABEL` is left out.
     """
 
-    def __init__(self, gamma: float = 2.0, class_weights: torch.Tensor | None = None) -> None:
-        super().__init__()
+    def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | torch.Tensor | None = None) -> None:
+        super().__init__(class_weights)
         self.gamma = gamma
-        self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = targets.long()

@@ -24,11 +24,16 @@ class CXRPreTrainedMixin:
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise the layers hf-cxr adds; timm backbones keep the initialisation timm gave them."""
+        """Initialise the layers hf-cxr adds; timm backbones keep the initialisation timm gave them.
+
+        `from_pretrained` builds the model on the meta device and calls this for every module whose tensors were
+        not loaded, non-persistent buffers included (they are left uninitialised otherwise). A module that computes
+        such buffers at construction (timm's attention index tables, the losses' class weights) rewrites them in
+        `init_non_persistent_buffers()`, timm's name for that step.
+        """
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
         if getattr(module, "_hf_cxr_timm_owned", False):
-            # Only buffers computed at build time need recomputing after a meta-device construction.
-            if hasattr(module, "init_non_persistent_buffers"):
-                module.init_non_persistent_buffers()
             return
         if isinstance(module, (nn.Conv2d, nn.Conv3d)):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -46,6 +51,28 @@ class CXRPreTrainedMixin:
                 init.zeros_(module.running_mean)
                 init.ones_(module.running_var)
                 init.zeros_(module.num_batches_tracked)
+
+    def check_pixel_values(self, pixel_values: Any) -> None:
+        """Raise `ValueError` unless `pixel_values` is a tensor [batch, *config.pixel_values_shape] (a None there
+        allows any size: MMCAF-Net's number of slices).
+
+        Every architecture checks its input here, before the backbone: a radiograph at another size or channel
+        count would otherwise fail deep inside timm (e.g. CoAtNet's relative position tables) or, for convolutional
+        backbones, run at a resolution the model was not configured for.
+        """
+        expected = tuple(self.config.pixel_values_shape)
+        if (
+            isinstance(pixel_values, torch.Tensor)
+            and pixel_values.ndim == len(expected) + 1
+            and all(want is None or want == size for want, size in zip(expected, pixel_values.shape[1:], strict=True))
+        ):
+            return
+        got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        dims = ", ".join("slices" if size is None else str(size) for size in expected)
+        raise ValueError(
+            f"pixel_values must be [batch, {dims}], got {got}; use the model's image processor "
+            "(`AutoImageProcessor.from_pretrained` of this model), which gives that size"
+        )
 
     def multilabel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The configured loss (`self.criterion`) of [B, num_labels] logits against float multi-hot labels."""

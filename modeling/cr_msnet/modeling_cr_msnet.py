@@ -178,12 +178,7 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CRMSNetModelOutput | tuple:
-        if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            shape = None if pixel_values is None else tuple(pixel_values.shape)
-            raise ValueError(
-                f"pixel_values must be [batch, {self.config.num_channels}, height, width], got {shape}; "
-                "use the model's image processor"
-            )
+        self.check_pixel_values(pixel_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         global_map = self.global_attention(self.global_backbone.forward_features(pixel_values))  # [B, Cg, h, w]
         local_map = self.local_attention(self.local_backbone(pixel_values)[-1])  # [B, Cl, 2h, 2w]

@@ -259,12 +259,7 @@ class MAMSFModel(MAMSFPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MAMSFModelOutput | tuple:
-        if pixel_values is None or pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            shape = None if pixel_values is None else tuple(pixel_values.shape)
-            raise ValueError(
-                f"pixel_values must be [batch, {self.config.num_channels}, height, width], got {shape}; "
-                "use the model's image processor"
-            )
+        self.check_pixel_values(pixel_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         backbone = self.backbone
         last_stage = self.config.anchor_scope == "last_stage"

@@ -156,6 +156,13 @@ class MMCAFNetConfig(CXRClassifierConfig):
         """Width of the fused vector the classifier reads (doubled by `bsf_mode="concat"`)."""
         return self.embed_dim * (2 if self.bsf_mode == "concat" else 1)
 
+    @property
+    def pixel_values_shape(self) -> tuple[int | None, ...]:
+        """The shape of one CT window, `pixel_values[i]`: (num_channels, slices, image_size, image_size). The number of
+        slices is left open (None): the encoder is convolutional over depth, and a processor may cut windows of
+        another depth than `num_slices` (the one the training recipe uses)."""
+        return (self.num_channels, None, self.image_size, self.image_size)
+
     def _validate(self) -> None:
         super()._validate()
         if self.problem_type != "single_label_classification":

@@ -584,12 +584,7 @@ class MMCAFNetModel(MMCAFNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MMCAFNetModelOutput | tuple:
-        if pixel_values is None or pixel_values.ndim != 5 or pixel_values.shape[1] != self.config.num_channels:
-            shape = None if pixel_values is None else tuple(pixel_values.shape)
-            raise ValueError(
-                f"pixel_values must be [batch, 1, slices, height, width] (windowed CT), got {shape}; "
-                "use MMCAFNetProcessor"
-            )
+        self.check_pixel_values(pixel_values)
         expected = (pixel_values.shape[0], self.config.num_clinical_features)
         if clinical_values is None or tuple(clinical_values.shape) != expected:
             shape = None if clinical_values is None else tuple(clinical_values.shape)

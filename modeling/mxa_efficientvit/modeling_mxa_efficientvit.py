@@ -298,17 +298,7 @@ class MXAEfficientViTModel(MXAEfficientViTPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MXAEfficientViTModelOutput | tuple:
-        size, channels = self.config.image_size, self.config.num_channels
-        if (
-            not isinstance(pixel_values, torch.Tensor)
-            or pixel_values.ndim != 4
-            or tuple(pixel_values.shape[1:]) != (channels, size, size)
-        ):
-            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-            raise ValueError(
-                f"pixel_values must be [batch, {channels}, {size}, {size}], got {shape}; use the model's image "
-                "processor (grey radiograph scaled to [-1024, 1024])"
-            )
+        self.check_pixel_values(pixel_values)
         if self.training and pixel_values.shape[0] < 2:
             raise ValueError(
                 "pixel_values holds one image but the model is in training mode: EfficientViT's BatchNorm layers "
