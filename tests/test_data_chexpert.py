@@ -4,6 +4,7 @@ itself cannot be redistributed): CSVs with blanks and uncertain labels, paths re
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import datasets
 import numpy as np
 import pytest
 from conftest import NIH_DIR
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from hf_cxr.data import MissingFilesError, PatientLeakError, build_chexpert
 from hf_cxr.data.chexpert import shared_finding_columns
@@ -121,6 +122,35 @@ def test_frontal_only_and_sizes(tree: Path, tmp_path: Path) -> None:
     source = tree.parent / unchanged[0]["path"]
     stored = unchanged.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
     assert stored == source.read_bytes()
+
+
+def test_exif_orientation_is_stored_upright_whatever_the_size(tmp_path: Path) -> None:
+    """A JPEG stored sideways with EXIF Orientation 6 is converted upright, small or resized, and its recorded size
+    is the displayed one; the stored file carries no orientation left to apply, so any decoder shows it upright."""
+    root = _write_tree(tmp_path)
+    relative = f"{ROOT_NAME}/valid/patient64542/study1/view1_frontal.jpg"
+    source = sorted((NIH_DIR / "images").glob("*.png"))[8]
+    upright = Image.open(source).convert("L").crop((0, 0, 200, 256))  # portrait: 200 wide, 256 high
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # "rotate 90 degrees clockwise to display"
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / relative, quality=95, exif=exif)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / relative)))
+    assert shown.shape == (256, 200)
+    for image_size, stored_size in ((None, (200, 256)), (128, (128, 164))):
+        dataset = build_chexpert(root, tmp_path / f"out-{image_size}", image_size=image_size)["validation"]
+        index = dataset["path"].index(relative)
+        row = dataset[index]
+        assert (row["original_width"], row["original_height"]) == (200, 256)
+        assert row["image"].size == stored_size
+        raw = Image.open(
+            io.BytesIO(dataset.cast_column("image", datasets.Image(decode=False))[index]["image"]["bytes"])
+        )
+        assert raw.size == stored_size and raw.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        if image_size is None:  # not resized: the displayed pixels, exactly
+            np.testing.assert_array_equal(np.asarray(row["image"]), shown)
+        else:
+            small = upright.resize(stored_size, Image.Resampling.LANCZOS)
+            assert np.abs(np.asarray(row["image"], dtype=float) - np.asarray(small, dtype=float)).mean() < 3
 
 
 def test_patient_in_train_and_validation_is_refused(tmp_path: Path) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from conftest import NIH_DIR
 from hf_cxr.modeling.common.image_processing_cxr import IMAGENET_MEAN, IMAGENET_STD
-from PIL import Image
+from hf_cxr.modeling.common.imaging import describe
+from PIL import ExifTags, Image, ImageOps
 from transformers import pipeline
+from transformers.image_utils import load_image
 
 import hf_cxr
 from hf_cxr.imaging import load_radiograph
@@ -102,6 +105,73 @@ def test_numpy_and_torch_inputs(grey) -> None:
     np.testing.assert_allclose(load_radiograph(tensor), expected)
 
 
+def test_wide_integer_types_are_scaled_by_their_values(processor, grey) -> None:
+    """Only uint8 and uint16 say their bit depth; other integers: values within 0..255 are 8-bit, else 16-bit."""
+    eight_bit = processor(grey, return_tensors="pt")["pixel_values"]
+    for same in (
+        grey.astype(np.int64),
+        grey.astype(np.int32),
+        torch.from_numpy(grey.astype(np.int64)),
+        Image.fromarray(grey).convert("I"),  # PIL mode I (32-bit) holding 8-bit values
+    ):
+        assert torch.equal(processor(same, return_tensors="pt")["pixel_values"], eight_bit), describe(same)
+    sixteen = grey.astype(np.uint16) * 257
+    expected = processor(sixteen, return_tensors="pt")["pixel_values"]
+    assert torch.equal(processor(sixteen.astype(np.int32), return_tensors="pt")["pixel_values"], expected)
+    assert torch.equal(
+        processor(Image.fromarray(sixteen.astype(np.int32)), return_tensors="pt")["pixel_values"], expected
+    )
+
+
+def test_a_dark_sixteen_bit_png_stays_sixteen_bit(tmp_path) -> None:
+    """The file states its bit depth: a 16-bit PNG whose values all lie below 256 is not read as 8-bit."""
+    dark = np.tile(np.arange(200, dtype=np.uint16), (8, 1))
+    path = tmp_path / "dark16.png"
+    Image.fromarray(dark).save(path)
+    for source in (path, path.read_bytes(), Image.open(path)):
+        np.testing.assert_allclose(load_radiograph(source), dark / 65535, atol=1e-9)
+
+
+def test_wide_integer_values_outside_16_bits_are_refused(processor, grey) -> None:
+    with pytest.raises(ValueError, match="negative"):
+        processor(grey.astype(np.int64) - 1)
+    with pytest.raises(ValueError, match="65535"):
+        processor(grey.astype(np.int64) * 1000)
+
+
+def test_a_datasets_column_is_a_batch(processor, nih_images) -> None:
+    paths = [str(path) for path in nih_images[:3]]
+    column = datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())["image"]
+    assert not isinstance(column, (list, tuple))  # a lazy Column, not a list
+    out = processor(column, return_tensors="pt")["pixel_values"]
+    assert torch.equal(out, processor(paths, return_tensors="pt")["pixel_values"])
+
+
+def sideways_jpeg(path: Path, upright: Image.Image) -> Path:
+    """`upright` stored rotated, with EXIF Orientation 6 ("rotate 90 degrees clockwise to display")."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+    return path
+
+
+def test_exif_orientation_is_applied_whatever_the_path(processor, grey, tmp_path) -> None:
+    upright = Image.fromarray(grey[:, :200])  # 200 wide, 256 high
+    path = sideways_jpeg(tmp_path / "sideways.jpg", upright)
+    assert Image.open(path).size == (256, 200)  # stored sideways
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)), dtype=np.float32) / 255
+    assert expected.shape == (256, 200)
+    for source in (path, str(path), path.read_bytes(), Image.open(path)):
+        np.testing.assert_array_equal(load_radiograph(source), expected)
+    assert np.abs(expected - np.asarray(upright) / 255).mean() < 0.01  # upright, up to JPEG loss
+    # The processor gives what transformers' load_image and the datasets Image feature give.
+    processor = hf_cxr.CRMSNetImageProcessor(size=64, resize_mode="pad")
+    direct = processor(str(path), return_tensors="pt")["pixel_values"]
+    assert torch.equal(direct, processor(load_image(str(path)), return_tensors="pt")["pixel_values"])
+    column = datasets.Dataset.from_dict({"image": [str(path)]}).cast_column("image", datasets.Image())["image"]
+    assert torch.equal(direct, processor(column, return_tensors="pt")["pixel_values"])
+
+
 def test_three_channel_float_tensors_with_do_rescale_false(processor, grey) -> None:
     """What LibAUC-style code passes: float [3, H, W] in [0, 1] and do_rescale=False."""
     tensor = torch.from_numpy(grey.astype(np.float32) / 255).expand(3, -1, -1)
@@ -155,6 +225,67 @@ def test_dicom_rescale_and_window(tmp_path, grey) -> None:
     values = stored.astype(np.float64) * 2 - 100
     expected = np.clip((values - (2000 - 0.5)) / (2000 - 1) + 0.5, 0, 1)
     np.testing.assert_allclose(load_radiograph(path), expected, atol=1e-6)
+
+
+RAMP_12_BIT = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # stored value v at flat index v
+PROBES = [1028, 1606, 2569, 3083]
+
+
+def test_dicom_sigmoid_window_is_applied_as_the_dicom_sigmoid(tmp_path) -> None:
+    path = write_dicom(
+        tmp_path / "sigmoid.dcm", RAMP_12_BIT, WindowCenter=2048, WindowWidth=1000, VOILUTFunction="SIGMOID"
+    )
+    grey = load_radiograph(path).ravel()
+    expected = 1.0 / (1.0 + np.exp(-4.0 * (np.asarray(PROBES) - 2048.0) / 1000.0))  # PS3.3 C.11.2.1.3.1
+    np.testing.assert_allclose(grey[PROBES], expected, atol=1e-6)
+    np.testing.assert_allclose(grey[PROBES], [0.017, 0.146, 0.889, 0.984], atol=1e-3)
+    import pydicom
+    from pydicom.pixels import apply_voi_lut
+
+    dataset = pydicom.dcmread(path)
+    np.testing.assert_allclose(grey, apply_voi_lut(dataset.pixel_array, dataset).ravel() / 4095, atol=1e-6)
+
+
+def test_dicom_linear_exact_window_and_voi_lut_sequence(tmp_path) -> None:
+    exact = write_dicom(
+        tmp_path / "exact.dcm", RAMP_12_BIT, WindowCenter=2048, WindowWidth=1000, VOILUTFunction="LINEAR_EXACT"
+    )
+    expected = np.clip((np.arange(4096) - 2048.0) / 1000.0 + 0.5, 0, 1)  # PS3.3 C.11.2.1.3.2
+    np.testing.assert_allclose(load_radiograph(exact).ravel(), expected, atol=1e-6)
+    from pydicom.dataset import Dataset
+
+    curve = np.round(65535 * (np.arange(4096) / 4095) ** 0.5).astype("<u2")  # a square-root curve
+    lut = Dataset()
+    lut.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    lut.add_new("LUTData", "OW", curve.tobytes())  # OW: read back with the file's byte order
+    # A VOI LUT wins over a window (PS3.3 C.11.2); its output is 16-bit here (LUTDescriptor's third value).
+    path = write_dicom(tmp_path / "lut.dcm", RAMP_12_BIT, VOILUTSequence=[lut], WindowCenter=100, WindowWidth=10)
+    np.testing.assert_allclose(load_radiograph(path).ravel(), curve / 65535, atol=1e-6)
+
+
+def test_dicom_present_but_empty_attributes(tmp_path) -> None:
+    from pydicom.dataset import Dataset
+
+    plain = load_radiograph(write_dicom(tmp_path / "plain.dcm", RAMP_12_BIT))
+    windowed = load_radiograph(write_dicom(tmp_path / "window.dcm", RAMP_12_BIT, WindowCenter=2048, WindowWidth=1000))
+    # Empty Rescale Slope/Intercept: the identity, as when absent.
+    empty_rescale = write_dicom(tmp_path / "rescale.dcm", RAMP_12_BIT, RescaleSlope=None, RescaleIntercept=None)
+    np.testing.assert_allclose(load_radiograph(empty_rescale), plain)
+    # An empty VOI LUT Sequence item: the next VOI source, the window.
+    empty_lut = write_dicom(
+        tmp_path / "lut.dcm", RAMP_12_BIT, VOILUTSequence=[Dataset()], WindowCenter=2048, WindowWidth=1000
+    )
+    np.testing.assert_allclose(load_radiograph(empty_lut), windowed)
+    # An empty window (both values): no VOI transform, as when absent.
+    empty_window = write_dicom(tmp_path / "empty.dcm", RAMP_12_BIT, WindowCenter=None, WindowWidth=None)
+    np.testing.assert_allclose(load_radiograph(empty_window), plain)
+    # Half a window cannot be applied and is not guessed.
+    half = write_dicom(tmp_path / "half.dcm", RAMP_12_BIT, WindowCenter=2048, WindowWidth=None)
+    with pytest.raises(ValueError, match=r"half\.dcm.*WindowWidth"):
+        load_radiograph(half)
+    narrow = write_dicom(tmp_path / "narrow.dcm", RAMP_12_BIT, WindowCenter=2048, WindowWidth=0.5)
+    with pytest.raises(ValueError, match=r"narrow\.dcm.*Window Width"):
+        load_radiograph(narrow)
 
 
 def test_dicom_errors_name_the_file(tmp_path, grey) -> None:

@@ -26,7 +26,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from hf_cxr.imaging import load_radiograph
+from hf_cxr.imaging import exif_orientation, load_radiograph
 
 RESEARCH_USE = (
     "Research use only. This dataset and any model trained on it are not medical devices and must not be used "
@@ -147,26 +147,33 @@ def encode_radiograph(path: Path, image_size: int | None) -> StoredImage:
     """Read a radiograph file and return the bytes to store, resized so the shorter side is `image_size`.
 
     Pixels are read at full precision (`load_radiograph`: 8/16-bit, colour to grey, truncated files refused
-    with a `ValueError` naming the file), resized in float with Lanczos, and written back at the source's bit
-    depth: 8-bit sources as 8-bit, 16-bit sources as 16-bit PNG. JPEG sources stay JPEG (quality 95) so the
-    output is not several times larger than the input. A file that needs no resizing is stored unchanged.
+    with a `ValueError` naming the file) and upright: an EXIF Orientation is applied, as every `datasets`,
+    transformers and hf-cxr decoder applies it, so the stored pixels are what the image shows whatever reads
+    them later. `original_width`/`original_height` are that displayed (upright) size. Resized images are
+    resized in float with Lanczos and written back at the source's bit depth: 8-bit sources as 8-bit, 16-bit
+    sources as 16-bit PNG; JPEG sources stay JPEG (quality 95) so the output is not several times larger than
+    the input. A file that needs no resizing is stored unchanged, unless its EXIF Orientation turns it: then its
+    exact pixels are stored upright as a lossless PNG (with no orientation left to apply).
     """
     data = path.read_bytes()
-    grey = load_radiograph(data, name=f"'{path}'")
+    grey = load_radiograph(data, name=f"'{path}'")  # upright
     height, width = grey.shape
     with Image.open(io.BytesIO(data)) as probe:
         source_format = probe.format or "PNG"
         sixteen_bit = probe.mode in ("I;16", "I;16B", "I;16L", "I")
+        turned = exif_orientation(probe) != 1
     new_width, new_height = resized_size(width, height, image_size)
-    if (new_width, new_height) == (width, height):
+    resize = (new_width, new_height) != (width, height)
+    if not resize and not turned:
         return StoredImage(data, width, height, width, height)
-    resized = np.asarray(
-        Image.fromarray(grey, mode="F").resize((new_width, new_height), Image.Resampling.LANCZOS), dtype=np.float32
-    )
+    if resize:
+        grey = np.asarray(
+            Image.fromarray(grey, mode="F").resize((new_width, new_height), Image.Resampling.LANCZOS), dtype=np.float32
+        )
     top = 65535 if sixteen_bit else 255
-    pixels = np.clip(np.rint(resized * top), 0, top).astype(np.uint16 if sixteen_bit else np.uint8)
+    pixels = np.clip(np.rint(grey * top), 0, top).astype(np.uint16 if sixteen_bit else np.uint8)
     buffer = io.BytesIO()
-    if source_format == "JPEG" and not sixteen_bit:
+    if resize and source_format == "JPEG" and not sixteen_bit:
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
     else:
         Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)

@@ -85,6 +85,29 @@ class CXRClassifierConfig(PretrainedConfig):
         self._validate()
 
     @property
+    def custom_pipelines(self) -> dict[str, Any]:
+        """The pipeline tasks a saved model carries as remote code (`pipeline_cxr.py`), as `transformers.pipeline`
+        reads them: a task registered in this process with a class of the same name (hf-cxr registers its tasks when
+        imported) is left out, so that the registered class runs without `trust_remote_code`, as registered Auto
+        classes take precedence over a saved `auto_map`. `to_dict` and `save_pretrained` write every entry."""
+        saved = self.__dict__.get("custom_pipelines") or {}
+        if not saved:
+            return {}
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        def registered(task: str, entry: Any) -> bool:
+            known = PIPELINE_REGISTRY.supported_tasks.get(task)
+            if known is None or not isinstance(entry, dict) or not isinstance(entry.get("impl"), str):
+                return False
+            return getattr(known["impl"], "__name__", None) == entry["impl"].rsplit(".", 1)[-1]
+
+        return {task: entry for task, entry in saved.items() if not registered(task, entry)}
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict[str, Any] | None) -> None:
+        self.__dict__["custom_pipelines"] = value
+
+    @property
     def pixel_values_shape(self) -> tuple[int, ...]:
         """The shape of one input, `pixel_values[i]`: (num_channels, image_size, image_size)."""
         return (self.num_channels, self.image_size, self.image_size)

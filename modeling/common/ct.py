@@ -1,7 +1,11 @@
 """Reading a CT series (a folder of DICOM slices) as a volume in Hounsfield units.
 
 Used by the Lung-PET-CT-Dx converter and by 3D model processors at inference, so it follows the remote-code
-rule of this folder: numpy at import time, pydicom imported inside the functions.
+rule of this folder: numpy (and, through `imaging`, torch and Pillow) at import time; pydicom is imported (by
+`imaging.import_pydicom`, which names the package when it is missing) only when a series is read. Reading,
+decoding and the modality transform are the radiograph reader's (`imaging.read_dicom`,
+`imaging.modality_values`: pydicom's `apply_modality_lut`), so both readers name the file and treat empty
+attributes the same way.
 
 Slices are ordered by their position along the slice normal (ImagePositionPatient projected on the cross
 product of the ImageOrientationPatient row and column vectors; for axial series that is the z coordinate),
@@ -17,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .imaging import modality_values, read_dicom
 
 HU_MIN, HU_MAX = -32768, 32767  # int16 storage range
 
@@ -49,13 +55,7 @@ class SeriesHeader:
 
 
 def _dcmread(path: str | os.PathLike, stop_before_pixels: bool = False) -> Any:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"'{path}': corrupt or unreadable DICOM ({error})") from error
+    return read_dicom(path, f"'{path}'", stop_before_pixels=stop_before_pixels)
 
 
 def read_series_header(path: str | os.PathLike) -> SeriesHeader:
@@ -84,16 +84,13 @@ def slice_position(dataset: Any, name: str) -> float:
 
 
 def slice_to_hu(dataset: Any, name: str) -> np.ndarray:
-    """One slice's stored pixels -> HU (RescaleSlope * stored + RescaleIntercept) as int16."""
-    try:
-        stored = dataset.pixel_array
-    except Exception as error:  # pydicom raises many types for truncated or compressed data
-        raise ValueError(f"{name}: cannot decode pixel data ({error})") from error
-    if stored.ndim != 2:
-        raise ValueError(f"{name}: pixel data has shape {stored.shape}, expected one 2D slice")
-    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-    hu = stored.astype(np.float64) * slope + intercept
+    """One slice's stored pixels -> HU as int16 [H, W], rounded and clipped to the int16 range.
+
+    The Modality LUT of the slice with pydicom's `apply_modality_lut` (RescaleSlope * stored + RescaleIntercept
+    for CT; an empty slope or intercept is the identity's 1 or 0). Raises `ValueError` naming `name` for pixel
+    data that is missing, cannot be decoded or is not one 2D slice (`imaging.modality_values`).
+    """
+    hu = modality_values(dataset, name)
     return np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
 
 

@@ -66,6 +66,12 @@ def resize_grey(image: torch.Tensor, height: int, width: int, mode: str) -> torc
 class CXRImageProcessor(BaseImageProcessor):
     r"""Chest X-ray image processor.
 
+    Inputs (one, or a batch: a list, tuple, `datasets` column or 4D array/tensor): paths, bytes, PIL images,
+    numpy arrays, torch tensors, DICOM (files or `pydicom.Dataset`; needs pydicom) and `datasets` image dicts,
+    read by `imaging.load_radiograph` (EXIF orientation applied, so a path, its bytes, its PIL image and its
+    `datasets` row give the same pixels). `ValueError` names the input and its place in the batch for anything
+    that cannot be read faithfully.
+
     Args:
         size (`dict[str, int]`, defaults to the model's, e.g. `{"height": 224, "width": 224}`): output size.
         resize_mode (`str`, defaults to `"stretch"`): `"stretch"` resizes to `size` directly (what the papers
@@ -73,8 +79,10 @@ class CXRImageProcessor(BaseImageProcessor):
             `"center_crop"` keeps the aspect ratio and crops the centre.
         num_channels (`int`, defaults to the model's, e.g. 3): the grey image is repeated to this many channels.
         do_rescale (`bool`, defaults to `True`): integer pixels are divided by their bit depth's maximum
-            (255 for 8-bit, 65535 for 16-bit). Floats are never rescaled and must lie in [0, 1]; with
-            `do_rescale=False` integer pixels must already be 0 or 1.
+            (255 for 8-bit, 65535 for 16-bit). uint8/uint16 arrays and image files state their bit depth; other
+            integer types (int32/int64 arrays and tensors, PIL mode "I") are 8-bit when every value is within
+            0..255, else 16-bit when within 0..65535, else refused (`imaging.integer_scale`). Floats are never
+            rescaled and must lie in [0, 1]; with `do_rescale=False` integer pixels must already be 0 or 1.
         do_normalize (`bool`, defaults to `True`): apply `(x - image_mean) / image_std` per channel.
         image_mean, image_std (`list[float]`, default the model's, e.g. ImageNet's): per-channel statistics (one
             value is repeated to every channel).
@@ -144,7 +152,8 @@ class CXRImageProcessor(BaseImageProcessor):
         return_tensors: str | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Turn one input or a batch (list, or a 4D array/tensor) into `pixel_values` [B, C, H, W]."""
+        """Turn one input or a batch (a sequence, or a 4D array/tensor) into `pixel_values` float32 [B, C, H, W]
+        (numpy without `return_tensors`, torch with `"pt"`). Raises `ValueError` for unreadable input."""
         if kwargs:
             raise TypeError(f"{type(self).__name__}.preprocess got unexpected arguments {sorted(kwargs)}")
         size = _as_size_dict(size) if size is not None else self.size
@@ -180,8 +189,9 @@ class CXRImageProcessor(BaseImageProcessor):
 
 
 def _as_batch(images: Any) -> list[Any]:
-    """A single input, a list/tuple of inputs, or a 4D array/tensor [B, ...] -> list of single inputs."""
-    if isinstance(images, (list, tuple)):
+    """One input, or a batch: any sequence of inputs (list, tuple, a `datasets` column such as `ds["image"]`)
+    or a 4D array/tensor [B, ...] -> a list of single inputs. Text and bytes are one input (a path, a file)."""
+    if isinstance(images, Sequence) and not isinstance(images, (str, bytes, bytearray)):
         return list(images)
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)

@@ -89,6 +89,14 @@ class CXRPreTrainedMixin:
             module = type(self).__module__.rsplit(".", 1)[-1]
             entry = {"AutoModel": f"{module}.{self.base_model_class_name}"}
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **entry}
+            if self._auto_class == "AutoModelForImageClassification":
+                # The "chest-x-ray-classification" pipeline as remote code too: pipeline_cxr.py is a relative
+                # import of this file, so it is copied beside the model, and `custom_pipelines` names it, so that
+                # `pipeline(task, model=repo, trust_remote_code=True)` runs without hf-cxr.
+                from .pipeline_cxr import custom_pipelines_entry
+
+                pipelines = getattr(self.config, "custom_pipelines", None) or {}
+                self.config.custom_pipelines = {**pipelines, **custom_pipelines_entry()}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
