@@ -4,6 +4,12 @@ The card's metadata (licence, library, pipeline tag, tags, datasets, metrics, `m
 ROC-AUC and bootstrap intervals) is built with `huggingface_hub.ModelCardData`/`EvalResult`; the prose comes
 from `hub_cards/model_<model_type>.md` (installed as `hf_cxr.hub_cards`). The upload is `HfApi.create_repo`
 plus one `HfApi.upload_folder` of the assembled folder, so what `--dry-run` writes is what would be uploaded.
+
+Every fact the card states about training comes from what the run recorded: train.py's `metrics.json` (`run`:
+preset, input size, dataset, its conversion settings and row counts, command line; `training`: the steps run per
+stage, compute) and the resolved `recipe.yaml`. A fact that was not recorded is said to be unrecorded, never
+filled in from a template or a recipe file. Evaluation numbers reach `model-index` only under the rule of
+`hf_cxr.evaluation.report.model_index_exclusions` (large enough splits and findings); the prose says which did not.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import string
 import tempfile
@@ -24,7 +31,19 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors import safe_open
 
-from hf_cxr.evaluation.report import REPORT_FILES, read_metrics
+from hf_cxr.evaluation.report import (
+    MODEL_INDEX_MIN_CASES,
+    MODEL_INDEX_MIN_IMAGES,
+    REPORT_FILES,
+    describe_bootstrap,
+    describe_conversion,
+    describe_splits,
+    describe_thresholds,
+    model_index_exclusions,
+    read_metrics,
+    threshold_cell,
+)
+from hf_cxr.evaluation.scores import CHOSEN_BY_YOUDEN, FALLBACK
 from hf_cxr.labels import LABEL_SETS
 
 HUB_TAGS = ("medical", "radiology", "chest-x-ray", "multi-label-classification")
@@ -36,6 +55,15 @@ LIBRARY_NAME = "transformers"
 TASK_NAME = "Multi-label chest X-ray classification"
 EVALUATION_FOLDER = "evaluation"
 RECIPE_NAME = "recipe.yaml"
+TRAINING_RECORD = "metrics.json"  # train.py's record of the run (best checkpoint, `run`, `training`)
+# What a preset is, in the card's words (any other preset: "not the paper's configuration").
+PRESET_WORDS = {
+    "paper": "the configuration the paper describes",
+    "tiny": "hf-cxr's tiny configuration for tests and demos, far smaller than the paper's; not the paper's model",
+}
+# What hf-cxr's remote code imports, for the card's "How to use" (the `.py` files of the repository).
+REMOTE_CODE_IMPORTS = "torch, timm, transformers, safetensors, numpy and Pillow"
+CXR_PIPELINE_TASK = "chest-x-ray-classification"
 CARD_METRICS = ("roc_auc", "average_precision", "f1")
 NOT_A_MEDICAL_DEVICE = (
     "Research use only. This model is not a medical device: it has not been cleared or approved by any "
@@ -119,29 +147,46 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def eval_results(document: Mapping[str, Any], dataset_id: str, dataset_name: str) -> list[EvalResult]:
-    """`model-index` entries: macro/micro ROC-AUC, macro AP, macro F1 at the chosen thresholds, and per finding
-    ROC-AUC, each with its bootstrap interval in `args` (undefined numbers are left out, never written as 0)."""
+def _eval_dataset(document: Mapping[str, Any], dataset_name: str) -> tuple[str, str | None, dict[str, Any]]:
+    """(dataset name, config, args) of `model-index` entries: the split protocol is part of the dataset's identity,
+    so a seeded random split is never published under the bare name of the dataset's official benchmark."""
+    settings = (document.get("dataset_conversion") or {}).get("settings") or {}
+    protocol = settings.get("split_protocol")
+    name = dataset_name
+    if protocol == "random_patient":
+        name = f"{dataset_name} (seeded random patient split, seed {settings.get('seed')}; not the official lists)"
+    count = {"num_patients": document.get("num_patients")}
+    count.update({"num_images": document["num_images"]} if "num_images" in document else {})
+    return name, protocol, count
 
-    def entry(metric_type: str, name: str, config: str, value: Mapping[str, Any]) -> EvalResult | None:
+
+def eval_results(document: Mapping[str, Any], dataset_id: str, dataset_name: str) -> list[EvalResult]:
+    """`model-index` entries: macro/micro ROC-AUC, macro AP, macro F1 at the report's thresholds, and per finding
+    ROC-AUC, each with its bootstrap interval in `args` (undefined numbers are left out, never written as 0).
+
+    What `model_index_exclusions` rules out (a pipeline-check split, a finding with too few cases) is left out."""
+    split_excluded, findings_excluded = model_index_exclusions(document)
+    if split_excluded:
+        return []
+    name, protocol, dataset_args = _eval_dataset(document, dataset_name)
+
+    def entry(metric_type: str, title: str, config: str, value: Mapping[str, Any]) -> EvalResult | None:
         if not _finite(value.get("value")):
             return None
         args: dict[str, Any] = {}
         if value.get("ci95") and all(_finite(bound) for bound in value["ci95"]):
-            bootstrap = document.get("bootstrap", {})
-            args = {
-                "ci95": value["ci95"],
-                "bootstrap": f"{bootstrap.get('resamples')} resamples by {bootstrap.get('unit')}",
-            }
+            args = {"ci95": value["ci95"], "bootstrap": describe_bootstrap(document.get("bootstrap", {}))}
         return EvalResult(
             task_type=PIPELINE_TAG,
             task_name=TASK_NAME,
             dataset_type=dataset_id,
-            dataset_name=dataset_name,
+            dataset_name=name,
+            dataset_config=protocol,
             dataset_split=document["split"],
+            dataset_args=dataset_args,
             metric_type=metric_type,
             metric_value=round(float(value["value"]), 4),
-            metric_name=name,
+            metric_name=title,
             metric_config=config,
             metric_args=args or None,
         )
@@ -155,12 +200,20 @@ def eval_results(document: Mapping[str, Any], dataset_id: str, dataset_name: str
         entry("average_precision", "macro average precision", "macro", summary["ap_macro"]),
     ]
     if "at_threshold/f1_macro" in summary:
-        candidates.append(
-            entry("f1", "macro F1 at validation-chosen thresholds", "macro", summary["at_threshold/f1_macro"])
-        )
+        candidates.append(entry("f1", _f1_title(document), "macro", summary["at_threshold/f1_macro"]))
     for finding, values in document["per_class"].items():
-        candidates.append(entry("roc_auc", f"ROC-AUC {finding}", finding, values["auc"]))
+        if finding not in findings_excluded:
+            candidates.append(entry("roc_auc", f"ROC-AUC {finding}", finding, values["auc"]))
     return [candidate for candidate in candidates if candidate is not None]
+
+
+def _f1_title(document: Mapping[str, Any]) -> str:
+    """The name of the macro-F1 entry: at which thresholds, counting the findings that fell back to 0.5."""
+    if not document.get("threshold_split"):
+        return "macro F1 at the model config's decision_thresholds (0.5 where absent)"
+    fallbacks = sum(entry.get("threshold_method") == FALLBACK for entry in document["per_class"].values())
+    title = f"macro F1 at thresholds chosen on {document['threshold_split']}"
+    return title + (f" (0.5 fallback for {fallbacks} findings)" if fallbacks else "")
 
 
 def check_card(card: ModelCard) -> None:
@@ -228,7 +281,8 @@ def _ct_metrics_section(document: Mapping[str, Any], dataset_name: str) -> str:
     lines = [
         f"> **{document['interval_note']}**" if document.get("interval_note") else "",
         "",
-        f"Scored per patient on the `{document['split']}` split of {dataset_name}: {document['num_patients']} "
+        f"Scored per patient on the `{document['split']}` split of {_evaluated(document, dataset_name)}: "
+        f"{document['num_patients']} "
         f"patients ({document['num_windows']} windows; window scores aggregated by "
         f"{document['patient_aggregation']}). Intervals: 95 % percentile bootstrap, {bootstrap.get('resamples')} "
         "resamples of patients.",
@@ -237,8 +291,37 @@ def _ct_metrics_section(document: Mapping[str, Any], dataset_name: str) -> str:
         "|---|---|",
     ]
     lines += [f"| {title} | {_format(document['metrics'][key])} |" for _, title, key in _ct_metric_keys(document)]
-    lines += ["", f"The full report is `{EVALUATION_FOLDER}/report.md`."]
+    if document.get("threshold_source"):
+        lines += ["", f"Threshold of the report's second operating point: {document['threshold_source']}."]
+    lines += ["", _model_index_statement(document), "", f"The full report is `{EVALUATION_FOLDER}/report.md`."]
     return "\n".join(lines)
+
+
+def _evaluated(document: Mapping[str, Any], dataset_name: str) -> str:
+    """The evaluated dataset, with how its splits were made when its conversion report was found."""
+    note = describe_conversion(document.get("dataset_conversion"))
+    if note:
+        return f"{dataset_name} ({note.rstrip('.')})"
+    return f"{dataset_name} (how its splits were made was not recorded)"
+
+
+def _model_index_statement(document: Mapping[str, Any]) -> str:
+    """What of the numbers above is in the card's `model-index` metadata, and why the rest is not."""
+    rule = (
+        f"hf-cxr's rule: a scored split under {MODEL_INDEX_MIN_IMAGES} images, or a finding with fewer than "
+        f"{MODEL_INDEX_MIN_CASES} positives or negatives in it (CT: a class with fewer than {MODEL_INDEX_MIN_CASES} "
+        "patients), stays out of the `model-index` metadata, which the Hub reads as results."
+    )
+    split_excluded, findings_excluded = model_index_exclusions(document)
+    if split_excluded:
+        return f"None of these numbers is in this card's `model-index` metadata: {split_excluded}. {rule}"
+    if findings_excluded:
+        listed = "; ".join(f"{name} ({why})" for name, why in findings_excluded.items())
+        return (
+            f"This card's `model-index` metadata holds these numbers except the per-finding ROC-AUC of: {listed}. "
+            + rule
+        )
+    return f"This card's `model-index` metadata holds these numbers. {rule}"
 
 
 def _metrics_section(document: Mapping[str, Any] | None, dataset_name: str) -> str:
@@ -256,9 +339,9 @@ def _metrics_section(document: Mapping[str, Any] | None, dataset_name: str) -> s
         lines += [f"> **{document['small_split_note']}**", ""]
     bootstrap = document.get("bootstrap", {})
     lines += [
-        f"Scored on the `{document['split']}` split of {dataset_name}: {document['num_images']} images of "
-        f"{document['num_patients']} patients. Intervals: 95 % percentile bootstrap, {bootstrap.get('resamples')} "
-        f"resamples by {bootstrap.get('unit')}. Thresholds: {document.get('threshold_source') or 'only 0.5 reported'}.",
+        f"Scored on the `{document['split']}` split of {_evaluated(document, dataset_name)}: "
+        f"{document['num_images']} images of {document['num_patients']} patients. Intervals: 95 % percentile "
+        f"bootstrap, {describe_bootstrap(bootstrap)}. Thresholds: {describe_thresholds(document)}.",
     ]
     if document.get("cross_dataset"):
         pairs = ", ".join(f"{model} -> {data}" for model, data in document["finding_map"].items())
@@ -275,13 +358,14 @@ def _metrics_section(document: Mapping[str, Any] | None, dataset_name: str) -> s
     ]
     for finding, entry in document["per_class"].items():
         point = entry.get("at_threshold")
-        threshold = f"{entry['threshold']:.3f}" if "threshold" in entry else "0.5"
         chosen = point or entry["at_0.5"]
         lines.append(
             f"| {finding} | {entry['positives']} | {_format(entry['auc'])} | {_format(entry['average_precision'])} | "
-            f"{threshold} | {_format(chosen['sensitivity'])} | {_format(chosen['specificity'])} |"
+            f"{threshold_cell(entry)} | {_format(chosen['sensitivity'])} | {_format(chosen['specificity'])} |"
         )
     lines += [
+        "",
+        _model_index_statement(document),
         "",
         f"![ROC curves]({EVALUATION_FOLDER}/roc_curves.png)",
         "",
@@ -292,16 +376,129 @@ def _metrics_section(document: Mapping[str, Any] | None, dataset_name: str) -> s
     return "\n".join(lines)
 
 
-def _recipe_section(recipe_text: str | None) -> str:
+def _read_record(path: Path) -> dict[str, Any]:
+    """train.py's `metrics.json` (strict JSON), or {} when the folder has none."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _source_words(source: str | None) -> str:
+    if not source:
+        return "a source that was not recorded"
+    if _looks_like_hub_id(source):
+        return f"`{source}` on the Hub"
+    return f"a local folder (`{Path(source).name}`)"
+
+
+def _steps_words(training: Mapping[str, Any], run: Mapping[str, Any], recorded: Mapping[str, Any]) -> str:
+    """The training length as run: steps per stage, whether `--max-steps` capped it, where the checkpoint is from."""
+    selected = f"the checkpoint with the best validation `{recorded.get('select_best_by', 'metric')}`"
+    if not training:
+        step = recorded.get("step")
+        at = f", at step {step}" if step is not None else ""
+        return (
+            f"not recorded (the run did not record finishing, or predates that record); the weights are {selected}{at}"
+        )
+    stages = ", ".join(f"{stage['name']}: {stage['steps']}" for stage in training.get("stages") or [])
+    text = f"{training['step']} optimizer steps" + (f" ({stages})" if stages else "")
+    if training.get("total_steps") is not None and training["total_steps"] != training["step"]:
+        text += f" of {training['total_steps']} planned"
+    if not training.get("finished", True):
+        text += " (the run stopped before the end)"
+    if run.get("max_steps") is not None:
+        text += f"; `--max-steps {run['max_steps']}` set the length, not the recipe's epochs"
+    best = training.get("best_step", recorded.get("step"))
+    return text + f"; the weights are {selected}, at step {best}"
+
+
+def _training_data_section(
+    labels: Sequence[str], trained_on: str | None, train_facts: DatasetFacts | None, recorded: Mapping[str, Any]
+) -> str:
+    """What the run recorded about its data and model: dataset, split protocol, row counts, preset, input size,
+    steps. Every line comes from train.py's record; what it lacks is said to be unrecorded."""
+    run = recorded.get("run") or {}
+    training = recorded.get("training") or {}
+    named = f"{train_facts.name} ({train_facts.homepage})" if train_facts else f"`{trained_on or 'not recorded'}`"
+    findings = f"{len(labels)} findings: {', '.join(labels)}"
+    general = (
+        "hf-cxr's converters split by patient (no patient in two splits), and train.py reads only the training and "
+        "validation splits, selecting the checkpoint on validation, never on test."
+    )
+    if not run:
+        lines = [
+            "This model folder has no record of its training run (no `run` in `metrics.json`): the dataset copy, "
+            "how its splits were made, their sizes, and the preset and input size used in training were not "
+            "recorded.",
+            "",
+            f"- Label set (from the config): {findings}" + (f"; the label set of {named}." if train_facts else "."),
+        ]
+        if training:
+            lines.append(f"- Training length: {_steps_words(training, run, recorded)}.")
+        lines.append(f"- {general}")
+        return "\n".join(lines)
+    dataset = run.get("dataset") or {}
+    rows = dataset.get("rows") or {}
+    unit = "CT series" if dataset.get("name") == "lung_pet_ct_dx" else "images"
+    train_split, validation_split = dataset.get("train_split", "train"), dataset.get("validation_split", "validation")
+    conversion = dataset.get("conversion")
+    splits = describe_splits(dataset.get("name"), conversion) if conversion else None
+    preset = run.get("preset")
+    preset_words = PRESET_WORDS.get(preset, "not the paper's configuration") if preset else ""
+    lines = [
+        "What the training run recorded (train.py's `metrics.json` and the resolved `recipe.yaml`):",
+        "",
+        f"- Dataset: {named}, read from {_source_words(dataset.get('source'))}; {findings}.",
+        "- Splits: "
+        + (
+            splits
+            if splits
+            else "how the dataset's splits were made was not recorded (it has no hf-cxr conversion report)"
+        )
+        + ".",
+        f"- Rows: training split `{train_split}`: {rows.get(train_split, 'not recorded')} {unit}; validation split "
+        f"`{validation_split}`: {rows.get(validation_split, 'not recorded')} {unit} (checkpoint selection only).",
+        f"- Model: preset `{preset}` ({preset_words}), input {run.get('image_size', 'size not recorded')} px."
+        if preset
+        else f"- Model: the preset was not recorded; input {run.get('image_size', 'size not recorded')} px.",
+        f"- Training length: {_steps_words(training, run, recorded)}.",
+        f"- Seed: {run.get('seed', 'not recorded')}.",
+        f"- {general}",
+    ]
+    return "\n".join(lines)
+
+
+def _recipe_section(recipe_text: str | None, origin: str, recorded: Mapping[str, Any]) -> str:
+    """Quote the recipe, saying what it is: the run's resolved recipe, an older folder's unverified one, or a file
+    supplied at upload."""
     if recipe_text is None:
         return "The training recipe was not recorded with this model folder (no `recipe.yaml`)."
-    return (
-        f"The recipe this model was trained with (`{RECIPE_NAME}` in this repository; command-line overrides, if any, "
-        "are not included):\n\n```yaml\n" + recipe_text.strip() + "\n```"
-    )
+    run, training = recorded.get("run") or {}, recorded.get("training") or {}
+    if origin == "supplied":
+        intro = (
+            "The recipe supplied when this card was made (`hf-cxr push --recipe`), not a record written by the "
+            'training run: the run may have differed from it. See "Training data and split" for what was recorded.'
+        )
+    elif run:
+        steps = f" ({training['step']} steps)" if training.get("step") is not None else ""
+        recipe = f" `{run['recipe']}`" if run.get("recipe") else ""
+        intro = (
+            f"The resolved recipe of this run (`{RECIPE_NAME}` in this repository, as train.py wrote it): the recipe"
+            f"{recipe} with the run's `--set` overrides and command-line flags applied, and the preset actually "
+            "built. Its `curriculum.<stage>.epochs` are the recipe's plan; the run's length is the steps under "
+            f'"Training data and split"{steps}.'
+        )
+    else:
+        intro = (
+            f"The recipe recorded with this model folder (`{RECIPE_NAME}` in this repository). The folder has no "
+            "record of its run, so whether the recipe includes the run's command-line overrides was not recorded: "
+            "read it as the recipe's values, not as an account of the run."
+        )
+    text = intro + "\n\n```yaml\n" + recipe_text.strip() + "\n```"
+    if run.get("command_line"):
+        text += f"\n\nCommand line of the run:\n\n```\n{shlex.join(str(part) for part in run['command_line'])}\n```"
+    return text
 
 
-def _compute_section(model_dir: Path, metrics_path: Path) -> str:
+def _compute_section(model_dir: Path, recorded: Mapping[str, Any]) -> str:
     """Parameters from the weights, and the training run's hardware and time from `metrics.json`, when recorded."""
     parameters = 0
     for weights in sorted(model_dir.glob("*.safetensors")):
@@ -309,7 +506,6 @@ def _compute_section(model_dir: Path, metrics_path: Path) -> str:
             names = handle.keys()  # a safe_open handle is not iterable
             parameters += sum(math.prod(handle.get_slice(name).get_shape()) for name in names)
     lines = [f"- Parameters: {parameters / 1e6:.2f} M (all tensors in the weights, buffers included)."]
-    recorded = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     training = recorded.get("training") or {}
     compute = training.get("compute")
     if compute:
@@ -330,19 +526,69 @@ def _compute_section(model_dir: Path, metrics_path: Path) -> str:
     return "\n".join(lines)
 
 
-def _thresholds_section(config: Mapping[str, Any]) -> str:
+def _thresholds_section(config: Mapping[str, Any], labels: Sequence[str], document: Mapping[str, Any] | None) -> str:
+    """The config's `decision_thresholds`, one row per finding: the stored value and how it was set, or that 0.5
+    applies because none is stored (with the evaluation's reason when the attached report gives one)."""
     thresholds = config.get("decision_thresholds") or {}
+    per_class = (document or {}).get("per_class") or {}
     if not thresholds:
         return (
             "The config holds no `decision_thresholds`: no operating point was chosen for this model. The outputs "
             "are logits; a sigmoid gives scores in [0, 1] that are not calibrated probabilities."
         )
-    rows = ", ".join(f"{name} {value:.3f}" for name, value in thresholds.items())
+    where = (document or {}).get("threshold_split")
+    rows = ["| finding | threshold | how it was set |", "|---|---|---|"]
+    for name in labels:
+        entry = per_class.get(name) or {}
+        from_report = where and entry.get("threshold_method") == CHOSEN_BY_YOUDEN
+        if name in thresholds:
+            value = float(thresholds[name])
+            if entry.get("threshold_method") == FALLBACK and math.isclose(value, 0.5):
+                how = f"0.5 fallback: no threshold could be chosen on `{where}` ({entry.get('threshold_note')})"
+            elif from_report and math.isclose(value, float(entry.get("threshold", math.nan)), abs_tol=1e-9):
+                how = f"chosen on the `{where}` split by Youden's J (the evaluation below)"
+            else:
+                how = "stored in the config; how it was chosen is not recorded with this card's evaluation"
+            rows.append(f"| {name} | {value:.3f} | {how} |")
+        else:
+            reason = entry.get("threshold_note") if entry.get("threshold_method") == FALLBACK else None
+            why = f": no threshold could be chosen on `{where}` ({reason})" if reason and where else ""
+            rows.append(f"| {name} | 0.5 | none stored, 0.5 applies{why} |")
     return (
         "The outputs are logits (one per finding); the pipeline applies a sigmoid. `config.decision_thresholds` "
-        f"holds per-finding thresholds chosen on a validation split by Youden's J: {rows}. They are a starting "
-        "point for research analyses, not clinically validated operating points."
+        "holds the per-finding thresholds below (0.5 applies to a finding without one). They are a starting point "
+        "for research analyses, not clinically validated operating points.\n\n" + "\n".join(rows)
     )
+
+
+def _shipped_pipelines(config: Mapping[str, Any], folder: Path) -> list[str]:
+    """The pipeline tasks the folder ships as remote code: listed in `custom_pipelines`, with their `.py` present."""
+    shipped = []
+    for task, info in (config.get("custom_pipelines") or {}).items():
+        implementation = info.get("impl") if isinstance(info, Mapping) else None
+        if isinstance(implementation, str) and (folder / f"{implementation.split('.')[0]}.py").is_file():
+            shipped.append(task)
+    return sorted(shipped)
+
+
+def _usage_notes(config: Mapping[str, Any], folder: Path) -> str:
+    """The card's remote-code facts: what the repository's code imports, and the pipeline it ships (if any)."""
+    pipelines = _shipped_pipelines(config, folder)
+    lines = [
+        f"Remote code (`trust_remote_code=True`) runs this repository's `.py` files; without hf-cxr they import only "
+        f"{REMOTE_CODE_IMPORTS}. Reading a DICOM file also needs `pydicom`, imported only when a DICOM is read. "
+        "With `hf-cxr` installed (`import hf_cxr`) the classes are registered locally and `trust_remote_code` is not "
+        "needed."
+    ]
+    if CXR_PIPELINE_TASK in pipelines:
+        lines.append(
+            f'This repository ships the `"{CXR_PIPELINE_TASK}"` pipeline as remote code: `pipeline("{CXR_PIPELINE_TASK}'
+            f'", model=..., trust_remote_code=True)` hands every input (path, bytes, DICOM, PIL image, array) to the '
+            "image processor, which reads it at full precision."
+        )
+    elif pipelines:
+        lines.append(f"Pipelines shipped as remote code: {', '.join(f'`{name}`' for name in pipelines)}.")
+    return "\n\n".join(lines)
 
 
 def render_model_card(
@@ -366,16 +612,21 @@ def render_model_card(
     document = read_metrics(report) if isinstance(report, (str, os.PathLike)) else report
     recipe_path = Path(recipe) if recipe is not None else model_dir / RECIPE_NAME
     recipe_text = recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else None
+    recorded = _read_record(Path(training_metrics or model_dir / TRAINING_RECORD))
+    run_dataset = ((recorded.get("run") or {}).get("dataset") or {}).get("name")
 
-    trained_on = training_dataset or label_set_name(labels) or DEFAULT_TRAINING_DATA.get(model_type)
+    trained_on = training_dataset or run_dataset or label_set_name(labels) or DEFAULT_TRAINING_DATA.get(model_type)
     train_facts = facts.get(trained_on or "")
     evaluated, eval_id, eval_name = "", None, ""
     if document is not None:
-        evaluated = label_set_name(document.get("dataset_labels", [])) or ""
+        evaluated = label_set_name(document.get("dataset_labels", [])) or (
+            (document.get("dataset_conversion") or {}).get("name") or ""
+        )
         eval_id = dataset_id or (
             document["dataset"] if _looks_like_hub_id(document["dataset"]) else evaluated or "local"
         )
         eval_name = facts[evaluated].name if evaluated in facts else eval_id
+    training_section = _training_data_section(labels, trained_on, train_facts, recorded)
     datasets_meta = [name for name in (trained_on, eval_id) if name]
     if license is None:
         license = "other" if trained_on == "chexpert" else "apache-2.0"
@@ -398,15 +649,8 @@ def render_model_card(
         **extra,
     )
     if train_facts is not None:
-        training = (
-            f"{train_facts.name} ({train_facts.homepage}), label set `{trained_on}` ({len(labels)} findings). hf-cxr's "
-            "converters split by patient (no patient in two splits) and its training script selects checkpoints on "
-            "the validation split, never on test; the dataset and splits of this checkpoint are those of the recipe "
-            "below, when one was recorded."
-        )
         attribution = f"- {train_facts.name}: {train_facts.licence}. Please cite: {train_facts.citation}"
     else:
-        training = f"{trained_on or 'A dataset not recorded with the model'}; findings: {', '.join(labels)}."
         attribution = "- Training data: see the dataset's own licence and citation."
     if evaluated in facts and evaluated != trained_on:
         other = facts[evaluated]
@@ -418,11 +662,12 @@ def render_model_card(
         "num_labels": len(labels),
         "image_size": config.get("image_size", "the config's"),
         "num_channels": config.get("num_channels", "the config's"),
-        "training_data": training,
-        "recipe": _recipe_section(recipe_text),
-        "compute": _compute_section(model_dir, Path(training_metrics or model_dir / "metrics.json")),
+        "training_data": training_section,
+        "recipe": _recipe_section(recipe_text, "supplied" if recipe is not None else "folder", recorded),
+        "compute": _compute_section(model_dir, recorded),
         "evaluation": _metrics_section(document, eval_name),
-        "thresholds": _thresholds_section(config),
+        "thresholds": _thresholds_section(config, labels, document),
+        "usage_notes": _usage_notes(config, model_dir),
         "data_attribution": attribution,
     }
     body = string.Template(model_card_template(model_type)).substitute(fields)
@@ -512,7 +757,7 @@ def assemble_upload_folder(
         out_dir,
         repo_id,
         report_dir,
-        recipe_path if recipe_path.is_file() else None,
+        recipe,  # None: the model folder's own recipe.yaml (copied into out_dir), the run's record
         training_dataset,
         dataset_id,
         license,
@@ -520,6 +765,39 @@ def assemble_upload_folder(
     )
     card.save(out_dir / "README.md")
     return out_dir
+
+
+def add_to_cache(
+    folder: str | os.PathLike[str], repo_id: str, cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Lay a model folder out in the Hugging Face cache as if `repo_id` had been downloaded, so that
+    `from_pretrained(repo_id)`, `pipeline(model=repo_id)` and `hf-cxr predict --model repo_id` load it offline:
+    a way to try a folder by the repo id it will have (e.g. `hf-cxr push --dry-run --out DIR`) before it is on the
+    Hub. Every file of `folder` (sub-folders included) is copied into `snapshots/<commit>/`, where the commit is a
+    hash of the files' names and contents, and `refs/main` points at it. `cache_dir` defaults to the cache
+    huggingface_hub uses (`HF_HUB_CACHE`). Returns the snapshot folder; raises `FileNotFoundError` when `folder`
+    holds no `config.json`."""
+    import hashlib
+
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"'{folder}' is not a saved model folder (no config.json)")
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    snapshot = repo / "snapshots" / digest.hexdigest()
+    for path in files:
+        target = snapshot / path.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(digest.hexdigest())
+    return snapshot
 
 
 @dataclass

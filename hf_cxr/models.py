@@ -1,4 +1,4 @@
-"""The architectures hf-cxr provides, their Auto-class registration, and `build_model`.
+"""The architectures hf-cxr provides, their Auto-class registration, `build_model` and `load_model`.
 
 Adding an architecture is one `Architecture` entry in `ARCHITECTURES`.
 """
@@ -6,7 +6,9 @@ Adding an architecture is one `Architecture` entry in `ARCHITECTURES`.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from transformers import (
@@ -154,3 +156,55 @@ def build_image_processor(model_type: str, preset: str = "paper", **overrides: A
     config = build_config(model_type, preset)
     defaults = {"size": config.image_size, "num_channels": config.num_channels}
     return _architecture(model_type).image_processor_class(**{**defaults, **overrides})
+
+
+def model_source(source: str | os.PathLike) -> str:
+    """`source` as `from_pretrained` takes it: a saved model folder, or a Hub id whose files are in the local Hugging
+    Face cache. hf-cxr never downloads a model.
+
+    Raises `FileNotFoundError` saying which it is not: a path that is not a folder holding `config.json`, or a name
+    that is neither a local folder nor an id in the cache (with the cache's location and how to fill it).
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"'{text}' is a folder but not a saved model (it has no config.json)")
+        return str(path)
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    looks_like_id = text.count("/") <= 1 and not text.startswith((".", "/", "~")) and not path.suffix
+    if looks_like_id and isinstance(try_to_load_from_cache(text, "config.json"), str):
+        return text
+    raise FileNotFoundError(
+        f"'{text}' is neither a local model folder nor a model id in the Hugging Face cache ({constants.HF_HUB_CACHE});"
+        " hf-cxr never downloads a model: `hf download ORG/NAME` puts one in the cache"
+    )
+
+
+def load_config(source: str | os.PathLike) -> PretrainedConfig:
+    """The config of a saved hf-cxr model (folder or cached Hub id, see `model_source`); `ValueError` when the folder
+    holds a model that is not one of hf-cxr's architectures."""
+    resolved = model_source(source)
+    config = AutoConfig.from_pretrained(resolved, local_files_only=True)
+    if config.model_type not in ARCHITECTURES:
+        raise ValueError(f"'{os.fspath(source)}' holds a {config.model_type!r} model, not one of hf-cxr's "
+                         f"{sorted(ARCHITECTURES)}")  # fmt: skip
+    return config
+
+
+def load_model(source: str | os.PathLike, device: str | None = None) -> tuple[PreTrainedModel, BaseImageProcessor]:
+    """(task model in eval mode on `device`, its processor) from a saved folder or a cached Hub id: the one loader
+    behind `hf-cxr evaluate`, `predict` and `export-onnx`. The Auto class is the architecture's task class (image
+    classification, or video classification for MMCAF-Net's CT windows); hf-cxr's own classes run, never remote
+    code, and nothing is downloaded. `device` defaults to CUDA when available. Raises what `model_source` and
+    `load_config` raise."""
+    import torch
+
+    config = load_config(source)
+    resolved = model_source(source)
+    architecture = ARCHITECTURES[config.model_type]
+    model = architecture.task_auto_class.from_pretrained(resolved, local_files_only=True, trust_remote_code=False)
+    processor = AutoImageProcessor.from_pretrained(resolved, local_files_only=True, trust_remote_code=False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor

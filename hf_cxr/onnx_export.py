@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForImageClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
 from hf_cxr.bench import default_threads
 
@@ -74,12 +74,14 @@ def onnxruntime_available() -> bool:
 
 
 def load_image_classifier(model_id: str | os.PathLike) -> PreTrainedModel:
-    """A saved model folder or a Hub id in the local cache (never downloads; hf-cxr's own classes, no remote code)."""
-    import hf_cxr  # noqa: F401  (registers the architectures with the Auto classes)
+    """A saved 2D model folder or a Hub id in the local cache, on the CPU (`hf_cxr.models.load_model`: never
+    downloads, hf-cxr's own classes)."""
+    from hf_cxr.models import load_model
 
-    return AutoModelForImageClassification.from_pretrained(
-        os.fspath(model_id), local_files_only=True, trust_remote_code=False
-    ).eval()
+    model, _ = load_model(model_id, device="cpu")
+    if model.config.model_type == "mmcaf_net":
+        raise ValueError(f"'{os.fspath(model_id)}' is a CT model (MMCAF-Net); ONNX export covers the 2D models")
+    return model
 
 
 def _export_dynamo(module: nn.Module, args: tuple[torch.Tensor, ...], target: Any, opset: int, dynamic: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import json
 import re
 import shutil
 from collections import Counter
@@ -17,8 +18,10 @@ import pytest
 import torch
 from conftest import NIH_DIR
 from hf_cxr.modeling.cr_msnet import CRMSNetImageProcessor
+from huggingface_hub import DatasetCard
 
 from hf_cxr.data import BadFileError, MissingFilesError, PatientLeakError, build_chestxray14
+from hf_cxr.data._common import size_category, strict_json
 from hf_cxr.data.chestxray14 import parse_finding_labels, read_nih_bboxes, read_nih_table
 from hf_cxr.data.transforms import eval_transform, train_transform
 from hf_cxr.labels import CHESTXRAY14_LABELS
@@ -155,11 +158,37 @@ def test_boxes_scaled_to_stored_image(converted: tuple[Path, dict]) -> None:
     assert (box["x"], box["y"], box["width"], box["height"]) == (50.0, 64.0, 16.0, 8.0)
 
 
+def _strict(text: str) -> dict:
+    """json.loads that refuses NaN and infinities, as strict JSON parsers do."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_size_category_follows_the_hub_buckets() -> None:
+    assert [size_category(n) for n in (0, 400, 999, 1000, 9999, 10_000, 112_120, 1_000_000)] == [
+        "n<1K", "n<1K", "n<1K", "1K<n<10K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M",
+    ]  # fmt: skip
+    assert strict_json({"a": float("nan"), "b": [np.float32("inf"), 1.5]}) == (
+        '{\n  "a": null,\n  "b": [\n    null,\n    1.5\n  ]\n}\n'
+    )
+
+
 def test_card_and_report_hold_counts(converted: tuple[Path, dict]) -> None:
-    out, _ = converted
+    out, layout = converted
     card = (out / "README.md").read_text()
     dataset = datasets.load_from_disk(str(out))
     assert f"| images | {dataset['train'].num_rows} | {dataset['validation'].num_rows} | 4 |" in card
+    # The metadata and the protocol are those of this conversion, not of NIH's full dataset.
+    total = len(layout["rows"])
+    assert DatasetCard(card).data.size_categories == ["n<1K"] and "100K<n<1M" not in card
+    assert f"converted by hf-cxr ({total} images)" in card and f"this conversion holds {total} images" in card
+    assert "- Protocol: **official NIH lists**." in card
+    assert "1 box(es) on 1 of the converted images, 1 finding(s) (Infiltration 1)" in card and "984" not in card
+    report = _strict((out / "conversion_report.json").read_text())
+    assert report["settings"]["split_protocol"] == "official" and report["settings"]["test_fraction"] is None
     assert "Wang X, Peng Y" in card and "nihcc.app.box.com" in card and "Research use only" in card
     assert "## Limitations and biases" in card  # rendered from hub_cards/dataset_chestxray14.md
     assert re.search(r"\$\w", card) is None  # every placeholder filled
@@ -278,6 +307,11 @@ def test_random_patient_split_protocol_is_patient_disjoint_and_labelled(tmp_path
     assert sum(len(part) for part in dataset.values()) == len(layout["rows"])  # every listed image, once
     assert sorted(dataset["test"]["image_id"]) != sorted(TEST_IMAGES)  # not the official test list
     card = (out / "README.md").read_text()
-    assert "NOT the official NIH lists" in card
+    assert "NOT the official NIH lists" in card and "seeded random patient split" in card
+    assert "Protocol: **official NIH lists**" not in card
+    assert DatasetCard(card).data.size_categories == ["n<1K"]
+    assert f"({len(layout['rows'])} images)" in card
+    report = _strict((out / "conversion_report.json").read_text())
+    assert report["settings"]["split_protocol"] == "random_patient" and report["settings"]["test_fraction"] == 0.3
     with pytest.raises(ValueError, match="split_protocol"):
         build_chestxray14(tmp_path / "raw", tmp_path / "bad", split_protocol="random")

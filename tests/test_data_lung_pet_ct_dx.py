@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -12,7 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import FIXTURES
-from hf_cxr.modeling.common.ct import read_ct_folder
+from hf_cxr.modeling.common.ct import read_ct_folder, slice_to_hu
+from huggingface_hub import DatasetCard
+from pydicom.pixels import apply_modality_lut
 
 from hf_cxr.data import build_lung_pet_ct_dx
 from hf_cxr.data._common import BadFileError
@@ -108,6 +111,18 @@ def test_ct_series_sorted_by_position_in_hu() -> None:
     assert volume.hu.min() == -1024 and volume.hu.max() > 1000  # air and bone
 
 
+def test_ct_slice_to_hu_is_pydicoms_modality_lut_with_empty_rescale_as_identity() -> None:
+    dataset = pydicom.dcmread(SERIES_DIR / "1-13.dcm")
+    stored = dataset.pixel_array.astype(np.int32)
+    expected = np.rint(apply_modality_lut(dataset.pixel_array, dataset)).astype(np.int32)
+    np.testing.assert_array_equal(slice_to_hu(dataset, "'1-13.dcm'").astype(np.int32), expected)
+    dataset.RescaleSlope, dataset.RescaleIntercept = None, None  # present but empty: the identity
+    np.testing.assert_array_equal(slice_to_hu(dataset, "'1-13.dcm'").astype(np.int32), stored)
+    dataset.RescaleSlope = 0  # not silently replaced by 1
+    with pytest.raises(ValueError, match=r"1-13\.dcm.*RescaleSlope is 0"):
+        slice_to_hu(dataset, "'1-13.dcm'")
+
+
 def test_conversion_layout_labels_and_counts(converted: tuple[datasets.DatasetDict, Path]) -> None:
     _, out = converted
     reloaded = datasets.load_from_disk(str(out))
@@ -124,6 +139,14 @@ def test_conversion_layout_labels_and_counts(converted: tuple[datasets.DatasetDi
     card = (out / "README.md").read_text()
     assert "modality PT: 1" in card and "10.7937/TCIA.2020.NNC2-0461" in card and "Research use only" in card
     assert "re-identify" in card
+    # Metadata from the series actually converted; the report is strict JSON (no NaN).
+    assert DatasetCard(card).data.size_categories == ["n<1K"]
+    assert f"({len(PATIENTS)} series, task `abeg`)" in card
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    assert json.loads(report, parse_constant=refuse)["settings"]["task"] == "abeg"
 
 
 def test_patient_split_is_seeded_and_stratified(converted: tuple[datasets.DatasetDict, Path], raw_tree: Path) -> None:

@@ -30,6 +30,8 @@ from hf_cxr.evaluation import (
     threshold_metrics,
     youden_thresholds,
 )
+from hf_cxr.evaluation.report import markdown_report, metrics_document, write_report
+from hf_cxr.evaluation.scores import threshold_choices
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL
 from hf_cxr.models import build_image_processor, build_model
@@ -99,6 +101,16 @@ def test_youden_threshold_on_a_hand_case() -> None:
     assert youden_thresholds(1.0 - np.array([[0.1], [0.2], [0.7], [0.8], [0.9]]), truth, ["x"]) == {"x": 0.5}
     per_finding = threshold_metrics(score, truth, ["x"], {"x": 0.6})["x"]
     assert per_finding["sensitivity"] == pytest.approx(2 / 3) and per_finding["specificity"] == 1.0
+    # Each fallback says why no threshold could be chosen.
+    three = np.column_stack([truth[:, 0], np.zeros(5), np.ones(5)])
+    backwards = np.column_stack([1.0 - np.array([0.1, 0.2, 0.7, 0.8, 0.9]), score[:, 0], score[:, 0]])
+    choices = threshold_choices(backwards, three, ["backwards", "none", "all"])
+    assert [(c.value, c.method, c.reason) for c in choices.values()] == [
+        (0.5, "fallback_0.5", "no threshold beats chance (Youden's J <= 0)"),
+        (0.5, "fallback_0.5", "no positives"),
+        (0.5, "fallback_0.5", "no negatives"),
+    ]
+    assert threshold_choices(score, truth, ["x"])["x"].method == "youden_j"
 
 
 def test_bootstrap_resamples_whole_patients() -> None:
@@ -134,6 +146,64 @@ def test_duplicated_images_of_a_patient_do_not_narrow_the_interval() -> None:
     assert tenfold.num_patients == 40 and by_image.bootstrap["unit"].startswith("image")
     low, high = tenfold.intervals["auc/x"].as_list()
     assert low <= tenfold.metrics["auc/x"] <= high
+
+
+def _strict(text: str) -> dict:
+    """json.loads that refuses NaN and infinities, as strict JSON parsers do."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _document(scores, **context) -> dict:
+    return metrics_document(scores, {"model": "m", "dataset": "d", "split": "test", **context})
+
+
+def test_report_says_when_resampling_patients_is_resampling_images(arrays) -> None:
+    probabilities, targets = arrays
+    one_each = score_predictions(probabilities, targets, NAMES, patient_ids=list(range(60)), n_bootstrap=5)
+    assert one_each.bootstrap["unit"] == "patient" and one_each.bootstrap["one_image_per_patient"] is True
+    text = markdown_report(_document(one_each))
+    assert "5 resamples by patient (every patient in this split has exactly one image, so this is the same as " in text
+    pairs = score_predictions(probabilities, targets, NAMES, patient_ids=np.arange(60) // 2, n_bootstrap=5)
+    assert pairs.bootstrap["one_image_per_patient"] is False
+    assert "exactly one image" not in markdown_report(_document(pairs))
+
+
+def test_fallback_thresholds_are_reported_per_finding(arrays) -> None:
+    probabilities, targets = arrays
+    validation = targets.copy()
+    validation[:, 2] = 0.0  # finding "c": no positives on the threshold split
+    choices = threshold_choices(probabilities, validation, NAMES)
+    methods = {name: {"method": choice.method, "reason": choice.reason} for name, choice in choices.items()}
+    scores = score_predictions(
+        probabilities, targets, NAMES, thresholds={n: c.value for n, c in choices.items()}, n_bootstrap=0
+    )
+    document = _document(
+        scores, threshold_split="validation", threshold_source="chosen per finding on the `validation` split "
+        "(Youden's J)", threshold_methods=methods,
+    )  # fmt: skip
+    assert document["per_class"]["c"]["threshold_method"] == "fallback_0.5"
+    assert document["per_class"]["c"]["threshold_note"] == "no positives"
+    assert document["per_class"]["a"]["threshold_method"] == "youden_j" and "threshold_methods" not in document
+    text = markdown_report(document)
+    assert "no threshold could be chosen on `validation` for 1 of 3 findings, which use the 0.5 fallback: c" in text
+    assert "| c | 0.500 (fallback: no positives) |" in text
+    assert f"| a | {document['per_class']['a']['threshold']:.3f} |" in text
+
+
+def test_report_metrics_json_is_strict_json(arrays, tmp_path: Path) -> None:
+    probabilities, targets = arrays
+    targets = targets.copy()
+    targets[:, 2] = 0.0  # an undefined AUC and AP
+    scores = score_predictions(probabilities, targets, NAMES, n_bootstrap=5)
+    assert math.isnan(scores.metrics["auc/c"])
+    context = {"model": "m", "dataset": "d", "split": "test", "note": float("nan")}
+    write_report(tmp_path, scores, probabilities, targets, context)
+    document = _strict((tmp_path / "metrics.json").read_text())
+    assert document["per_class"]["c"]["auc"]["value"] is None and document["note"] is None
 
 
 def test_cross_dataset_scores_only_the_shared_findings() -> None:
@@ -202,7 +272,7 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path: Path, capsys) -> None:
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.md", "roc_curves.png", "reliability.png"}
     for picture in ("roc_curves.png", "reliability.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    document = json.loads((out / "metrics.json").read_text())
+    document = _strict((out / "metrics.json").read_text())
     report = (out / "report.md").read_text()
     assert "measure the pipeline, not the model" in report and document["small_split_note"]
     assert "chosen per finding on the `validation` split" in report and "`test`: 8 images of 5 patients" in report
@@ -210,7 +280,7 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path: Path, capsys) -> None:
 
     # The numbers in metrics.json are scikit-learn's on the model's own probabilities and the split's labels.
     splits = datasets.load_from_disk(str(data_dir))
-    model, processor = hf_cxr.evaluation.run.load_for_evaluation(model_dir)
+    model, processor = hf_cxr.models.load_model(model_dir, device="cpu")
     probabilities = predict_probabilities(model, processor, splits["test"], batch_size=3)
     targets = np.asarray(splits["test"]["labels"])
     for column, name in enumerate(CHESTXRAY14_LABELS):
@@ -220,9 +290,31 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path: Path, capsys) -> None:
     validation = predict_probabilities(model, processor, splits["validation"])
     chosen = youden_thresholds(validation, np.asarray(splits["validation"]["labels"]), CHESTXRAY14_LABELS)
     assert document["thresholds"] == pytest.approx(chosen)
+    # Stored: the thresholds that were chosen, not the 0.5 fallbacks.
+    choices = threshold_choices(validation, np.asarray(splits["validation"]["labels"]), CHESTXRAY14_LABELS)
+    stored = {name: choice.value for name, choice in choices.items() if choice.chosen}
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["decision_thresholds"] == pytest.approx(chosen) and "auto_map" in config
-    assert AutoConfig.from_pretrained(model_dir).decision_thresholds == pytest.approx(chosen)
+    assert config["decision_thresholds"] == pytest.approx(stored) and "auto_map" in config
+    assert AutoConfig.from_pretrained(model_dir).decision_thresholds == pytest.approx(stored)
+
+
+def test_a_threshold_that_could_not_be_chosen_is_a_fallback_and_not_stored(tiny_run, tmp_path: Path) -> None:
+    model_dir, data_dir = tiny_run
+    splits = datasets.load_from_disk(str(data_dir))
+    labels = np.asarray(splits["validation"]["labels"])
+    labels[:, CHESTXRAY14_LABELS.index("Hernia")] = 0.0  # no positive Hernia on the threshold split
+    validation = splits["validation"].remove_columns(["labels"]).add_column("labels", labels.tolist())
+    splits = datasets.DatasetDict({"validation": validation, "test": splits["test"]})
+    report = evaluate_model(model_dir, splits, out_dir=tmp_path, store_thresholds=True, n_bootstrap=0)
+    hernia = report.document["per_class"]["Hernia"]
+    assert hernia["threshold"] == 0.5 and hernia["threshold_method"] == "fallback_0.5"
+    assert hernia["threshold_note"] == "no positives"
+    assert "| Hernia | 0.500 (fallback: no positives) |" in (tmp_path / "report.md").read_text()
+    config = json.loads((model_dir / "config.json").read_text())
+    assert "Hernia" not in config["decision_thresholds"]
+    chosen = [name for name, entry in report.document["per_class"].items() if entry["threshold_method"] == "youden_j"]
+    assert sorted(config["decision_thresholds"]) == sorted(chosen)
+    _strict((tmp_path / "metrics.json").read_text())
 
 
 def test_thresholds_are_never_chosen_on_the_scored_or_test_split(tiny_run, tmp_path: Path) -> None:

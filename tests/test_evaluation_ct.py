@@ -34,7 +34,13 @@ from hf_cxr.evaluation import (
     score_single_label,
     single_label_point_metrics,
 )
-from hf_cxr.evaluation.single_label import CLINICAL_COLUMNS, choose_threshold
+from hf_cxr.evaluation.single_label import (
+    CLINICAL_COLUMNS,
+    choose_threshold,
+    choose_threshold_choice,
+    single_label_document,
+)
+from hf_cxr.hub import eval_results
 
 AG = ["adenocarcinoma", "squamous_cell_carcinoma"]
 ABEG = ["adenocarcinoma", "small_cell_carcinoma", "large_cell_carcinoma", "squamous_cell_carcinoma"]
@@ -199,9 +205,38 @@ def test_threshold_is_chosen_by_youden_on_patient_scores() -> None:
     # G maxima: positives .9 .7 .5 .3, negatives .6 .2 .1. J = TPR - FPR: .25 at .9, .5 at .7, .42 at .6,
     # .42 at .5, .67 at .3 (the maximum), .33 at .2, 0 at .1.
     assert choose_threshold(patients, 1, "squamous_cell_carcinoma") == pytest.approx(0.3)
+    assert choose_threshold_choice(patients, 1, "squamous_cell_carcinoma").method == "youden_j"
+    # Without negative patients no threshold can be chosen: the 0.5 fallback, with the reason.
+    only_positive = aggregate_by_patient(np.stack([1 - np.asarray(g), g], axis=1), [1] * len(g), ids, "max")
+    fallback = choose_threshold_choice(only_positive, 1, "squamous_cell_carcinoma")
+    assert (fallback.value, fallback.method, fallback.reason) == (0.5, "fallback_0.5", "no negatives")
     # The window maxima matter: with the mean, P1's score (.55) and N1's (.35) change the ranking.
     mean = aggregate_by_patient(np.stack([1 - np.asarray(g), g], axis=1), labels, ids, "mean")
     assert mean.probabilities[:, 1].tolist() == pytest.approx([0.55, 0.7, 0.475, 0.3, 0.35, 0.2, 0.075])
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"not strict JSON: {constant}")
+
+
+@pytest.mark.parametrize(("squamous", "published"), [(30, True), (29, False)])
+def test_ct_model_index_needs_thirty_patients_in_every_class(squamous: int, published: bool) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 40 + [1] * squamous)
+    positive = np.clip(0.3 * labels + rng.random(labels.size) * 0.7, 0, 1)
+    scores = score_single_label(
+        np.stack([1 - positive, positive], axis=1), labels, [f"p{i}" for i in range(labels.size)], AG, n_bootstrap=20
+    )
+    context = {"model": "m", "dataset": "d", "split": "test", "threshold_source": None, "num_series": labels.size,
+               "slice_selection": "lesion", "window_stride": None}  # fmt: skip
+    document = json.loads(json.dumps(single_label_document(scores, context)), parse_constant=_refuse)
+    results = eval_results(document, "lung_pet_ct_dx", "Lung-PET-CT-Dx")
+    if published:
+        auroc = [result for result in results if result.metric_type == "roc_auc"]
+        assert len(auroc) == 1 and auroc[0].metric_value == pytest.approx(scores.metrics["auroc"], abs=1e-4)
+        assert auroc[0].dataset_args == {"num_patients": 40 + squamous}
+    else:
+        assert results == []
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -299,7 +334,7 @@ def test_hf_cxr_evaluate_mmcaf_net_end_to_end(
         "report.md",
         "roc_curves.png",
     ]
-    document = json.loads((out / "metrics.json").read_text())
+    document = json.loads((out / "metrics.json").read_text(), parse_constant=_refuse)
     test = converted["test"]
     expected = _expected_patient_scores(model_dir, test)
     assert document["evaluation"] == "single_label_ct" and document["task"] == "binary"
@@ -332,9 +367,10 @@ def test_hf_cxr_evaluate_mmcaf_net_end_to_end(
 
     pushed = push_model(model_dir, "org/mmcaf-net", report_dir=out, dry_run=True, out_dir=tmp_path / "upload")
     card = ModelCard.load(Path(pushed.folder) / "README.md")
-    auroc = [r for r in card.data.eval_results if r.metric_type == "roc_auc"]
-    assert len(auroc) == 1 and auroc[0].metric_value == pytest.approx(metrics["auroc"]["value"], abs=1e-4)
     assert "patient-level AUROC" in card.text and f"{document['num_patients']} patients" in card.text
+    # A few patients per class: the numbers are in the prose, not in the model-index metadata.
+    assert not card.data.eval_results and "None of these numbers is in this card's `model-index`" in card.text
+    assert "fewer than 30 patients in a class" in card.text
     # Mean aggregation through the same entry point changes the patient scores, not the patients.
     mean = evaluate_model(
         model_dir, data_dir, out_dir=tmp_path / "mean", threshold_split="none", aggregate="mean", n_bootstrap=0

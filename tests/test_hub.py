@@ -12,14 +12,18 @@ import zipfile
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import NIH_DIR
 from huggingface_hub import HfApi, ModelCard
 from transformers import AutoModelForImageClassification
 
 from hf_cxr.cli import main
-from hf_cxr.evaluation import evaluate_model
+from hf_cxr.evaluation import evaluate_model, score_predictions
+from hf_cxr.evaluation.report import metrics_document
+from hf_cxr.evaluation.scores import threshold_choices
 from hf_cxr.hub import HUB_TAGS, NOT_A_MEDICAL_DEVICE, check_card, push_model, render_model_card
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, label_maps
 from hf_cxr.models import build_image_processor, build_model
@@ -74,25 +78,191 @@ def test_every_template_renders_a_valid_card(tmp_path: Path, model_type: str, la
         assert data.license == "other" and data.license_name and data.license_link
 
 
-def test_card_from_a_report_carries_per_finding_metrics_with_intervals(run) -> None:
+def _strict(text: str) -> dict:
+    """json.loads that refuses NaN and infinities (what a strict parser, e.g. a browser's, does)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_small_split_numbers_stay_out_of_model_index(run) -> None:
+    """The fixture's 8-image test split is a pipeline check: its numbers are in the prose, not in `model-index`."""
     model_dir, report_dir = run
-    document = json.loads((report_dir / "metrics.json").read_text())
+    document = _strict((report_dir / "metrics.json").read_text())
+    assert document["num_images"] == 8
     card = render_model_card(model_dir, REPO_ID, report_dir)
+    reparsed = ModelCard(str(card))
+    assert not reparsed.data.eval_results and "model-index" not in reparsed.data.to_dict()
+    assert "None of these numbers is in this card's `model-index` metadata" in card.text
+    assert "8 images (under 1000)" in card.text and "measure the pipeline, not the model" in card.text
+    macro = document["summary"]["auc_macro"]["value"]
+    assert f"Macro ROC-AUC {macro:.3f}" in card.text  # still reported, in prose
+    check_card(reparsed)
+
+
+def _large_document(protocol: str = "official") -> dict:
+    """An evaluation document of a 1200-image split (patients of two images) in which Hernia has 12 positives and
+    Pneumonia none (undefined AUC); the other findings have hundreds of both classes."""
+    rng = np.random.default_rng(0)
+    prevalence = np.full(len(CHESTXRAY14_LABELS), 0.3)
+    prevalence[CHESTXRAY14_LABELS.index("Pneumonia")] = 0.0
+    targets = (rng.random((1200, len(CHESTXRAY14_LABELS))) < prevalence).astype(float)
+    hernia = CHESTXRAY14_LABELS.index("Hernia")
+    targets[:, hernia] = 0.0
+    targets[:12, hernia] = 1.0
+    probabilities = np.clip(0.3 * targets + rng.random(targets.shape) * 0.7, 0, 1)
+    choices = threshold_choices(probabilities, targets, CHESTXRAY14_LABELS)
+    scores = score_predictions(
+        probabilities, targets, CHESTXRAY14_LABELS, np.arange(1200) // 2,
+        {name: choice.value for name, choice in choices.items()}, n_bootstrap=10,
+    )  # fmt: skip
+    settings = {"split_protocol": protocol, "seed": 3, "validation_fraction": 0.1, "test_fraction": 0.2}
+    methods = {name: {"method": choice.method, "reason": choice.reason} for name, choice in choices.items()}
+    context = {"model": "m", "model_type": "cr_msnet", "dataset": "/data/nih", "split": "test",
+               "threshold_split": "validation", "threshold_source": "chosen per finding on the `validation` split",
+               "dataset_labels": list(CHESTXRAY14_LABELS), "threshold_methods": methods,
+               "dataset_conversion": {"name": "chestxray14", "settings": settings}}  # fmt: skip
+    return metrics_document(scores, context)
+
+
+def test_model_index_carries_large_split_metrics_except_findings_with_few_cases(tmp_path: Path) -> None:
+    document = _large_document()
+    folder = _config_folder(tmp_path, "cr_msnet", CHESTXRAY14_LABELS)
+    card = render_model_card(folder, REPO_ID, document)
     results = ModelCard(str(card)).data.eval_results
     by_config = {(r.metric_type, r.metric_config): r for r in results}
     assert by_config[("roc_auc", "macro")].metric_value == pytest.approx(
-        document["summary"]["auc_macro"]["value"], 1e-3
+        document["summary"]["auc_macro"]["value"], abs=1e-4
     )
-    defined = [name for name, entry in document["per_class"].items() if entry["auc"]["value"] is not None]
-    undefined = [name for name, entry in document["per_class"].items() if entry["auc"]["value"] is None]
-    assert defined and undefined  # the fixture split has findings with one class only
-    for name in defined:
+    published = {config for kind, config in by_config if kind == "roc_auc"} - {"macro", "micro"}
+    # Hernia (12 positives) is left out by the rule; Pneumonia (no positives) has no AUC to publish.
+    assert published == set(CHESTXRAY14_LABELS) - {"Hernia", "Pneumonia"}
+    for name in published:
         result = by_config[("roc_auc", name)]
         assert result.metric_value == pytest.approx(document["per_class"][name]["auc"]["value"], abs=1e-4)
         assert result.metric_args["ci95"] == document["per_class"][name]["auc"]["ci95"]
-        assert result.dataset_split == "test" and result.task_type == "image-classification"
-    assert not any(("roc_auc", name) in by_config for name in undefined)  # never written as a number
-    assert "measure the pipeline, not the model" in card.text and "recipe.yaml" in card.text
+        assert result.dataset_split == "test" and result.dataset_name == "NIH ChestX-ray14"
+        assert result.dataset_config == "official" and result.dataset_args["num_images"] == 1200
+        assert result.metric_args["bootstrap"] == "10 resamples by patient"
+    left_out = "except the per-finding ROC-AUC of: Pneumonia (0 positives, 1200 negatives); Hernia (12 positives"
+    assert left_out in card.text
+    assert "official lists" in card.text
+    # A seeded random split is never published under the bare name of the official benchmark.
+    random_card = render_model_card(folder, REPO_ID, _large_document("random_patient"))
+    names = {result.dataset_name for result in ModelCard(str(random_card)).data.eval_results}
+    assert names == {"NIH ChestX-ray14 (seeded random patient split, seed 3; not the official lists)"}
+    assert "a seeded random split by patient (seed 3" in random_card.text
+
+
+def test_fallback_thresholds_are_reported_as_such(tmp_path: Path) -> None:
+    """Pneumonia has no positives on the threshold split: its 0.5 is a fallback, in the table and the config's."""
+    document = _large_document()
+    pneumonia = document["per_class"]["Pneumonia"]
+    assert pneumonia["threshold_method"] == "fallback_0.5" and pneumonia["threshold_note"] == "no positives"
+    assert document["per_class"]["Effusion"]["threshold_method"] == "youden_j"
+    folder = _config_folder(tmp_path, "cr_msnet", CHESTXRAY14_LABELS)
+    chosen = {name: entry["threshold"] for name, entry in document["per_class"].items()
+              if entry["threshold_method"] == "youden_j"}  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "decision_thresholds": chosen}))
+    text = render_model_card(folder, REPO_ID, document).text
+    assert "| Pneumonia | 0 | n/a | n/a | 0.500 (fallback: no positives) |" in text
+    assert "no threshold could be chosen on `validation` for 1 of 14 findings, which use the 0.5 fallback" in text
+    assert "| Pneumonia | 0.5 | none stored, 0.5 applies: no threshold could be chosen on `validation` (no " in text
+    assert f"| Effusion | {chosen['Effusion']:.3f} | chosen on the `validation` split by Youden's J" in text
+    assert "Youden's J: " not in text  # no sentence claiming every threshold was chosen that way
+
+
+def _recorded_run(folder: Path, protocol: str = "random_patient") -> dict:
+    """train.py's records in a model folder, as the training contract describes them: the resolved recipe
+    (which still holds the recipe's planned epochs) and metrics.json with `run` and `training`."""
+    recipe = {"model": {"model_type": "cr_msnet", "preset": "tiny", "overrides": {}},
+              "data": {"train_split": "train", "validation_split": "validation"},
+              "curriculum": {"stage1": {"exclude_no_finding": True, "loss": "bce", "epochs": 5},
+                             "stage2": {"exclude_no_finding": False, "epochs": 20}},
+              "optimization": {"batch_size": 16, "learning_rate": 0.001, "seed": 0}}  # fmt: skip
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    conversion = {"image_size": None, "seed": 0, "validation_fraction": 0.15, "split_protocol": protocol,
+                  "test_fraction": 0.15 if protocol == "random_patient" else None, "skip_bad": False,
+                  "table": "Data_Entry_2017_v2020.csv"}  # fmt: skip
+    run = {"command_line": ["hf-cxr", "train", "--model", "cr_msnet", "--preset", "tiny", "--max-steps", "120"],
+           "model_type": "cr_msnet", "preset": "tiny", "image_size": 64, "recipe": "cr_msnet_chestxray14",
+           "seed": 0, "max_steps": 120,
+           "dataset": {"source": str(folder.parent / "data"), "name": "chestxray14", "train_split": "train",
+                       "validation_split": "validation", "rows": {"train": 235, "validation": 60},
+                       "conversion": conversion}}  # fmt: skip
+    stages = [{"name": "stage1", "steps": 24, "exclude_no_finding": True, "learning_rate": 0.001, "loss": "bce"},
+              {"name": "stage2", "steps": 96, "exclude_no_finding": False, "learning_rate": 0.001}]  # fmt: skip
+    compute = {"device": "CPU (2 logical cores)", "processes": 1, "mixed_precision": "no",
+               "batch_size_per_device": 16, "gradient_accumulation_steps": 1, "wall_seconds": 63.2}  # fmt: skip
+    training = {"step": 120, "total_steps": 120, "finished": True, "best_step": 90, "best_validation_metric": 0.6,
+                "stages": stages, "history": [], "compute": compute}  # fmt: skip
+    metrics = {"selected_on": "validation", "select_best_by": "auc_macro", "step": 90,
+               "validation": {"auc_macro": 0.6, "auc/Hernia": None}, "run": run, "training": training}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics, allow_nan=False))
+    return metrics
+
+
+def test_card_states_the_run_that_happened(tmp_path: Path) -> None:
+    folder = _config_folder(tmp_path, "cr_msnet", CHESTXRAY14_LABELS)
+    _recorded_run(folder)
+    text = render_model_card(folder, REPO_ID).text
+    assert "- Model: preset `tiny` (" in text and "input 64 px" in text
+    assert "120 optimizer steps (stage1: 24, stage2: 96)" in text and "`--max-steps 120`" in text
+    assert "best validation `auc_macro`, at step 90" in text
+    assert "- Splits: a seeded random split by patient (seed 0: train 0.70, validation 0.15, test 0.15" in text
+    assert "training split `train`: 235 images; validation split `validation`: 60 images" in text
+    assert "The resolved recipe of this run" in text and "preset: tiny" in text
+    assert "hf-cxr train --model cr_msnet --preset tiny --max-steps 120" in text
+    assert "NIH ChestX-ray14" in text and "a local folder (`data`)" in text
+    claims = ("preset: paper", "preset `paper`", "split_protocol: official", "official NIH lists",
+              "NIH's official lists:", "image_size: 224", "overrides, if any, are not included")  # fmt: skip
+    for claim in claims:
+        assert claim not in text, claim
+    # The same run on NIH's official lists says so.
+    official = tmp_path / "official"
+    shutil.copytree(folder, official)
+    _recorded_run(official, "official")
+    assert "- Splits: NIH's official lists: `test` is NIH's test list" in render_model_card(official, REPO_ID).text
+
+
+def test_card_of_an_unrecorded_run_asserts_nothing_about_it(tmp_path: Path) -> None:
+    folder = _config_folder(tmp_path, "cr_msnet", CHESTXRAY14_LABELS)
+    (folder / "recipe.yaml").write_text("model:\n  model_type: cr_msnet\n  preset: paper\n")
+    text = render_model_card(folder, REPO_ID).text
+    assert "has no record of its training run" in text and "were not recorded" in text
+    assert "whether the recipe includes the run's command-line overrides was not recorded" in text
+    assert "The resolved recipe" not in text and "- Model: preset" not in text
+    assert "hardware and time were not recorded" in text and "Training length" not in text
+    # A record of the steps alone (an older train.py) is stated; what it lacks stays unrecorded.
+    (folder / "metrics.json").write_text(json.dumps({"select_best_by": "auc_macro", "step": 3, "training": {
+        "step": 4, "total_steps": 4, "best_step": 3, "stages": [{"name": "stage1", "steps": 1},
+        {"name": "stage2", "steps": 3}]}}))  # fmt: skip
+    text = render_model_card(folder, REPO_ID).text
+    assert "- Training length: 4 optimizer steps (stage1: 1, stage2: 3); the weights are" in text
+    assert "has no record of its training run" in text and "- Model: preset" not in text
+    # A recipe supplied at upload is not presented as the run's.
+    supplied = tmp_path / "supplied.yaml"
+    supplied.write_text("model:\n  preset: paper\n")
+    _recorded_run(folder)
+    text = render_model_card(folder, REPO_ID, recipe=supplied).text
+    assert "The recipe supplied when this card was made (`hf-cxr push --recipe`)" in text
+
+
+def test_how_to_use_names_the_remote_code_and_its_pipeline(tmp_path: Path) -> None:
+    folder = _config_folder(tmp_path, "cr_msnet", CHESTXRAY14_LABELS)
+    text = render_model_card(folder, REPO_ID).text
+    assert "import only torch, timm, transformers, safetensors, numpy and Pillow" in text
+    assert "`pydicom`, imported only when a DICOM is read" in text and "chest-x-ray-classification" not in text
+    config = json.loads((folder / "config.json").read_text())
+    pipelines = {"chest-x-ray-classification": {"impl": "pipeline_cxr.ChestXRayClassificationPipeline"}}
+    (folder / "config.json").write_text(json.dumps({**config, "custom_pipelines": pipelines}))
+    assert "chest-x-ray-classification" not in render_model_card(folder, REPO_ID).text  # listed, code absent
+    (folder / "pipeline_cxr.py").write_text("class ChestXRayClassificationPipeline: ...\n")
+    text = render_model_card(folder, REPO_ID).text
+    assert 'pipeline("chest-x-ray-classification", model=..., trust_remote_code=True)' in text
 
 
 def test_compute_section_counts_the_weights_and_reports_the_recorded_run(run, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from transformers import (
 )
 
 import hf_cxr
+from hf_cxr.hub import add_to_cache
 from hf_cxr.labels import CHESTXRAY14_LABELS
 from hf_cxr.losses import LOSS_TYPES
 from hf_cxr.metrics import make_compute_metrics
@@ -127,23 +128,11 @@ def test_saved_folder_carries_remote_code_and_loads_without_hf_cxr(model_type: s
     assert "transformers_modules" in result.stdout
 
 
-def make_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
-    """Lay out `folder` as the Hugging Face cache holds a downloaded repo (refs/main -> snapshot)."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for path in folder.iterdir():
-        (snapshot / path.name).write_bytes(path.read_bytes())
-
-
 @pytest.mark.parametrize("mode", ["import", "block"])
 def test_load_by_repo_id_from_the_hub_cache_offline(mode: str, tmp_path: Path) -> None:
     model, processor = build("cr_msnet")
     folder = save(model.eval(), processor, tmp_path / "model")
-    make_hub_cache(folder, tmp_path / "cache", "org/cr-msnet")
+    add_to_cache(folder, "org/cr-msnet", cache_dir=tmp_path / "cache")
     pixels = processed_fixture_batch(processor)
     with torch.no_grad():
         np.save(tmp_path / "logits.npy", model(pixel_values=pixels).logits.numpy())
@@ -193,7 +182,7 @@ LOSS_CASES = [(model_type, loss) for model_type in IMAGE_CLASSIFIERS for loss in
 
 def loss_case_model(model_type: str, loss: str):
     """A tiny model of `model_type` with `loss`; the class-balanced losses get training-split counts."""
-    labels = 2 if model_type == "mmcaf_net" else len(CHESTXRAY14_LABELS)
+    labels = hf_cxr.build_config(model_type, "tiny").num_labels
     counts = {"class_positive_counts": [40, 3] if labels == 2 else list(range(3, 3 + labels)), "num_train_samples": 60}
     return hf_cxr.build_model(model_type, "tiny", loss=loss, **(counts if loss == "class_balanced_focal" else {}))
 

@@ -21,6 +21,7 @@ from transformers import pipeline
 from transformers.dynamic_module_utils import get_imports
 
 import hf_cxr
+from hf_cxr.hub import add_to_cache
 from hf_cxr.models import ARCHITECTURES
 
 IMAGE_CLASSIFIERS = sorted(name for name in ARCHITECTURES if name != "mmcaf_net")
@@ -104,18 +105,6 @@ print("ok")
 '''
 
 
-def make_hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
-    """Lay out `folder` as the Hugging Face cache holds a downloaded repo (refs/main -> snapshot)."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    for path in folder.iterdir():
-        (snapshot / path.name).write_bytes(path.read_bytes())
-
-
 def test_with_hf_cxr_imported_the_registered_pipeline_runs_without_trust_remote_code(tmp_path: Path) -> None:
     """The saved `custom_pipelines` entry (for environments without hf-cxr) must not make `pipeline()` demand
     `trust_remote_code` when hf-cxr has registered the task itself."""
@@ -147,14 +136,14 @@ def test_saved_models_run_without_hf_cxr_and_pydicom(tmp_path: Path) -> None:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         repo_id = f"org/{model_type.replace('_', '-')}"
-        make_hub_cache(folder, tmp_path / "cache", repo_id)
+        add_to_cache(folder, repo_id, cache_dir=tmp_path / "cache")
         with torch.no_grad():
             probabilities = torch.sigmoid(model(**processor(str(png), return_tensors="pt")).logits)[0]
         classifiers[repo_id] = {model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
     ct_folder = tmp_path / "models" / "mmcaf_net"
     hf_cxr.build_model("mmcaf_net", "tiny").save_pretrained(ct_folder)
     hf_cxr.build_image_processor("mmcaf_net", "tiny").save_pretrained(ct_folder)
-    make_hub_cache(ct_folder, tmp_path / "cache", "org/mmcaf-net")
+    add_to_cache(ct_folder, "org/mmcaf-net", cache_dir=tmp_path / "cache")
     # What transformers requires of a remote-code file (its imports outside `try` blocks): only the declared packages.
     for source in sorted((tmp_path / "models").glob("*/*.py")):
         packages = set(get_imports(source)) - set(sys.stdlib_module_names)

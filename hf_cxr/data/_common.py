@@ -222,6 +222,24 @@ def read_skipped(log_dir: Path, prefix: str = _SKIP_LOG_PREFIX) -> list[dict[str
 # --------------------------------------------------------------------------------------------- writing
 
 
+def _without_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _without_nan(value.item())
+    if isinstance(value, Mapping):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(item) for item in value]
+    return value
+
+
+def strict_json(document: Any) -> str:
+    """`document` as strict JSON text (indented, newline-terminated): NaN and infinities become `null`, because
+    JSON has no NaN and strict parsers (browsers, `jq`, the Hub) refuse the bare `NaN` Python would write."""
+    return json.dumps(_without_nan(document), indent=2, allow_nan=False) + "\n"
+
+
 @dataclass
 class SplitPlan:
     """One split to generate: `generator(items=..., log_dir=..., **extra)` yields the examples of `items`."""
@@ -257,6 +275,15 @@ def _yielded(log_dir: Path, split: str) -> int:
     return sum(int(path.read_text()) for path in log_dir.glob(f"yielded-{split}-*.txt"))
 
 
+def check_out_dir(out_dir: Path | str, overwrite: bool) -> Path:
+    """The resolved output folder of a conversion; `FileExistsError` when it exists and `overwrite` is not set.
+    Each converter calls this first, before reading anything, so a taken folder is refused at once."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"'{out_dir}' already exists; choose another --out or pass --overwrite to replace it")
+    return out_dir
+
+
 def default_out_dir(name: str) -> Path:
     """Where `build_*` writes when no folder is given: a fresh folder in the `datasets` cache."""
     return Path(datasets.config.HF_DATASETS_CACHE) / "hf_cxr" / f"{name}-{uuid.uuid4().hex[:12]}"
@@ -281,9 +308,7 @@ def generate_dataset_dict(
     complete. `summarize(dataset_dict, skipped)` returns the report dict and the README text; `already_skipped`
     are files the caller skipped before generation (e.g. unreadable headers), reported with the others.
     """
-    out_dir = Path(out_dir).expanduser().resolve()
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"'{out_dir}' already exists; choose another --out or pass overwrite")
+    out_dir = check_out_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     cache_dir, final_dir, log_dir = staging / "cache", staging / "dataset", staging / "logs"
@@ -329,7 +354,7 @@ def generate_dataset_dict(
         report, card = summarize(dataset, skipped)
         dataset.save_to_disk(str(final_dir), max_shard_size=SHARD_SIZE)
         (final_dir / "README.md").write_text(card, encoding="utf-8")
-        (final_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (final_dir / REPORT_NAME).write_text(strict_json(report), encoding="utf-8")
         if skipped:
             lines = [f"{entry['path']}\t{entry['reason']}" for entry in skipped]
             (final_dir / SKIPPED_FILES_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -342,12 +367,73 @@ def generate_dataset_dict(
     return ConversionResult(datasets.load_from_disk(str(out_dir)), out_dir, skipped, report)
 
 
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_conversion_report(dataset: Any) -> dict[str, Any] | None:
+    """The `conversion_report.json` a converter wrote beside a dataset folder (`dataset` name, `settings`,
+    `counts`, skipped files), or None for a Hub id, an in-memory dataset or a folder without one."""
+    if not isinstance(dataset, (str, os.PathLike)):
+        return None
+    path = Path(dataset) / REPORT_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def load_converted(source: str | os.PathLike) -> datasets.DatasetDict:
+    """A converted dataset with named splits: a folder `hf-cxr convert` (or `save_to_disk`) wrote, or a dataset id
+    `datasets.load_dataset` loads from the Hub.
+
+    Raises `FileNotFoundError` saying what `source` is not (a folder without `dataset_dict.json`, a file, or neither
+    a local folder nor a loadable Hub id, with the Hub's reason, e.g. offline mode), and `ValueError` when it holds
+    a single `Dataset` instead of named splits.
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "dataset_dict.json").is_file():
+            raise FileNotFoundError(
+                f"'{text}' is a folder but not a converted dataset with splits (no dataset_dict.json); convert the "
+                "raw download with `hf-cxr convert`"
+            )
+        loaded = datasets.load_from_disk(str(path))
+    elif path.exists():
+        raise FileNotFoundError(f"'{text}' is a file; a converted dataset is a folder (`hf-cxr convert --out`)")
+    else:
+        try:
+            loaded = datasets.load_dataset(text)
+        except (OSError, ValueError) as error:  # offline mode, no such repository, ...
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FileNotFoundError(
+                f"'{text}' is neither a local dataset folder nor a dataset id that could be loaded from the Hub "
+                f"({reason})"
+            ) from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(f"'{text}' holds a single Dataset; training and evaluation need named splits (a DatasetDict)")
+    return loaded
+
+
 # --------------------------------------------------------------------------------------------- cards
 
 
 def hub_cards_dir() -> Path:
     """The card templates: `hub_cards/`, installed as the package `hf_cxr.hub_cards` (wheel and editable)."""
     return Path(str(resources.files("hf_cxr.hub_cards")))
+
+
+# The Hub's `size_categories` values (datasets' `size_categories.json`), smallest first, with their upper bounds.
+SIZE_CATEGORIES = (
+    ("n<1K", 10**3), ("1K<n<10K", 10**4), ("10K<n<100K", 10**5), ("100K<n<1M", 10**6), ("1M<n<10M", 10**7),
+    ("10M<n<100M", 10**8), ("100M<n<1B", 10**9), ("1B<n<10B", 10**10), ("10B<n<100B", 10**11),
+    ("100B<n<1T", 10**12),
+)  # fmt: skip
+
+
+def size_category(count: int) -> str:
+    """The card's `size_categories` value for `count` examples (the rows actually converted)."""
+    for name, bound in SIZE_CATEGORIES:
+        if count < bound:
+            return name
+    return "n>1T"
 
 
 def render_card(template_name: str, fallback: str, **fields: Any) -> str:

@@ -30,6 +30,7 @@ from hf_cxr.data._common import (
     ConversionResult,
     MissingFilesError,
     SplitPlan,
+    check_out_dir,
     check_patients_disjoint,
     default_out_dir,
     encode_or_report,
@@ -37,6 +38,7 @@ from hf_cxr.data._common import (
     list_message,
     markdown_table,
     render_card,
+    size_category,
     skipped_section,
     split_by_patient,
 )
@@ -323,7 +325,12 @@ def _summarize(
     dataset: datasets.DatasetDict, skipped: list[dict[str, str]], settings: dict[str, Any], left_out: int
 ) -> tuple[dict[str, Any], str]:
     counts: dict[str, dict[str, int]] = {}
+    boxes: Counter = Counter()
+    images_with_boxes = 0
     for split, part in dataset.items():
+        for image_boxes in part.data.column("bboxes").to_pylist():
+            boxes.update(box["finding"] for box in image_boxes)
+            images_with_boxes += bool(image_boxes)
         labels = np.asarray(part.data.column("labels").to_pylist(), dtype=np.float32).reshape(-1, 14)
         patients = len(set(part.data.column("patient_id").to_pylist()))
         counts[split] = {"images": part.num_rows, "patients": patients, "No Finding": int((labels.sum(1) == 0).sum())}
@@ -342,11 +349,22 @@ def _summarize(
     print(f"ChestX-ray14 conversion (image size {settings['image_size']}):\n{table}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in the card)")
+    total = sum(count["images"] for count in counts.values())
+    if boxes:
+        box_text = (
+            f"{sum(boxes.values())} box(es) on {images_with_boxes} of the converted images, {len(boxes)} finding(s) "
+            f"({', '.join(f'{name} {count}' for name, count in sorted(boxes.items()))})"
+        )
+    else:
+        box_text = "none of the converted images has a box in the box list"
     card = render_card(
         "dataset_chestxray14.md",
         _FALLBACK_CARD,
         counts_table=table,
-        total_images=sum(count["images"] for count in counts.values()),
+        total_images=total,
+        size_category=size_category(total),
+        table_name=settings.get("table", "the Data_Entry table"),
+        boxes_description=box_text,
         image_size=settings["image_size"] or "original",
         splits_description=_splits_description(settings),
         left_out=left_out,
@@ -359,12 +377,17 @@ def _summarize(
     return report, card
 
 
-_FALLBACK_CARD = """# NIH ChestX-ray14 ($total_images images)
+_FALLBACK_CARD = """---
+size_categories:
+- $size_category
+---
+
+# NIH ChestX-ray14 ($total_images images)
 
 $research_use
 
 Findings (order of `labels`): $labels. Images stored with the shorter side at $image_size px;
-$left_out table rows are in no official list.
+$left_out table rows are in neither split list. Boxes: $boxes_description.
 
 $splits_description
 
@@ -423,6 +446,8 @@ def convert_chestxray14(
     test_fraction: float = DEFAULT_RANDOM_TEST_FRACTION,
 ) -> ConversionResult:
     """`build_chestxray14`, returning also the output folder, the skipped files and the report."""
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
     if split_protocol not in SPLIT_PROTOCOLS:
         raise ValueError(f"split_protocol must be one of {SPLIT_PROTOCOLS}, got {split_protocol!r}")

@@ -29,12 +29,14 @@ from hf_cxr.data._common import (
     ConversionResult,
     MissingFilesError,
     SplitPlan,
+    check_out_dir,
     check_patients_disjoint,
     default_out_dir,
     encode_or_report,
     generate_dataset_dict,
     markdown_table,
     render_card,
+    size_category,
     skipped_section,
 )
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
@@ -237,6 +239,7 @@ def _summarize(
         _FALLBACK_CARD,
         counts_table=table,
         total_images=sum(count["images"] for count in counts.values()),
+        size_category=size_category(sum(count["images"] for count in counts.values())),
         image_size=settings["image_size"] or "original",
         uncertain=settings["uncertain"],
         frontal_only="yes" if settings["frontal_only"] else "no",
@@ -251,7 +254,12 @@ def _summarize(
     return report, card
 
 
-_FALLBACK_CARD = """# CheXpert ($total_images images, converted locally)
+_FALLBACK_CARD = """---
+size_categories:
+- $size_category
+---
+
+# CheXpert ($total_images images, converted locally)
 
 $research_use Licence: $license. Do not redistribute.
 
@@ -307,6 +315,8 @@ def convert_chexpert(
     overwrite: bool = False,
 ) -> ConversionResult:
     """`build_chexpert`, returning also the output folder, the skipped files and the report."""
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
     if uncertain not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")

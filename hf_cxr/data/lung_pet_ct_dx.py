@@ -32,6 +32,7 @@ from hf_cxr.data._common import (
     BadFileError,
     ConversionResult,
     SplitPlan,
+    check_out_dir,
     check_patients_disjoint,
     default_out_dir,
     generate_dataset_dict,
@@ -39,6 +40,7 @@ from hf_cxr.data._common import (
     list_message,
     markdown_table,
     render_card,
+    size_category,
     skipped_section,
     split_by_patient,
 )
@@ -337,6 +339,7 @@ def _summarize(
         _FALLBACK_CARD,
         counts_table=table,
         total_series=sum(count["series"] for count in counts.values()),
+        size_category=size_category(sum(count["series"] for count in counts.values())),
         task=settings["task"],
         classes=", ".join(f"{index} = {name}" for index, name in enumerate(names)),
         fractions=", ".join(f"{split} {share}" for split, share in settings["fractions"].items()),
@@ -354,7 +357,12 @@ def _summarize(
     return report, card
 
 
-_FALLBACK_CARD = """# Lung-PET-CT-Dx, CT series ($total_series series, task $task)
+_FALLBACK_CARD = """---
+size_categories:
+- $size_category
+---
+
+# Lung-PET-CT-Dx, CT series ($total_series series, task $task)
 
 $research_use Licence: CC BY 4.0; do not attempt to re-identify subjects.
 
@@ -419,6 +427,8 @@ def convert_lung_pet_ct_dx(
     overwrite: bool = False,
 ) -> ConversionResult:
     """`build_lung_pet_ct_dx`, returning also the output folder, the skipped files and the report."""
+    if out_dir is not None:
+        check_out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")

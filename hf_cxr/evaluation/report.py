@@ -1,7 +1,11 @@
 """The report folder of an evaluation: `metrics.json`, `report.md`, `roc_curves.png`, `reliability.png`.
 
-The Markdown states where every number comes from (which split scores, which split chose the thresholds,
-what the intervals resample) and says plainly when the split is too small to measure the model.
+The Markdown states where every number comes from (which split scores, which split chose the thresholds and
+which findings fell back to 0.5, what the intervals resample) and says plainly when the split is too small to
+measure the model. `metrics.json` is strict JSON: an undefined number is `null`, never `NaN`.
+
+`model_index_exclusions` is the one rule for which numbers a model card's `model-index` (the metadata the Hub and
+leaderboards read as results) may carry; see `MODEL_INDEX_MIN_IMAGES` and `MODEL_INDEX_MIN_CASES`.
 """
 
 from __future__ import annotations
@@ -9,13 +13,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hf_cxr.evaluation.scores import AT_CHOSEN, AT_HALF, Scores, _scored
+from hf_cxr.data._common import read_conversion_report, strict_json
+from hf_cxr.evaluation.scores import AT_CHOSEN, AT_HALF, FALLBACK, Scores, _scored
 from hf_cxr.losses import IGNORE_LABEL
 
 METRICS_NAME = "metrics.json"
@@ -28,6 +33,18 @@ SMALL_SPLIT_IMAGES = 1000
 # A finding with fewer positives than this gets a wide interval whatever the split's size.
 FEW_POSITIVES = 30
 RESEARCH_USE = "Research use only: not a medical device, not for diagnosis or clinical decisions."
+# The model-index rule. A card's `model-index` is read by machines as the model's results, with no prose around
+# it, so it carries only numbers that could mean something:
+# - a scored split under MODEL_INDEX_MIN_IMAGES images is a pipeline check (the report says so, by the same
+#   threshold as `small_split_note`): none of its numbers go into `model-index`;
+# - in a larger split, a finding with fewer than MODEL_INDEX_MIN_CASES positives (or negatives) has an AUC whose
+#   95 % interval is tens of points wide: its per-finding entry is left out (the macro numbers stay);
+# - a per-patient CT evaluation goes in only when every class has at least MODEL_INDEX_MIN_CASES patients.
+# Numbers left out stay in the card's prose and in `evaluation/report.md`, which say why.
+MODEL_INDEX_MIN_IMAGES = SMALL_SPLIT_IMAGES
+MODEL_INDEX_MIN_CASES = FEW_POSITIVES
+# `metrics.json` of a per-patient CT evaluation (`hf_cxr.evaluation.single_label`) says so in its `evaluation`.
+SINGLE_LABEL_CT = "single_label_ct"
 
 
 def small_split_note(num_images: int) -> str | None:
@@ -38,6 +55,114 @@ def small_split_note(num_images: int) -> str | None:
         f"This split has only {num_images} images (under {SMALL_SPLIT_IMAGES}): these numbers measure the "
         "pipeline, not the model. Do not quote them as the model's performance."
     )
+
+
+def model_index_exclusions(document: Mapping[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """What of an evaluation's `metrics.json` stays out of `model-index` (the rule above).
+
+    Returns (why the whole split is left out, or None; {finding: why} for per-finding entries left out).
+    """
+    split = document.get("split")
+    if document.get("evaluation") == SINGLE_LABEL_CT:
+        few = {name: count for name, count in (document.get("patients_per_class") or {}).items()
+               if count < MODEL_INDEX_MIN_CASES}  # fmt: skip
+        if few:
+            counts = ", ".join(f"{name} {count}" for name, count in few.items())
+            return (
+                f"the `{split}` split has fewer than {MODEL_INDEX_MIN_CASES} patients in a class ({counts}), too few "
+                "for a number to stand alone as a result",
+                {},
+            )
+        return None, {}
+    images = int(document.get("num_images") or 0)
+    if images < MODEL_INDEX_MIN_IMAGES:
+        return (
+            f"the `{split}` split has {images} images (under {MODEL_INDEX_MIN_IMAGES}): a pipeline check, not a "
+            "measure of the model",
+            {},
+        )
+    excluded = {}
+    for name, entry in (document.get("per_class") or {}).items():
+        if min(entry["positives"], entry["negatives"]) < MODEL_INDEX_MIN_CASES:
+            excluded[name] = f"{entry['positives']} positives, {entry['negatives']} negatives"
+    return None, excluded
+
+
+def describe_bootstrap(bootstrap: Mapping[str, Any]) -> str:
+    """'N resamples by patient', saying so when resampling patients is the same as resampling images."""
+    text = f"{bootstrap.get('resamples')} resamples by {bootstrap.get('unit')}"
+    if bootstrap.get("one_image_per_patient"):
+        text += " (every patient in this split has exactly one image, so this is the same as resampling images)"
+    return text
+
+
+def describe_thresholds(document: Mapping[str, Any]) -> str:
+    """Where the `at_threshold` operating points come from, naming the findings that fell back to 0.5."""
+    source = document.get("threshold_source")
+    if not source:
+        return "none chosen; only the fixed 0.5 is reported"
+    fallbacks = {name: entry.get("threshold_note") for name, entry in document["per_class"].items()
+                 if entry.get("threshold_method") == FALLBACK}  # fmt: skip
+    if fallbacks:
+        where = document.get("threshold_split")
+        listed = ", ".join(f"{name} ({note})" if note else name for name, note in fallbacks.items())
+        source += (
+            f"; no threshold could be chosen{f' on `{where}`' if where else ''} for {len(fallbacks)} of "
+            f"{len(document['per_class'])} findings, which use the 0.5 fallback: {listed}"
+        )
+    return source
+
+
+def threshold_cell(entry: Mapping[str, Any]) -> str:
+    """A table cell for a finding's threshold: its value, marked when it is the 0.5 fallback."""
+    if "threshold" not in entry:
+        return "0.5"
+    text = f"{entry['threshold']:.3f}"
+    if entry.get("threshold_method") == FALLBACK:
+        text += f" (fallback{': ' + entry['threshold_note'] if entry.get('threshold_note') else ''})"
+    return text
+
+
+def dataset_conversion(dataset: Any) -> dict[str, Any] | None:
+    """`{"name", "settings"}` of a local dataset folder's conversion report (how its splits were made), or None for a
+    Hub id, an in-memory dataset or a folder without one."""
+    report = read_conversion_report(dataset)
+    return None if report is None else {"name": report.get("dataset"), "settings": report.get("settings")}
+
+
+def describe_splits(name: str | None, settings: Mapping[str, Any]) -> str | None:
+    """How a converted dataset's splits were made, in words, from its conversion `settings` (None if unknown)."""
+    protocol = settings.get("split_protocol")
+    if protocol == "official":
+        return (
+            "NIH's official lists: `test` is NIH's test list; `train` and `validation` divide NIH's train_val list by "
+            f"patient (validation fraction {settings.get('validation_fraction')}, seed {settings.get('seed')})"
+        )
+    if protocol == "random_patient":
+        validation, test = settings.get("validation_fraction"), settings.get("test_fraction")
+        train = f"{1 - validation - test:.2f}" if validation is not None and test is not None else "the rest"
+        return (
+            f"a seeded random split by patient (seed {settings.get('seed')}: train {train}, validation {validation}, "
+            f"test {test}; no patient in two splits), not NIH's official train_val/test lists, so results on its "
+            "test split are not comparable with results on NIH's test list"
+        )
+    if name == "chexpert":
+        return (
+            f"Stanford's own splits (train.csv, valid.csv as validation, test labels as test); uncertain labels "
+            f"`{settings.get('uncertain')}`, frontal views only: {'yes' if settings.get('frontal_only') else 'no'}"
+        )
+    if "fractions" in settings:
+        fractions = ", ".join(f"{split} {share}" for split, share in settings["fractions"].items())
+        return f"a seeded split by patient, stratified by class ({fractions}; seed {settings.get('seed')})"
+    return None
+
+
+def describe_conversion(conversion: Mapping[str, Any] | None) -> str | None:
+    """One sentence on how an evaluated dataset's splits were made (for reports and cards), or None if unknown."""
+    if not conversion or not conversion.get("settings"):
+        return None
+    splits = describe_splits(conversion.get("name"), conversion["settings"])
+    return f"`{conversion.get('name')}` converted by hf-cxr; splits: {splits}." if splits else None
 
 
 def _number(value: float) -> float | None:
@@ -56,6 +181,8 @@ def metrics_document(scores: Scores, context: dict[str, Any]) -> dict[str, Any]:
             entry["bootstrap_defined"] = interval.defined
         return entry
 
+    context = dict(context)
+    methods = context.pop("threshold_methods", None) or {}
     per_class = {}
     for name in scores.label_names:
         entry: dict[str, Any] = {
@@ -71,6 +198,9 @@ def metrics_document(scores: Scores, context: dict[str, Any]) -> dict[str, Any]:
             }
         if scores.thresholds is not None:
             entry["threshold"] = scores.thresholds[name]
+            method = methods.get(name) or {}
+            entry["threshold_method"] = method.get("method")
+            entry["threshold_note"] = method.get("reason")
         per_class[name] = entry
     summary = {key: with_interval(key) for key in ("auc_macro", "auc_micro", "ap_macro")}
     for point in [AT_HALF] + ([AT_CHOSEN] if scores.thresholds is not None else []):
@@ -104,7 +234,7 @@ def _format(entry: dict[str, Any], digits: int = 3) -> str:
 
 def markdown_report(document: dict[str, Any]) -> str:
     """`report.md`: provenance first, then the summary, the per-finding table and the operating points."""
-    split, threshold_split = document["split"], document.get("threshold_source")
+    split, threshold_split = document["split"], document.get("threshold_split")
     bootstrap = document["bootstrap"]
     lines = [f"# Evaluation of `{document['model']}` on `{document['dataset']}` ({split} split)", ""]
     lines += [f"**{RESEARCH_USE}**", ""]
@@ -114,12 +244,14 @@ def markdown_report(document: dict[str, Any]) -> str:
         "## Where the numbers come from",
         "",
         f"- Scored split: `{split}`: {document['num_images']} images of {document['num_patients']} patients.",
-        f"- Thresholds (`at_threshold` columns): {threshold_split or 'none chosen; only the fixed 0.5 is reported'}."
+        f"- Thresholds (`at_threshold` columns): {describe_thresholds(document)}."
         " Thresholds are never chosen on the scored split.",
     ]
+    if document.get("dataset_conversion_note"):
+        lines.append(f"- Dataset: {document['dataset_conversion_note']}")
     if bootstrap.get("resamples"):
         lines.append(
-            f"- 95 % intervals: percentile bootstrap, {bootstrap['resamples']} resamples by {bootstrap['unit']} "
+            f"- 95 % intervals: percentile bootstrap, {describe_bootstrap(bootstrap)} "
             f"(seed {bootstrap['seed']}), on the `{split}` split."
         )
     else:
@@ -160,7 +292,8 @@ def markdown_report(document: dict[str, Any]) -> str:
             few.append(name)
     if few:
         lines += ["", f"Fewer than {FEW_POSITIVES} positives (wide intervals, unstable numbers): {', '.join(few)}."]
-    for point, title in ((AT_HALF, "threshold 0.5"), (AT_CHOSEN, f"thresholds chosen on {threshold_split}")):
+    chosen_title = f"thresholds chosen on `{threshold_split}`" if threshold_split else "the model config's thresholds"
+    for point, title in ((AT_HALF, "threshold 0.5"), (AT_CHOSEN, f"{chosen_title} (0.5 where marked fallback)")):
         if not all(point in entry for entry in document["per_class"].values()):
             continue
         lines += [
@@ -171,11 +304,11 @@ def markdown_report(document: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|",
         ]
         for name, entry in document["per_class"].items():
-            threshold = 0.5 if point == AT_HALF else entry["threshold"]
+            threshold = "0.500" if point == AT_HALF else threshold_cell(entry)
             cells = " | ".join(
                 _format(entry[point][metric]) for metric in ("sensitivity", "specificity", "precision", "f1")
             )
-            lines.append(f"| {name} | {threshold:.3f} | {cells} |")
+            lines.append(f"| {name} | {threshold} | {cells} |")
         macro = " | ".join(
             _format(summary[f"{point}/{metric}_macro"]) for metric in ("sensitivity", "specificity", "precision", "f1")
         )
@@ -296,7 +429,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = metrics_document(scores, context)
-    (out_dir / METRICS_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    (out_dir / METRICS_NAME).write_text(strict_json(document), encoding="utf-8")
     (out_dir / REPORT_NAME).write_text(markdown_report(document), encoding="utf-8")
     plot_roc_curves(probabilities, targets, scores, out_dir / ROC_NAME)
     plot_reliability(probabilities, targets, scores, out_dir / RELIABILITY_NAME)

@@ -18,18 +18,21 @@ import datasets
 import numpy as np
 import torch
 
+from hf_cxr.data._common import load_converted
 from hf_cxr.data.transforms import eval_transform
-from hf_cxr.evaluation.report import write_report
+from hf_cxr.evaluation.report import dataset_conversion, describe_conversion, write_report
 from hf_cxr.evaluation.scores import (
     DEFAULT_BOOTSTRAP,
+    FALLBACK,
     Scores,
     score_predictions,
     shared_findings,
-    youden_thresholds,
+    threshold_choices,
 )
 from hf_cxr.evaluation.single_label import SingleLabelEvaluation, evaluate_ct_model, is_single_label_ct
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, LABEL_SETS
 from hf_cxr.losses import IGNORE_LABEL
+from hf_cxr.models import load_config, load_model
 
 PATIENT_COLUMN = "patient_id"
 NO_THRESHOLD_SPLIT = ("none", "")
@@ -45,26 +48,6 @@ class EvaluationReport:
     thresholds: dict[str, float] | None
     probabilities: np.ndarray
     targets: np.ndarray
-
-
-def load_for_evaluation(model: str | os.PathLike[str]) -> tuple[torch.nn.Module, Any]:
-    """(model in eval mode, image processor) from a saved folder or a Hub id, through the Auto classes."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    import hf_cxr  # noqa: F401  (registers the architectures: no remote code needed)
-
-    return AutoModelForImageClassification.from_pretrained(str(model)).eval(), AutoImageProcessor.from_pretrained(
-        str(model)
-    )
-
-
-def _load_config(model: str | os.PathLike[str]) -> Any:
-    """The model's config alone (cheap), to pick the evaluation that fits its task."""
-    from transformers import AutoConfig
-
-    import hf_cxr  # noqa: F401  (registers the architectures)
-
-    return AutoConfig.from_pretrained(str(model))
 
 
 @torch.no_grad()
@@ -153,15 +136,6 @@ def write_thresholds(model_dir: str | os.PathLike[str], thresholds: Mapping[str,
     return path
 
 
-def _load_dataset(dataset: str | os.PathLike[str] | datasets.DatasetDict) -> datasets.DatasetDict:
-    if isinstance(dataset, datasets.DatasetDict):
-        return dataset
-    loaded = datasets.load_from_disk(str(dataset))
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise ValueError(f"'{dataset}' holds a single Dataset; evaluation needs named splits (a DatasetDict)")
-    return loaded
-
-
 def evaluate_model(
     model: str | os.PathLike[str],
     dataset: str | os.PathLike[str] | datasets.DatasetDict,
@@ -182,8 +156,9 @@ def evaluate_model(
     """Score `model` (folder or Hub id) on `dataset[split]` and write the report folder `out_dir`.
 
     `threshold_split` (default `validation`; `None`/`"none"` for none) chooses per-finding thresholds by
-    Youden's J; without it the model config's `decision_thresholds` are used when it has any.
-    `store_thresholds` writes the chosen thresholds into the model folder's config (same label set only).
+    Youden's J (0.5 fallback, reported as such, where none can be chosen); without it the model config's
+    `decision_thresholds` are used when it has any. `store_thresholds` writes the chosen thresholds (not the
+    fallbacks) into the model folder's config (same label set only).
 
     A single-label CT model (MMCAF-Net, by its config's `model_type`) on a converted Lung-PET-CT-Dx dataset is
     scored per patient by `single_label.evaluate_ct_model`: `aggregate` (max or mean over a patient's windows),
@@ -200,11 +175,12 @@ def evaluate_model(
         raise ValueError("--write-thresholds needs a --threshold-split to choose the thresholds on")
     if store_thresholds and not (Path(model) / "config.json").is_file():
         raise ValueError(f"--write-thresholds needs a local model folder with a config.json, got '{model}'")
-    splits = _load_dataset(dataset)
+    splits = dataset if isinstance(dataset, datasets.DatasetDict) else load_converted(dataset)
+    conversion = dataset_conversion(dataset)
     for needed in filter(None, (split, threshold_split)):
         if needed not in splits:
             raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
-    config = _load_config(model)
+    config = load_config(model)
     if is_single_label_ct(config):
         if dataset_labels:
             raise ValueError("--dataset-labels applies to multi-label datasets; a CT dataset names its classes")
@@ -225,11 +201,13 @@ def evaluate_model(
             slice_selection,
             window_stride,
             dataset_name=str(dataset) if not isinstance(dataset, datasets.DatasetDict) else "in-memory DatasetDict",
+            dataset_conversion=conversion,
         )
-        if store_thresholds and evaluation.threshold is not None and evaluation.scores.positive_class is not None:
+        chosen = evaluation.threshold is not None and evaluation.document.get("threshold_method") != FALLBACK
+        if store_thresholds and chosen and evaluation.scores.positive_class is not None:
             write_thresholds(model, {evaluation.scores.positive_class: evaluation.threshold})
         return evaluation
-    network, processor = load_for_evaluation(model)
+    network, processor = load_model(model, device)
     model_labels = [network.config.id2label[index] for index in sorted(network.config.id2label)]
     names, label_note = dataset_label_names(splits[split], model_labels, dataset_labels)
     pairs = shared_findings(model_labels, names)
@@ -247,13 +225,17 @@ def evaluate_model(
         probabilities = predict_probabilities(network, processor, part, batch_size, device)[:, model_columns]
         return probabilities, dataset_targets(part)[:, data_columns]
 
-    thresholds, threshold_source = None, None
+    thresholds, threshold_source, methods = None, None, {}
     if threshold_split is not None:
-        thresholds = youden_thresholds(*predictions(threshold_split), scored)
+        choices = threshold_choices(*predictions(threshold_split), scored)
+        thresholds = {name: choice.value for name, choice in choices.items()}
+        methods = {name: {"method": choice.method, "reason": choice.reason} for name, choice in choices.items()}
         threshold_source = f"chosen per finding on the `{threshold_split}` split (Youden's J)"
     elif getattr(network.config, "decision_thresholds", None):
         stored = network.config.decision_thresholds
         thresholds = {name: float(stored[name]) for name in scored if name in stored}
+        absent = {"method": FALLBACK, "reason": "not in the model config's decision_thresholds"}
+        methods = {name: {"method": "model_config", "reason": None} if name in stored else absent for name in scored}
         threshold_source = "the model config's `decision_thresholds` (0.5 where absent)"
     probabilities, targets = predictions(split)
     part = splits[split]
@@ -271,8 +253,14 @@ def evaluate_model(
         "model_labels": model_labels,
         "dataset_labels": names,
         "label_set_note": label_note,
+        "dataset_conversion": conversion,
+        "dataset_conversion_note": describe_conversion(conversion),
+        "threshold_methods": methods,
     }
     document = write_report(out_dir, scores, probabilities, targets, context)
     if store_thresholds and thresholds is not None:
-        write_thresholds(model, thresholds)
+        # Only thresholds that were chosen: a finding whose threshold fell back to 0.5 gets none (0.5 applies where
+        # `decision_thresholds` has no entry), so the config never presents a fallback as a chosen operating point.
+        chosen = {name: value for name, value in thresholds.items() if methods[name]["method"] != FALLBACK}
+        write_thresholds(model, chosen)
     return EvaluationReport(Path(out_dir), document, scores, thresholds, probabilities, targets)

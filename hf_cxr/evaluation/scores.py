@@ -72,25 +72,54 @@ def per_class_average_precision(
     return scores
 
 
-def youden_thresholds(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
-    """Per-finding threshold maximising Youden's J = sensitivity + specificity - 1 (meant for a validation split).
+# How a finding's threshold was set: chosen by Youden's J on the threshold split, or the 0.5 fallback because none
+# could be chosen there (one class only, or no threshold beats chance). Reports say which, per finding.
+CHOSEN_BY_YOUDEN, FALLBACK = "youden_j", "fallback_0.5"
 
-    On ties the highest threshold wins (fewest positive calls). A finding with one class only, or where no
-    threshold beats chance (J <= 0), keeps `DEFAULT_THRESHOLD`.
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """One finding's threshold and how it was set (`method`: `CHOSEN_BY_YOUDEN` or `FALLBACK`, with `reason`)."""
+
+    value: float
+    method: str
+    reason: str | None = None
+
+    @property
+    def chosen(self) -> bool:
+        return self.method == CHOSEN_BY_YOUDEN
+
+
+def threshold_choices(
+    probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]
+) -> dict[str, ThresholdChoice]:
+    """Per finding, the threshold maximising Youden's J = sensitivity + specificity - 1 (meant for a validation
+    split), or the `DEFAULT_THRESHOLD` fallback with the reason none could be chosen.
+
+    On ties the highest threshold wins (fewest positive calls). A finding without positives, without negatives
+    (ignored labels do not count), or where no threshold beats chance (J <= 0) falls back to 0.5.
     """
     probabilities, targets = check_arrays(probabilities, targets, label_names)
-    thresholds = {}
+    choices = {}
     for column, name in enumerate(label_names):
         truth, score = _scored(probabilities, targets, column)
-        thresholds[name] = DEFAULT_THRESHOLD
         if not _both_classes(truth):
+            missing = "no scored labels" if truth.size == 0 else "no positives" if truth.sum() == 0 else "no negatives"
+            choices[name] = ThresholdChoice(DEFAULT_THRESHOLD, FALLBACK, missing)
             continue
         fpr, tpr, candidates = roc_curve(truth, score, drop_intermediate=False)
         youden = tpr - fpr
         best = int(np.argmax(youden))  # first maximum = highest threshold, candidates are decreasing
         if youden[best] > 0 and np.isfinite(candidates[best]):
-            thresholds[name] = float(candidates[best])
-    return thresholds
+            choices[name] = ThresholdChoice(float(candidates[best]), CHOSEN_BY_YOUDEN)
+        else:
+            choices[name] = ThresholdChoice(DEFAULT_THRESHOLD, FALLBACK, "no threshold beats chance (Youden's J <= 0)")
+    return choices
+
+
+def youden_thresholds(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
+    """The values of `threshold_choices`: Youden's J thresholds, 0.5 where none could be chosen."""
+    return {name: choice.value for name, choice in threshold_choices(probabilities, targets, label_names).items()}
 
 
 def confusion_counts(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float, float]:
@@ -334,6 +363,11 @@ def score_predictions(
         if n_bootstrap > 0
         else {}
     )
+    num_patients = len({str(value) for value in patient_ids})
+    bootstrap: dict[str, Any] = {"resamples": n_bootstrap, "seed": seed, "confidence": confidence, "unit": unit}
+    if unit == "patient":
+        # Resampling patients then draws exactly what resampling images would: reports must say so.
+        bootstrap["one_image_per_patient"] = num_patients == len(probabilities)
     return Scores(
         label_names=label_names,
         metrics=point_metrics(probabilities, targets, label_names, thresholds),
@@ -341,9 +375,9 @@ def score_predictions(
         thresholds=thresholds,
         counts=label_counts(targets, label_names),
         num_images=len(probabilities),
-        num_patients=len({str(value) for value in patient_ids}),
+        num_patients=num_patients,
         calibration_error=expected_calibration_error(probabilities, targets),
-        bootstrap={"resamples": n_bootstrap, "seed": seed, "confidence": confidence, "unit": unit},
+        bootstrap=bootstrap,
     )
 
 

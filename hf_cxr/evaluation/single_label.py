@@ -14,7 +14,6 @@ evaluation). A test split of a few dozen patients gives wide intervals, and the 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from hf_cxr.data._common import strict_json
 from hf_cxr.evaluation.report import (
     FEW_POSITIVES,
     METRICS_NAME,
@@ -36,6 +36,7 @@ from hf_cxr.evaluation.report import (
     ROC_NAME,
     _format,
     _number,
+    describe_conversion,
     draw_roc_panel,
     plot_reliability_pairs,
 )
@@ -45,13 +46,15 @@ from hf_cxr.evaluation.scores import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_CONFIDENCE,
     DEFAULT_THRESHOLD,
+    FALLBACK,
     Interval,
+    ThresholdChoice,
     bootstrap_by_patient,
     confusion_counts,
     confusion_metrics,
     expected_calibration_error,
     ratio,
-    youden_thresholds,
+    threshold_choices,
 )
 from hf_cxr.metrics import mean_of_defined
 
@@ -181,11 +184,17 @@ def single_label_point_metrics(
     return flat
 
 
-def choose_threshold(patients: PatientScores, positive_index: int, positive_name: str) -> float:
-    """Youden's J threshold on the positive class's patient scores (meant for the validation split; 0.5 if none)."""
+def choose_threshold_choice(patients: PatientScores, positive_index: int, positive_name: str) -> ThresholdChoice:
+    """Youden's J threshold on the positive class's patient scores (meant for the validation split), or the 0.5
+    fallback with the reason none could be chosen."""
     truth = (patients.labels == positive_index).astype(np.float64)[:, None]
     score = patients.probabilities[:, [positive_index]]
-    return youden_thresholds(score, truth, [positive_name])[positive_name]
+    return threshold_choices(score, truth, [positive_name])[positive_name]
+
+
+def choose_threshold(patients: PatientScores, positive_index: int, positive_name: str) -> float:
+    """The value of `choose_threshold_choice` (0.5 where none could be chosen)."""
+    return choose_threshold_choice(patients, positive_index, positive_name).value
 
 
 @dataclass
@@ -355,6 +364,8 @@ def single_label_markdown(document: Mapping[str, Any]) -> str:
         f"- Patient level: the **{document['patient_aggregation']}** over all of a patient's windows and series, per "
         "class (the paper takes the max); every number below counts patients, not windows.",
     ]
+    if document.get("dataset_conversion_note"):
+        lines.append(f"- Dataset: {document['dataset_conversion_note']}")
     if bootstrap.get("resamples"):
         lines.append(
             f"- 95 % intervals: percentile bootstrap, {bootstrap['resamples']} resamples of patients "
@@ -381,7 +392,10 @@ def single_label_markdown(document: Mapping[str, Any]) -> str:
     lines += ["", "## Metrics", "", "| metric | value (95 % CI) |", "|---|---|"]
     if document["task"] == "binary":
         lines.append(f"| AUROC | {_format(metrics['auroc'])} |")
-        for point, title in ((AT_HALF, "at 0.5"), (AT_CHOSEN, f"at the chosen {document['threshold'] or 0:.3f}")):
+        chosen_title = f"at the chosen {document['threshold'] or 0:.3f}"
+        if document.get("threshold_method") == FALLBACK:
+            chosen_title = "at the 0.5 fallback (none could be chosen)"
+        for point, title in ((AT_HALF, "at 0.5"), (AT_CHOSEN, chosen_title)):
             if f"{point}/accuracy" not in metrics:
                 continue
             for key in BINARY_METRICS:
@@ -449,7 +463,7 @@ def write_single_label_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = single_label_document(scores, context)
-    (out_dir / METRICS_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    (out_dir / METRICS_NAME).write_text(strict_json(document), encoding="utf-8")
     (out_dir / REPORT_NAME).write_text(single_label_markdown(document), encoding="utf-8")
     plot_single_label_roc(scores, out_dir / ROC_NAME)
     if scores.positive_class is not None:
@@ -549,15 +563,14 @@ def evaluate_ct_model(
     slice_selection: str | None = None,
     window_stride: int | None = None,
     dataset_name: str = "in-memory DatasetDict",
+    dataset_conversion: Mapping[str, Any] | None = None,
 ) -> SingleLabelEvaluation:
     """Score a saved CT model on `splits[split]` per patient and write the report folder (see the module docstring).
 
     `threshold_split` (two classes only; never the scored split nor `test`) chooses a Youden threshold on that
     split's patient scores; with four classes predictions are the argmax and it is not used.
     """
-    from transformers import AutoModelForVideoClassification, AutoProcessor
-
-    import hf_cxr  # noqa: F401  (registers the architectures: no remote code needed)
+    from hf_cxr.models import load_model
 
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
@@ -566,10 +579,9 @@ def evaluate_ct_model(
     for needed in filter(None, (split, threshold_split)):
         if needed not in splits:
             raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
-    network = AutoModelForVideoClassification.from_pretrained(str(model)).eval()
+    network, processor = load_model(model, device)
     if network.config.problem_type not in (None, "single_label_classification"):
         raise ValueError(f"expected a single-label model, got problem_type {network.config.problem_type!r}")
-    processor = AutoProcessor.from_pretrained(str(model))
     label_names = [network.config.id2label[index] for index in sorted(network.config.id2label)]
     binary = len(label_names) == 2
     if positive_class is not None and not binary:
@@ -584,23 +596,26 @@ def evaluate_ct_model(
         )
         return window_scores, labels[rows], [patients[row] for row in rows], len(part)
 
-    threshold, threshold_source = None, None
+    threshold, threshold_source, threshold_method, threshold_note = None, None, None, None
     if threshold_split is not None and binary:
         scores_v, labels_v, ids_v, _ = patient_windows(threshold_split)
         positive = positive_class or label_names[1]
         if positive not in label_names:
             raise ValueError(f"positive class {positive!r} is not one of {label_names}")
         patients_v = aggregate_by_patient(scores_v, labels_v, ids_v, aggregate)
-        threshold = choose_threshold(patients_v, label_names.index(positive), positive)
-        threshold_source = (
-            f"a threshold of {threshold:.3f} chosen on the `{threshold_split}` split's {len(patients_v.patient_ids)} "
-            "patients (Youden's J; 0.5 when no threshold beats chance)"
-        )
+        choice = choose_threshold_choice(patients_v, label_names.index(positive), positive)
+        threshold, threshold_method, threshold_note = choice.value, choice.method, choice.reason
+        where = f"the `{threshold_split}` split's {len(patients_v.patient_ids)} patients"
+        if choice.chosen:
+            threshold_source = f"a threshold of {threshold:.3f} chosen on {where} (Youden's J)"
+        else:
+            threshold_source = f"the 0.5 fallback: no threshold could be chosen on {where} ({choice.reason})"
     elif binary and getattr(network.config, "decision_thresholds", None):
         stored = network.config.decision_thresholds
         positive = positive_class or label_names[1]
         if positive in stored:
             threshold = float(stored[positive])
+            threshold_method = "model_config"
             threshold_source = f"the model config's `decision_thresholds` ({threshold:.3f} for {positive})"
     window_scores, window_labels, window_patients, num_series = patient_windows(split)
     scores = score_single_label(
@@ -622,6 +637,10 @@ def evaluate_ct_model(
         "split": split,
         "threshold_split": threshold_split if binary else None,
         "threshold_source": threshold_source,
+        "threshold_method": threshold_method,
+        "threshold_note": threshold_note,
+        "dataset_conversion": dict(dataset_conversion) if dataset_conversion else None,
+        "dataset_conversion_note": describe_conversion(dataset_conversion),
         "num_series": num_series,
         "slice_selection": mode,
         "window_stride": (window_stride or processor.window_stride or processor.num_slices)
@@ -641,6 +660,7 @@ __all__ = [
     "aggregate_by_patient",
     "binary_metrics",
     "choose_threshold",
+    "choose_threshold_choice",
     "dataset_class_indices",
     "evaluate_ct_model",
     "is_single_label_ct",
