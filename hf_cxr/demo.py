@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,37 @@ class DemoResult:
     heatmaps: list[Path] = field(default_factory=list)
 
 
+# The models the demo trains: the 2D architectures whose labels are ChestX-ray14's (the bundled sample's).
+DEMO_MODELS = ("cr_msnet", "ma_msf")
+# What the demo writes under its output folder; a rerun replaces exactly these, and the marker says the folder is
+# the demo's own.
+DEMO_OUTPUTS = ("raw", "data", "model", "report", "hub", "examples", "heatmaps")
+DEMO_MARKER = ".hf-cxr-demo"
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Make `output_dir` ready for a (re)run, before any work: a new or empty folder is used as it is; a folder an
+    earlier demo wrote (it holds `DEMO_MARKER`) loses the demo's own outputs (`DEMO_OUTPUTS`) and keeps anything
+    else; any other non-empty folder is refused with `FileExistsError`, since the demo would write into it."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"'{output_dir}' is a file; --output-dir must be a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not (output_dir / DEMO_MARKER).is_file():
+            raise FileExistsError(
+                f"'{output_dir}' is not empty and was not written by hf-cxr demo; choose another --output-dir"
+            )
+        for name in DEMO_OUTPUTS:
+            target = output_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / DEMO_MARKER).write_text(
+        "Written by `hf-cxr demo`: running it again here replaces " + ", ".join(f"{n}/" for n in DEMO_OUTPUTS) + "\n"
+    )
+
+
 def run_demo(
     output_dir: str | Path = "hf-cxr-demo",
     model_type: str = "cr_msnet",
@@ -50,20 +82,35 @@ def run_demo(
     learning_rate: float = 1e-3,
     seed: int = 0,
 ) -> DemoResult:
-    """Convert, train, select on validation, save and reload a tiny model on the bundled sample."""
+    """Convert, train, select on validation, save and reload a tiny model on the bundled sample.
+
+    `output_dir` receives every output (`DEMO_OUTPUTS`); running the demo again there replaces them. Raises
+    `ValueError` for a model the demo does not train and `FileExistsError` for a non-empty folder it did not write,
+    both before any work.
+    """
+    if model_type not in DEMO_MODELS:
+        raise ValueError(f"the demo trains {', '.join(DEMO_MODELS)} (ChestX-ray14 findings), not {model_type!r}")
     output_dir = Path(output_dir)
+    prepare_output_dir(output_dir)
     print(DISCLAIMER)
     raw = write_sample_raw_tree(output_dir / "raw", seed=seed)
     data_dir = output_dir / "data"
     print(f"\n[1/5] converting the bundled NIH sample ({raw}) with the ChestX-ray14 converter")
-    data = build_chestxray14(raw, data_dir, image_size=None, seed=seed, validation_fraction=0.15, overwrite=True)
+    # The sample's list files are a seeded random split, not NIH's official lists: convert with the protocol that
+    # says so (every listed image re-split by patient), so the dataset and model cards state the split as made.
+    data = build_chestxray14(
+        raw, data_dir, image_size=None, seed=seed, validation_fraction=0.15, test_fraction=0.15,
+        split_protocol="random_patient", overwrite=True,
+    )  # fmt: skip
 
     recipe = f"{model_type}_chestxray14"
     print(f"\n[2/5] training {model_type} (tiny preset, recipe {recipe}, {max_steps} steps) with Accelerate")
     argv = ["--model", model_type, "--preset", "tiny", "--dataset", str(data_dir), "--output-dir",
             str(output_dir / "model"), "--max-steps", str(max_steps), "--per-device-batch-size", str(batch_size),
             "--learning-rate", str(learning_rate), "--seed", str(seed), "--checkpointing-steps", str(max_steps),
-            "--eval-steps", str(max(max_steps // 4, 1))]  # fmt: skip
+            "--eval-steps", str(max(max_steps // 4, 1)),
+            # The recipes are written for NIH's official lists; the sample's split is a seeded random one.
+            "--set", "data.split_protocol=random_patient"]  # fmt: skip
     if recipe in available_recipes():
         argv += ["--recipe", recipe]
     summary = train(add_train_arguments(argparse.ArgumentParser()).parse_args(argv))

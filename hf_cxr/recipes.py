@@ -15,20 +15,20 @@ from typing import Any
 
 import yaml
 
-# The keys a recipe may hold, per section. Descriptive keys (what the data or the report is, read by no code in
-# train.py): model.backbone_init, data.{dataset, labels, image_size, num_channels, resize_mode, split_protocol,
-# uncertain_labels, views, intensity_range, interpolation, task}, augmentation.normalization (must be `processor`),
-# evaluation.{metrics, threshold, confidence_intervals} (what `hf-cxr evaluate` reports). CT-only keys (MMCAF-Net):
-# data.processor (MMCAFNetProcessor arguments, plus `fit_clinical_statistics: train`), data.oversample_minority
-# ({class, target_count, train_only: true}: rows of that class repeated in the training split), augmentation.sharpen,
-# optimization.momentum (SGD), evaluation.{positive_class, patient_level: {windows, window_stride, aggregate}}
-# (validation scoring) and the stage keys classification_head / frozen_parts.
+# The keys a recipe may hold, per section. Descriptive keys (read by no code in train.py): model.backbone_init,
+# augmentation.normalization (must be `processor`), evaluation.{metrics, threshold, confidence_intervals} (what
+# `hf-cxr evaluate` reports). Every `data` key takes effect or is checked against the dataset's conversion report
+# (`hf_cxr.training.apply_data_section`): dataset, labels, split_protocol, uncertain_labels, views, task, resize_mode.
+# The input size and channels are the model's (preset and model.overrides), not the data section's. CT-only keys
+# (MMCAF-Net): data.processor (MMCAFNetProcessor arguments, plus `fit_clinical_statistics: train`),
+# data.oversample_minority ({class, target_count, train_only: true}: rows of that class repeated in the training
+# split), data.task, augmentation.sharpen, optimization.momentum (SGD), evaluation.{positive_class, patient_level:
+# {windows, window_stride, aggregate}} (validation scoring) and the stage keys classification_head / frozen_parts.
 RECIPE_SCHEMA: dict[str, set[str]] = {
     "model": {"model_type", "preset", "overrides", "backbone_init"},
     "data": {
-        "dataset", "labels", "train_split", "validation_split", "image_size", "num_channels", "resize_mode",
-        "split_protocol", "uncertain_labels", "views", "intensity_range", "interpolation", "task", "processor",
-        "oversample_minority",
+        "dataset", "labels", "train_split", "validation_split", "resize_mode", "split_protocol", "uncertain_labels",
+        "views", "task", "processor", "oversample_minority",
     },
     "split_protocols": None,  # free-form documentation of the split protocols a recipe supports
     "anchor": {"update", "carry_over_between_stages"},

@@ -26,8 +26,9 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 from hf_cxr.callbacks import update_model_anchor
-from hf_cxr.data.transforms import eval_transform, train_transform
+from hf_cxr.data._common import load_converted, read_conversion_report, strict_json
+from hf_cxr.data.transforms import AUGMENTATION_SEED, eval_transform, seeded, train_transform
 from hf_cxr.evaluation.single_label import (
     CLINICAL_COLUMNS,
     SINGLE_LABEL_CT_MODEL_TYPES,
@@ -53,6 +56,7 @@ from hf_cxr.evaluation.single_label import (
     predict_ct_windows,
     score_single_label,
 )
+from hf_cxr.labels import LABEL_SETS
 from hf_cxr.losses import build_loss_from_config
 from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
 from hf_cxr.models import build_image_processor, build_model
@@ -99,11 +103,14 @@ class TrainingProgress:
 
     def state_dict(self) -> dict[str, Any]:
         self.tick()
-        return {"step": self.step, "best_metric": self.best_metric, "best_step": self.best_step,
+        # Strict JSON: no validation yet is `null`, not -Infinity.
+        best = self.best_metric if math.isfinite(self.best_metric) else None
+        return {"step": self.step, "best_metric": best, "best_step": self.best_step,
                 "history": self.history, "seconds": round(self.seconds, 3)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.best_metric, self.best_step = state["step"], state["best_metric"], state["best_step"]
+        self.step, self.best_step = state["step"], state["best_step"]
+        self.best_metric = -math.inf if state["best_metric"] is None else float(state["best_metric"])
         self.history = state["history"]
         self.seconds = float(state.get("seconds", 0.0))  # absent from checkpoints written before it was recorded
         self.start_clock()
@@ -118,18 +125,21 @@ class CSVTracker(GeneralTracker):
 
     def __init__(self, run_name: str, logging_dir: str | os.PathLike) -> None:
         super().__init__()
-        self.path = Path(logging_dir) / run_name / "metrics.csv"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(logging_dir) / run_name / "metrics.csv"  # created on the first write
 
     @property
     def tracker(self) -> Path:
         return self.path
 
     def store_init_configuration(self, values: dict) -> None:
-        (self.path.parent / "config.json").write_text(json.dumps(values, indent=2, default=str))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        (self.path.parent / "config.json").write_text(json.dumps(values, indent=2, default=str, allow_nan=False))
 
     def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
+            if handle.tell() == 0:  # a new file (a resumed run appends to the one it has)
+                handle.write("step,name,value\n")
             for key, value in values.items():
                 handle.write(f"{step},{key},{value}\n")
 
@@ -142,7 +152,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--output-dir", required=True, help="the final model, checkpoints and logs go here")
     parser.add_argument("--recipe", default=None, help="recipe name in training_scripts/recipes or a YAML path")
     parser.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (overrides epochs)")
-    parser.add_argument("--resume-from-checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--resume-from-checkpoint", default=None,
+                        help="a checkpoint folder, or 'latest' (the newest in OUTPUT_DIR/checkpoints; none: start)")
+    parser.add_argument("--overwrite-output-dir", action="store_true",
+                        help="start a new run in an OUTPUT_DIR that holds one (its checkpoints, logs and model go)")
     parser.add_argument("--per-device-batch-size", type=int, default=None)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None, help="overrides every stage's learning rate")
@@ -214,10 +227,13 @@ def _check_stage_keys(recipe: dict[str, Any], ct: bool) -> None:
         used = [key for key in wrong if (values or {}).get(key)]
         if used:
             raise ValueError(f"curriculum.{name}: {used} do not apply to {'CT' if ct else '2D'} models")
+    if ct and (recipe.get("data") or {}).get("resize_mode"):
+        raise ValueError("data.resize_mode applies to 2D models; a CT window's size is data.processor's")
     if ct and (recipe.get("distillation") or {}).get("enabled"):
         raise ValueError("distillation is implemented for the 2D classifiers only")
     if not ct:
-        ct_only = [f"data.{key}" for key in ("processor", "oversample_minority") if (recipe.get("data") or {}).get(key)]
+        data = recipe.get("data") or {}
+        ct_only = [f"data.{key}" for key in ("processor", "oversample_minority", "task") if data.get(key)]
         ct_only += ["augmentation.sharpen"] if (recipe.get("augmentation") or {}).get("sharpen") else []
         if ct_only:
             raise ValueError(f"{ct_only} apply to CT models (MMCAF-Net) only")
@@ -331,6 +347,51 @@ class _CTAugmentation(torch.nn.Module):
         return window
 
 
+class SeededShuffleSampler(torch.utils.data.Sampler):
+    """A new order of `size` rows every epoch, each draw with its own augmentation seed: yields (row, seed).
+
+    Both come from (seed, epoch) alone, never from torch's global generator. A run resumed in the middle of an epoch
+    (Accelerate skips the batches already done at the sampler level) then gets the rows of the uninterrupted run, in
+    its order and augmented in its way, with or without DataLoader workers; the global generator, which dropout
+    draws from, is the one the checkpoint restored. The loop calls `set_epoch` (through Accelerate's DataLoader)
+    before each epoch.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch, 0]).permutation(self.size)
+        seeds = np.random.SeedSequence([self.seed, self.epoch, 1]).generate_state(self.size)
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
+
+
+class TrainingRows(torch.utils.data.Dataset):
+    """A 2D training split read through `transform` (`train_transform`) in batches of the (row, augmentation seed)
+    keys `SeededShuffleSampler` yields; the seeds reach the transform as its `AUGMENTATION_SEED` column."""
+
+    def __init__(self, split: datasets.Dataset, transform: Callable[[dict[str, Any]], dict[str, torch.Tensor]]) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        batch = self.split[[row for row, _ in keys]]
+        batch[AUGMENTATION_SEED] = [seed for _, seed in keys]
+        output = self.transform(batch)
+        return [{name: value[index] for name, value in output.items()} for index in range(len(keys))]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        return self.__getitems__([key])[0]
+
+
 class CTTrainingWindows(torch.utils.data.Dataset):
     """Training rows of a converted Lung-PET-CT-Dx split as model inputs: one window per row (the processor's
     `slice_selection`, lesion-centred in the recipe), the encoded clinical values and the model's class index.
@@ -347,11 +408,13 @@ class CTTrainingWindows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """`key`: a position in `indices`, or (position, augmentation seed) as `SeededShuffleSampler` yields."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         row = self.indices[index]
         inputs = self.processor(self.rows[row], return_tensors="pt")
         return {
-            "pixel_values": self.augment(inputs["pixel_values"][0]),
+            "pixel_values": seeded(self.augment, inputs["pixel_values"][0], seed),
             "clinical_values": inputs["clinical_values"][0],
             "labels": torch.tensor(int(self.classes[row]), dtype=torch.long),
         }
@@ -481,13 +544,109 @@ def _no_finding_mask(split: datasets.Dataset) -> list[bool]:
     return (labels != 1).all(axis=1).tolist()
 
 
-def load_training_data(dataset: str, train_split: str, validation_split: str) -> datasets.DatasetDict:
-    """A converted dataset folder (`save_to_disk`) or a Hub dataset id; both splits must exist."""
-    data = datasets.load_from_disk(dataset) if Path(dataset).exists() else datasets.load_dataset(dataset)
-    missing = [name for name in (train_split, validation_split) if name not in data]
-    if missing:
+# Recipe `data` keys that describe how the dataset was converted, and the converter setting each must equal.
+CONVERSION_SETTINGS = {"uncertain_labels": "uncertain", "task": "task"}
+VIEWS = ("frontal", "lateral")
+
+
+def apply_data_section(
+    recipe: dict[str, Any], dataset: str, data: datasets.DatasetDict, label_names: Sequence[str]
+) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, Any]]:
+    """(training split, validation split, the record of the data used) for the recipe's `data` section.
+
+    Every key takes effect or is checked: the splits are picked by `train_split`/`validation_split`; `views`
+    keeps those views (CheXpert's `frontal_lateral`) in both splits; `dataset`, `split_protocol`,
+    `uncertain_labels` and `task` must equal what `hf-cxr convert` recorded in the dataset's conversion report,
+    and `labels` must name the model's label set. A mismatch raises `ValueError` naming the key, both values and
+    the fix. A key the recipe leaves out is filled in from the report, so `recipe.yaml` states the policy used. A
+    dataset without a conversion report (a Hub id, a hand-built DatasetDict) cannot be checked: the keys that
+    could not be are listed in the record (`unverified`) and printed.
+    """
+    section = recipe.setdefault("data", {})
+    train_name = section.get("train_split", "train")
+    validation_name = section.get("validation_split", "validation")
+    report = read_conversion_report(dataset)
+    settings = (report or {}).get("settings") or {}
+    converted = (report or {}).get("dataset")
+
+    def refuse(key: str, wanted: Any, found: Any, fix: str) -> None:
+        raise ValueError(f"recipe data.{key} is {wanted!r} but {found}; {fix}")
+
+    if section.get("dataset") and converted and section["dataset"] != converted:
+        refuse("dataset", section["dataset"], f"'{dataset}' is a converted {converted} dataset", "train on the "
+               f"dataset the recipe is for, or pass --set data.dataset={converted}")  # fmt: skip
+    if converted and not section.get("dataset"):
+        section["dataset"] = converted
+    if converted in LABEL_SETS and list(LABEL_SETS[converted]) != list(label_names):
+        raise ValueError(f"'{dataset}' is a converted {converted} dataset (its labels are {converted}'s findings) but "
+                         f"the model predicts {list(label_names)}; build it with {converted}'s labels (the recipe's "
+                         "model.overrides.labels)")  # fmt: skip
+    if section.get("labels"):
+        if section["labels"] not in LABEL_SETS:
+            refuse("labels", section["labels"], f"hf-cxr knows the label sets {sorted(LABEL_SETS)}", "name one")
+        if list(LABEL_SETS[section["labels"]]) != list(label_names):
+            refuse("labels", section["labels"], f"the model predicts {list(label_names)}", "build the model with "
+                   "that label set (model.overrides.labels) or change data.labels")  # fmt: skip
+    for key, setting in CONVERSION_SETTINGS.items():
+        if setting not in settings:
+            continue
+        if key in section and section[key] != settings[setting]:
+            refuse(key, section[key], f"'{dataset}' was converted with {setting}={settings[setting]!r}",
+                   f"convert it again with that setting, or pass --set data.{key}={settings[setting]}")  # fmt: skip
+        section[key] = settings[setting]
+    protocol = section.get("split_protocol")
+    if protocol is not None and "split_protocol" in settings and protocol != settings["split_protocol"]:
+        used = settings["split_protocol"]
+        flag = str(protocol).replace("_", "-")
+        refuse("split_protocol", protocol, f"'{dataset}' was split with {used!r}",
+               f"convert with --split-protocol {flag}, or pass --set data.split_protocol={used}")  # fmt: skip
+    if isinstance(protocol, dict) and "fractions" in settings:
+        wanted = {"fractions": protocol.get("fractions"), "seed": protocol.get("seed")}
+        found = {"fractions": settings.get("fractions"), "seed": settings.get("seed")}
+        if wanted != found:
+            refuse("split_protocol", wanted, f"'{dataset}' was split with {found}", "convert with the recipe's "
+                   "fractions and seed, or change data.split_protocol")  # fmt: skip
+    if protocol is None and "split_protocol" in settings:
+        section["split_protocol"] = settings["split_protocol"]
+    if train_name not in data or validation_name not in data:
+        missing = [name for name in (train_name, validation_name) if name not in data]
         raise ValueError(f"dataset '{dataset}' has no split {missing} (it has {sorted(data)})")
-    return data
+    train_split, validation_split = data[train_name], data[validation_name]
+    if section.get("views"):
+        train_split, validation_split = (_keep_views(part, section["views"], dataset, name) for part, name in
+                                         ((train_split, train_name), (validation_split, validation_name)))  # fmt: skip
+    checkable = ("dataset", "split_protocol", *CONVERSION_SETTINGS)
+    unverified = [f"data.{key}" for key in checkable if report is None and section.get(key) is not None]
+    if unverified:
+        print(f"note: '{dataset}' has no conversion report (it was not made by `hf-cxr convert`), so "
+              f"{', '.join(unverified)} could not be checked against it")  # fmt: skip
+    record = {
+        "source": str(dataset),
+        "name": converted,
+        "train_split": train_name,
+        "validation_split": validation_name,
+        "rows": {train_name: train_split.num_rows, validation_name: validation_split.num_rows},
+        "conversion": settings or None,
+        "unverified": unverified,
+    }
+    return train_split, validation_split, record
+
+
+def _keep_views(split: datasets.Dataset, views: Sequence[str], dataset: str, name: str) -> datasets.Dataset:
+    """The rows of `split` whose `frontal_lateral` is one of `views` (data.views); every view asked for must exist."""
+    wanted = [str(view).lower() for view in views]
+    unknown = sorted(set(wanted) - set(VIEWS))
+    if unknown:
+        raise ValueError(f"recipe data.views names {unknown}; the views are {list(VIEWS)}")
+    if "frontal_lateral" not in split.column_names:
+        raise ValueError(f"recipe data.views is {list(views)} but the '{name}' split of '{dataset}' has no "
+                         "`frontal_lateral` column to select views by; remove data.views")  # fmt: skip
+    found = [str(view).lower() for view in split["frontal_lateral"]]
+    absent = [view for view in wanted if view not in found]
+    if absent:
+        raise ValueError(f"recipe data.views asks for {absent} views but the '{name}' split of '{dataset}' has none "
+                         "(was it converted with --frontal-only?)")  # fmt: skip
+    return split.select([index for index, view in enumerate(found) if view in wanted])
 
 
 def _evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, id2label: dict) -> dict:
@@ -534,7 +693,7 @@ def _save_checkpoint(
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         state = {"progress": progress.state_dict(), "scheduler": scheduler.state_dict()}
-        (partial / TRAINING_STATE).write_text(json.dumps(state))
+        (partial / TRAINING_STATE).write_text(strict_json(state))
         if ema is not None:
             save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, str(partial / EMA_WEIGHTS))
     accelerator.wait_for_everyone()
@@ -569,9 +728,15 @@ def _save_model(model: Any, processor: Any, output_dir: Path, metrics: dict[str,
     staging = output_dir / ".model.partial"
     if staging.exists():
         shutil.rmtree(staging)
-    model.save_pretrained(staging)
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # no "Writing model shards" bar inside the training bar
+    try:
+        model.save_pretrained(staging)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
     processor.save_pretrained(staging)
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (staging / "metrics.json").write_text(strict_json(metrics))
     (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     for path in staging.iterdir():
         os.replace(path, output_dir / path.name)
@@ -591,16 +756,73 @@ def tracker_list(log_with: str, logging_dir: Path) -> list[Any] | None:
     return [CSVTracker("run", logging_dir) if name == "csv" else name for name in names]
 
 
+# What a run writes in its output folder (besides the saved model's *.py remote code).
+RUN_OUTPUTS = ("checkpoints", "logs", "config.json", "model.safetensors", "preprocessor_config.json",
+               "processor_config.json", "metrics.json", "recipe.yaml")  # fmt: skip
+
+
+def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Before any work: an output folder that already holds a run is refused (`FileExistsError`) unless the run is
+    resumed (`--resume-from-checkpoint`) or replaced (`--overwrite-output-dir`: its checkpoints, logs and model
+    files are removed first, so the new run's logs and checkpoints are not mixed with the old ones). A checkpoint
+    path that is not one of train.py's raises `FileNotFoundError`."""
+    if resume not in (None, "latest") and not (Path(resume) / TRAINING_STATE).is_file():
+        checkpoints = output_dir / "checkpoints"
+        raise FileNotFoundError(f"--resume-from-checkpoint '{resume}' is not a checkpoint folder of train.py (no "
+                                f"{TRAINING_STATE}); pass one of '{checkpoints}'/step-* or 'latest'")  # fmt: skip
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise FileExistsError(f"--output-dir '{output_dir}' is a file, not a folder")
+    held = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if not held or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"'{output_dir}' already holds a training run ({', '.join(held)}); resume it with "
+            "--resume-from-checkpoint latest, start again with --overwrite-output-dir, or choose another --output-dir"
+        )
+    for name in held:
+        target = output_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    for code in output_dir.glob("*.py"):  # the previous model's remote code
+        code.unlink()
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) a training run; returns the metrics written to `metrics.json`."""
+    """Run (or resume) a training run; returns the metrics written to `metrics.json`.
+
+    Everything that can be refused is checked before training starts: the output folder (`prepare_output_dir`), the
+    recipe and flags, the model's config, the dataset and the recipe's data section (`apply_data_section`); each
+    raises `ValueError` or `FileExistsError`/`FileNotFoundError` naming the value and what to do."""
+    prepare_output_dir(Path(args.output_dir), args.resume_from_checkpoint, args.overwrite_output_dir)
     recipe = resolve_recipe(args)
     ct = is_ct_model(args.model)
-    model_section, data_section = recipe.get("model") or {}, recipe.get("data") or {}
+    model_section = recipe.get("model") or {}
     opt = recipe.get("optimization") or {}
     output_dir = Path(args.output_dir)
     seed = int(opt.get("seed", 0))
     grad_accumulation = int(opt.get("gradient_accumulation_steps", 1))
     log_with = tracker_list(args.log_with, output_dir / "logs")
+    # Everything that can be refused (the model's config, the data and the recipe's data section) is checked
+    # before the Accelerator and its trackers write anything under the output folder.
+    set_seed(seed)
+    preset = args.preset or model_section.get("preset", "paper")
+    overrides = dict(model_section.get("overrides") or {})
+    model = build_model(args.model, preset=preset, **overrides)
+    data = load_converted(args.dataset)
+    label_names = [model.config.id2label[index] for index in sorted(model.config.id2label)]
+    train_split, validation_split, dataset_record = apply_data_section(recipe, args.dataset, data, label_names)
+    run_record = {
+        "command_line": list(sys.argv),
+        "model_type": args.model,
+        "preset": preset,
+        "image_size": model.config.image_size,
+        "recipe": args.recipe,
+        "seed": seed,
+        "max_steps": args.max_steps,
+        "dataset": dataset_record,
+    }
     accelerator = Accelerator(
         gradient_accumulation_steps=grad_accumulation,
         mixed_precision=opt.get("mixed_precision") or "no",
@@ -611,16 +833,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         # MMCAF-Net's stages leave heads (and frozen parts) without gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if ct else None,
     )
-    set_seed(seed)
-
-    preset = args.preset or model_section.get("preset", "paper")
-    overrides = dict(model_section.get("overrides") or {})
-    model = build_model(args.model, preset=preset, **overrides)
-    data = load_training_data(
-        args.dataset, data_section.get("train_split", "train"), data_section.get("validation_split", "validation")
-    )
-    train_split = data[data_section.get("train_split", "train")]
-    validation_split = data[data_section.get("validation_split", "validation")]
 
     stages = stages_from_recipe(recipe)
     for stage in stages:
@@ -631,8 +843,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         inputs = _image_inputs(args, recipe, preset, model, train_split, validation_split)
     processor, stage_data, eval_loaders, scorer = inputs
+    recipe.setdefault("model", {})["preset"] = preset  # recipe.yaml records the preset built, not the file's
+    # Each stage's rows come from a seeded sampler; the loader's own generator (not the global one, which the
+    # checkpoint restores) gives each epoch's worker seed, so starting the epoch anew on resume draws nothing.
+    loader_options = {"batch_size": batch_size, "num_workers": args.num_workers, "drop_last": False}
     loaders = [
-        DataLoader(split, batch_size=batch_size, shuffle=True, num_workers=args.num_workers, drop_last=False)
+        DataLoader(split, sampler=SeededShuffleSampler(len(split), seed), generator=torch.Generator(), **loader_options)
         for split in stage_data
     ]
 
@@ -671,6 +887,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     resume = args.resume_from_checkpoint
     if resume == "latest":
         resume = latest_checkpoint(output_dir)
+        if resume is None:
+            accelerator.print(f"no checkpoint in '{output_dir / 'checkpoints'}' yet: starting the run")
     if resume:
         _load_checkpoint(accelerator, Path(resume), progress, scheduler, ema)
         accelerator.print(f"resumed from {resume} at step {progress.step}")
@@ -684,14 +902,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stopped_early = False
     start_step = progress.step
     bar = tqdm(total=total_steps, initial=progress.step, disable=not accelerator.is_main_process, desc="training")
+    say = bar.write if accelerator.is_main_process else (lambda _: None)
+    keep_best = (accelerator, model, ema, score, processor, progress, recipe, output_dir, ct, run_record, say)
     model.train()
     stage_start = 0
-    for stage, loader in zip(stages, loaders, strict=True):
+    for index, (stage, loader) in enumerate(zip(stages, loaders, strict=True)):
         stage_end = stage_start + stage.steps
         if progress.step >= stage_end:
             stage_start = stage_end
             continue
         apply_stage(unwrapped, stage)
+        if len(stages) > 1:
+            say(f"stage {index + 1}/{len(stages)} '{stage.name}' from step {max(progress.step, stage_start) + 1}: "
+                f"{describe_stage(stage, unwrapped.config)}")  # fmt: skip
         while progress.step < stage_end and not stopped_early:
             within = progress.step - stage_start
             epoch, step_in_epoch = divmod(within, steps_per_epoch[stages.index(stage)])
@@ -717,7 +940,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 bar.update(1)
                 accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
                 if progress.step % eval_every == 0 or progress.step == total_steps:
-                    _validate_and_keep_best(accelerator, model, ema, score, processor, progress, recipe, output_dir, ct)
+                    say(f"step {progress.step}/{total_steps}: training loss {loss.item():.4f}")
+                    _validate_and_keep_best(*keep_best)
                 checkpoint = (output_dir / "checkpoints", args.keep_checkpoints, progress, scheduler, ema)
                 if progress.step % args.checkpointing_steps == 0 or progress.step == total_steps:
                     _save_checkpoint(accelerator, *checkpoint)
@@ -742,8 +966,35 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                "compute": _compute_summary(accelerator, batch_size, progress.seconds)}  # fmt: skip
     if accelerator.is_main_process and not stopped_early and (output_dir / "metrics.json").is_file():
         best = json.loads((output_dir / "metrics.json").read_text())
-        (output_dir / "metrics.json").write_text(json.dumps({**best, "training": summary}, indent=2))
+        (output_dir / "metrics.json").write_text(strict_json({**best, "training": summary}))
+    if accelerator.is_main_process:
+        _print_outputs(output_dir, summary, progress)
     return summary
+
+
+def describe_stage(stage: Stage, config: Any) -> str:
+    """One line on what a curriculum stage trains: its steps, images, loss and learning rate."""
+    parts = [f"{stage.steps} steps"]
+    if stage.exclude_no_finding:
+        parts.append("abnormal images only")
+    if stage.classification_head is not None:
+        parts.append(f"{stage.classification_head} head")
+    if stage.frozen_parts:
+        parts.append(f"frozen: {', '.join(stage.frozen_parts)}")
+    parts += [f"loss {config.loss}", f"learning rate {stage.learning_rate:g}"]
+    return ", ".join(parts)
+
+
+def _print_outputs(output_dir: Path, summary: dict[str, Any], progress: TrainingProgress) -> None:
+    """Where the run's outputs went, printed at its end."""
+    state = "finished" if summary["finished"] else "stopped"
+    print(f"training {state} at step {summary['step']} of {summary['total_steps']}")
+    if (output_dir / "config.json").is_file():
+        best = "undefined" if not math.isfinite(progress.best_metric) else f"{progress.best_metric:.4f}"
+        print(f"  model folder (best on validation, step {progress.best_step}, {best}): {output_dir}/")
+        print(f"  its validation numbers and the run record: {output_dir / 'metrics.json'}")
+    print(f"  checkpoints (--resume-from-checkpoint latest): {output_dir / 'checkpoints'}/")
+    print(f"  logs (CSV, TensorBoard when installed): {output_dir / 'logs' / 'run'}/")
 
 
 def _compute_summary(accelerator: Accelerator, batch_size: int, seconds: float) -> dict[str, Any]:
@@ -762,7 +1013,8 @@ def _image_inputs(
 ) -> tuple[Any, list[Any], list[DataLoader], Any]:  # fmt: skip
     """2D: (image processor, training data per stage, validation loaders, validation scorer): images through
     `train_transform`, the abnormal-only stages filtered, macro AUC over findings on validation."""
-    processor = build_image_processor(args.model, preset=preset)
+    resize = {"resize_mode": recipe["data"]["resize_mode"]} if recipe["data"].get("resize_mode") else {}
+    processor = build_image_processor(args.model, preset=preset, **resize)
     augment = augmentation_from_recipe(recipe.get("augmentation"))
     stage_data = []
     for stage in stages_from_recipe(recipe):
@@ -770,11 +1022,12 @@ def _image_inputs(
         if stage.exclude_no_finding:
             keep = [i for i, empty in enumerate(_no_finding_mask(split)) if not empty]
             split = split.select(keep)
-        stage_data.append(split.with_transform(train_transform(processor, augmentation=augment)))
+        stage_data.append(TrainingRows(split, train_transform(processor, augmentation=augment)))
     batch_size = int((recipe.get("optimization") or {}).get("batch_size", 32))
     eval_loader = DataLoader(
-        validation_split.with_transform(eval_transform(processor)), batch_size=batch_size, num_workers=args.num_workers
-    )
+        validation_split.with_transform(eval_transform(processor)), batch_size=batch_size, num_workers=args.num_workers,
+        generator=torch.Generator(),  # starting an epoch draws its worker seed here, not from the global generator
+    )  # fmt: skip
     positive_counts, num_samples = _label_counts(train_split)
     model.config.class_positive_counts, model.config.num_train_samples = positive_counts, num_samples
 
@@ -896,11 +1149,12 @@ def _clip(accelerator: Accelerator, parameters: list[torch.nn.Parameter], clippi
 
 
 def _validate_and_keep_best(
-    accelerator: Accelerator, model: Any, ema: Any, score: Any, processor: Any,
-    progress: TrainingProgress, recipe: dict[str, Any], output_dir: Path, ct: bool,
+    accelerator: Accelerator, model: Any, ema: Any, score: Any, processor: Any, progress: TrainingProgress,
+    recipe: dict[str, Any], output_dir: Path, ct: bool, run_record: dict[str, Any], say: Callable[[str], None],
 ) -> None:  # fmt: skip
-    """Score the validation split (`score(accelerator, model)`); when it improves, the model folder is rewritten
-    with this model."""
+    """Score the validation split (`score(accelerator, model)`) and print the numbers; when the selection metric
+    improves, the model folder is rewritten with this model and `metrics.json` with its numbers and the run
+    record."""
     scored = ema.module if ema is not None else model
     metrics = score(accelerator, scored)
     metric_name = _selection_metric(metrics, (recipe.get("evaluation") or {}).get("select_best_by"), ct)
@@ -908,11 +1162,15 @@ def _validate_and_keep_best(
     value = -metrics["loss"] if math.isnan(value) else value  # a tiny split may leave every AUC undefined
     progress.history.append({"step": progress.step, **{f"validation/{k}": v for k, v in metrics.items()}})
     accelerator.log({f"validation/{k}": v for k, v in metrics.items() if not math.isnan(v)}, step=progress.step)
-    if value > progress.best_metric:
+    improved = value > progress.best_metric
+    shown = "undefined" if math.isnan(metrics[metric_name]) else f"{metrics[metric_name]:.4f}"
+    say(f"  validation: {metric_name} {shown}, loss {metrics['loss']:.4f}" + (" (best so far: model saved)" if improved
+        else f" (best: step {progress.best_step})"))  # fmt: skip
+    if improved:
         progress.best_metric, progress.best_step = value, progress.step
         if accelerator.is_main_process:
             best = {"selected_on": "validation", "select_best_by": metric_name, "step": progress.step,
-                    "validation": metrics}  # fmt: skip
+                    "validation": metrics, "run": run_record}  # fmt: skip
             _save_model(accelerator.unwrap_model(scored), processor, output_dir, best, recipe)
     accelerator.wait_for_everyone()
 

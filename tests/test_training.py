@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+import yaml
 from conftest import NIH_DIR
 from safetensors.torch import load_file
 
@@ -20,7 +21,14 @@ from hf_cxr.cli import main as cli_main
 from hf_cxr.data.transforms import eval_transform
 from hf_cxr.recipes import apply_overrides, load_recipe
 from hf_cxr.sample import load_labelled_folder
-from hf_cxr.training import add_train_arguments, latest_checkpoint, lr_at, stages_from_recipe, train
+from hf_cxr.training import (
+    add_train_arguments,
+    apply_data_section,
+    latest_checkpoint,
+    lr_at,
+    stages_from_recipe,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +40,10 @@ def tiny_dataset(tmp_path_factory) -> Path:
     parts = load_labelled_folder(NIH_DIR).train_test_split(test_size=5, seed=0)
     datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]}).save_to_disk(str(folder))
     return folder
+
+
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"not strict JSON: {name}")
 
 
 def run_args(dataset: Path, output: Path, *extra: str):
@@ -70,7 +82,18 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     last.load_state_dict(final, strict=False)
     assert train_loss(last, tiny_dataset) < before
     assert train_loss(model, tiny_dataset) < before
-    assert (tmp_path / "logs" / "run" / "metrics.csv").read_text().count("train/loss") == 10
+    csv_lines = (tmp_path / "logs" / "run" / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0] == "step,name,value" and sum("train/loss" in line for line in csv_lines) == 10
+    # Every JSON file the run wrote is strict JSON (no NaN, Infinity): the validation AUCs of 5 images are NaN.
+    written = sorted(tmp_path.rglob("*.json"))
+    assert {"metrics.json", "config.json", "training_state.json"} <= {path.name for path in written}
+    for path in written:
+        json.loads(path.read_text(), parse_constant=refuse_constant)
+    run = metrics["run"]  # what the model card states: the run that happened
+    assert run["preset"] == "tiny" and run["image_size"] == 64 and run["max_steps"] == 10 and run["recipe"] is None
+    assert run["dataset"]["rows"] == {"train": 10, "validation": 5} and run["dataset"]["conversion"] is None
+    assert isinstance(run["command_line"], list) and run["command_line"]
+    assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["model"]["preset"] == "tiny"
     # --log-with defaults to csv plus TensorBoard (installed by the test extra), both under logs/run.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -79,22 +102,30 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     assert [event.step for event in events.Scalars("validation/auc_macro")] == [5, 10]
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_dataset, tmp_path) -> None:
-    """Two-stage curriculum, augmentation, dropout and EMA: interrupted at step 5 of 8, resumed, same weights."""
-    common = ("--recipe", "cr_msnet_chestxray14", "--max-steps", "8", "--checkpointing-steps", "2",
-              "--set", "optimization.ema={enabled: true, decay: 0.9}", "--seed", "3")  # fmt: skip
+def test_killed_run_resumes_to_the_same_weights_at_any_step(tiny_dataset, tmp_path) -> None:
+    """Two-stage curriculum, augmentation, dropout and EMA: a run interrupted three times, twice in the middle of an
+    epoch and once in the middle of stage 1, ends with the same weights as an uninterrupted one, and so does every
+    checkpoint on the way (10 training images, batch 4: stage 2 has 3 batches per epoch, steps 3-5 and 6-8)."""
+    common = ("--recipe", "cr_msnet_chestxray14", "--max-steps", "8", "--checkpointing-steps", "1",
+              "--keep-checkpoints", "8", "--set", "optimization.ema={enabled: true, decay: 0.9}",
+              "--seed", "3")  # fmt: skip
     train(run_args(tiny_dataset, tmp_path / "straight", *common))
-    train(run_args(tiny_dataset, tmp_path / "resumed", *common, "--stop-after-steps", "5"))
-    assert latest_checkpoint(tmp_path / "resumed").name == "step-00000005"
-    summary = train(run_args(tiny_dataset, tmp_path / "resumed", *common, "--resume-from-checkpoint", "latest"))
+    resumed = tmp_path / "resumed"
+    for stop_at, after in ((1, "1"), (4, "3"), (7, "3")):
+        resume = ("--resume-from-checkpoint", "latest") if stop_at > 1 else ()
+        train(run_args(tiny_dataset, resumed, *common, *resume, "--stop-after-steps", after))
+        assert latest_checkpoint(resumed).name == f"step-{stop_at:08d}"
+    summary = train(run_args(tiny_dataset, resumed, *common, "--resume-from-checkpoint", "latest"))
     assert summary["finished"] and summary["step"] == 8
-    straight = latest_checkpoint(tmp_path / "straight")
-    resumed = latest_checkpoint(tmp_path / "resumed")
-    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ema_a, ema_b = load_file(str(straight / "ema.safetensors")), load_file(str(resumed / "ema.safetensors"))
+    for step in range(1, 9):
+        a = load_file(str(tmp_path / "straight" / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+        b = load_file(str(resumed / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+        differing = [k for k in a if not torch.equal(a[k], b[k])]
+        assert a.keys() == b.keys() and not differing, f"step {step}: {len(differing)} of {len(a)} tensors differ"
+    straight, final = latest_checkpoint(tmp_path / "straight"), latest_checkpoint(resumed)
+    ema_a, ema_b = load_file(str(straight / "ema.safetensors")), load_file(str(final / "ema.safetensors"))
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
-    assert not list(resumed.glob("*.pkl")) or {p.name for p in resumed.glob("*.pkl")} == {"random_states_0.pkl"}
+    assert not list(final.glob("*.pkl")) or {p.name for p in final.glob("*.pkl")} == {"random_states_0.pkl"}
     # Stage 1 (abnormal images only) took round(8 * 5 / 25) = 2 steps; stage 2 switched to the class-balanced loss.
     stages = summary["stages"]
     assert [(s["steps"], s["exclude_no_finding"], s["loss"]) for s in stages] == [
@@ -214,3 +245,85 @@ def test_distillation_from_a_local_teacher(tiny_dataset, tmp_path) -> None:
     a = load_file(str(latest_checkpoint(tmp_path / "plain") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "distilled") / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the teacher's targets changed the updates
+
+
+def converted_like(tmp_path: Path, settings: dict, views: list[str] | None = None, name: str = "chexpert") -> Path:
+    """A DatasetDict folder with a conversion report as `hf-cxr convert` writes it (settings as given)."""
+    rows = {"labels": [[0.0] * 14] * 4, "patient_id": ["a", "b", "c", "d"]}
+    if views is not None:
+        rows["frontal_lateral"] = views
+    split = datasets.Dataset.from_dict(rows)
+    folder = tmp_path / "converted"
+    datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(str(folder))
+    (folder / "conversion_report.json").write_text(json.dumps({"dataset": name, "settings": settings}))
+    return folder
+
+
+def test_the_recipe_data_section_is_applied_or_refused(tmp_path) -> None:
+    """The MXA recipe's U-Ones labels on a dataset converted with `--uncertain ignore` are refused (they would train
+    on -100 labels while recipe.yaml and the card said "ones"); views select rows; the policy used is recorded."""
+    chexpert = [hf_cxr.CHEXPERT_LABELS[i] for i in range(14)]
+    recipe = load_recipe("mxa_efficientvit_chexpert")
+    views = ["Frontal", "Lateral", "Frontal", "Frontal"]
+    folder = converted_like(tmp_path, {"uncertain": "ignore", "frontal_only": False}, views)
+    data = datasets.load_from_disk(str(folder))
+    with pytest.raises(ValueError, match=r"data\.uncertain_labels is 'ones' but .* converted with uncertain='ignore'"):
+        apply_data_section(recipe, str(folder), data, chexpert)
+    recipe["data"]["uncertain_labels"] = "ignore"
+    train_split, _, record = apply_data_section(recipe, str(folder), data, chexpert)
+    assert train_split.num_rows == 4 and record["conversion"]["uncertain"] == "ignore" and not record["unverified"]
+    recipe["data"]["views"] = ["frontal"]  # takes effect: the lateral row leaves both splits
+    train_split, _, record = apply_data_section(recipe, str(folder), data, chexpert)
+    assert train_split["frontal_lateral"] == ["Frontal"] * 3 and record["rows"] == {"train": 3, "validation": 3}
+    del recipe["data"]["uncertain_labels"]  # left out: filled in from the conversion, so recipe.yaml states it
+    apply_data_section(recipe, str(folder), data, chexpert)
+    assert recipe["data"]["uncertain_labels"] == "ignore"
+    frontal_only = converted_like(tmp_path / "f", {"uncertain": "ignore", "frontal_only": True}, ["Frontal"] * 4)
+    recipe["data"]["views"] = ["frontal", "lateral"]
+    with pytest.raises(ValueError, match=r"data\.views asks for \['lateral'\] views .* --frontal-only"):
+        apply_data_section(recipe, str(frontal_only), datasets.load_from_disk(str(frontal_only)), chexpert)
+    with pytest.raises(ValueError, match=r"is a converted chexpert dataset .* but the model predicts \['Atelectasis'"):
+        apply_data_section(recipe, str(folder), data, list(hf_cxr.CHESTXRAY14_LABELS))  # a ChestX-ray14 model
+    unconverted = datasets.load_from_disk(str(folder))  # the same rows, no conversion report beside them
+    unconverted.save_to_disk(str(tmp_path / "unconverted"))
+    with pytest.raises(ValueError, match=r"data\.labels is 'chexpert' but the model predicts"):
+        apply_data_section(recipe, str(tmp_path / "unconverted"), unconverted, list(hf_cxr.CHESTXRAY14_LABELS))
+    nih = converted_like(tmp_path / "n", {"split_protocol": "random_patient", "seed": 0}, name="chestxray14")
+    cr_recipe = load_recipe("cr_msnet_chestxray14")
+    with pytest.raises(ValueError, match=r"data\.split_protocol is 'official' but .* split with 'random_patient'"):
+        apply_data_section(cr_recipe, str(nih), datasets.load_from_disk(str(nih)), list(hf_cxr.CHESTXRAY14_LABELS))
+    with pytest.raises(ValueError, match=r"data\.dataset is 'chestxray14' but .* is a converted chexpert dataset"):
+        apply_data_section(cr_recipe, str(folder), data, list(hf_cxr.CHESTXRAY14_LABELS))
+
+
+def test_a_dataset_without_conversion_report_lists_what_could_not_be_checked(tiny_dataset, capsys) -> None:
+    recipe = load_recipe("cr_msnet_chestxray14")
+    data = datasets.load_from_disk(str(tiny_dataset))
+    *_, record = apply_data_section(recipe, str(tiny_dataset), data, list(hf_cxr.CHESTXRAY14_LABELS))
+    assert record["conversion"] is None and record["unverified"] == ["data.dataset", "data.split_protocol"]
+    assert "could not be checked" in capsys.readouterr().out
+
+
+def test_a_misspelled_model_override_is_refused_before_training(tiny_dataset, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"has no field fusion_dimm \(did you mean fusion_dim\?\)"):
+        train(run_args(tiny_dataset, tmp_path / "out", "--set", "model.overrides={fusion_dimm: 64}"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_holding_a_run_is_refused_before_any_work(tiny_dataset, tmp_path, capsys) -> None:
+    from hf_cxr.training import prepare_output_dir
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "modeling_cr_msnet.py").write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["train", "--model", "cr_msnet", "--preset", "tiny", "--dataset", str(tiny_dataset), "--output-dir",
+            str(tmp_path), "--max-steps", "1"]  # fmt: skip
+    assert cli_main(argv) == 1  # one line on stderr, no traceback
+    error = capsys.readouterr().err
+    assert error.startswith("hf-cxr train: error: ") and error.count("\n") == 1
+    assert "already holds a training run (checkpoints, metrics.json); resume it with" in error
+    prepare_output_dir(tmp_path, None, overwrite=True)  # --overwrite-output-dir: the run's files go, others stay
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+    with pytest.raises(FileNotFoundError, match=r"is not a checkpoint folder of train\.py"):
+        prepare_output_dir(tmp_path, str(tmp_path), overwrite=False)

@@ -26,7 +26,10 @@ from hf_cxr.training import add_train_arguments, latest_checkpoint, oversampled_
 
 PATIENTS = ["A0001", "A0002", "A0003", "A0004", "G0001", "G0002", "G0003", "G0004"]
 # No `data.processor.size`: with `--preset tiny` the window follows the tiny model (12 x 32 x 32), not the recipe.
-TINY = ("--set", "data.oversample_minority.target_count=3")
+# The fixture is converted with a quarter of the patients in validation and test (the recipe's split is 70/10/20):
+# the recipe must say so, or train.py refuses the dataset.
+TINY = ("--set", "data.oversample_minority.target_count=3",
+        "--set", "data.split_protocol={fractions: {train: 0.5, validation: 0.25, test: 0.25}, seed: 0}")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

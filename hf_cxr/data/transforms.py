@@ -23,6 +23,19 @@ from torchvision.transforms import v2
 
 from hf_cxr.imaging import load_radiograph
 
+# A batch column holding one augmentation seed per row (see `train_transform`).
+AUGMENTATION_SEED = "augmentation_seed"
+
+
+def seeded(augment: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """`augment(image)`, drawing its random numbers from a CPU generator seeded with `seed` when one is given, and
+    leaving torch's global generator as it was (the augmentations draw from the global one)."""
+    if seed is None:
+        return augment(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return augment(image)
+
 
 def _labels_tensor(values: Sequence[Any]) -> torch.Tensor:
     return torch.as_tensor(np.asarray(values, dtype=np.float32))
@@ -69,15 +82,19 @@ def train_transform(
     """`eval_transform` plus random augmentation (default `train_augmentation()`) before the processor.
 
     Each image is read at full precision as grey [0, 1], augmented as a [1, H, W] tensor, clamped back to
-    [0, 1] and handed to the processor, which resizes and normalises it as at inference.
+    [0, 1] and handed to the processor, which resizes and normalises it as at inference. The augmentation draws
+    from torch's global random generator, unless the batch carries an `AUGMENTATION_SEED` column (one integer per
+    row, as `hf_cxr.training` adds): each row is then augmented with its own seed, whatever process reads it and
+    whatever was drawn before, which is what makes a resumed run exact.
     """
     augment = augmentation if augmentation is not None else train_augmentation()
 
     def transform(batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = []
+        seeds = batch.get(AUGMENTATION_SEED)
         for index, image in enumerate(batch[image_column]):
             grey = torch.from_numpy(load_radiograph(image, name=f"{image_column}[{index}]"))[None]
-            images.append(augment(grey).clamp_(0.0, 1.0))
+            images.append(seeded(augment, grey, None if seeds is None else int(seeds[index])).clamp_(0.0, 1.0))
         output = {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"]}
         if label_column in batch:
             output["labels"] = _labels_tensor(batch[label_column])
