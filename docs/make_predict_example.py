@@ -19,7 +19,8 @@ from PIL import Image
 
 from hf_cxr.imaging import load_radiograph
 from hf_cxr.lesions import insert_square, train_planted_signal_model
-from hf_cxr.predict import format_results, load_predictor, predict
+from hf_cxr.models import load_model
+from hf_cxr.predict import format_results, predict
 from hf_cxr.sample import SAMPLE_DIR
 
 OUTPUT = Path(__file__).parent / "images" / "predict_example.png"
@@ -40,7 +41,7 @@ def main() -> None:
         processor.save_pretrained(folder)
         radiograph = Path(work) / f"{shown.stem}_with_square.png"
         Image.fromarray(np.round(plant(load_radiograph(shown)) * 255).astype(np.uint8)).save(radiograph)
-        loaded, loaded_processor = load_predictor(folder, device="cpu")
+        loaded, loaded_processor = load_model(folder, device="cpu")
         results = predict(loaded, loaded_processor, [radiograph], out_dir=Path(work) / "out", top_k=1)
         print(format_results(results))
         OUTPUT.parent.mkdir(parents=True, exist_ok=True)

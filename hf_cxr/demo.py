@@ -20,7 +20,8 @@ from transformers import pipeline
 from hf_cxr.data import build_chestxray14
 from hf_cxr.evaluation import evaluate_model
 from hf_cxr.hub import push_model
-from hf_cxr.predict import load_predictor, predict
+from hf_cxr.models import load_model
+from hf_cxr.predict import predict
 from hf_cxr.recipes import available_recipes
 from hf_cxr.sample import write_sample_raw_tree
 from hf_cxr.training import add_train_arguments, train
@@ -138,7 +139,7 @@ def run_demo(
     examples.mkdir(parents=True, exist_ok=True)
     example = examples / test_rows[0]["image_id"]
     test_rows[0]["image"].save(example)
-    model, processor = load_predictor(pushed.folder)
+    model, processor = load_model(pushed.folder)
     heatmap_files = [r.heatmap for r in predict(model, processor, [example], out_dir=output_dir / "heatmaps")]
     result = DemoResult(
         output_dir, Path(pushed.folder), summary["best_step"], best["validation/auc_macro"], predictions,

@@ -9,9 +9,16 @@ model's own attention where it has one:
   tokens, on the local branch's grid, upsampled (`Explanation.attention`).
 - MXA-EfficientViT: the box each MXA block pooled, as (x1, y1, x2, y2) pixel rectangles (`Explanation.boxes`).
 
-Grad-CAM (Selvaraju et al., ICCV 2017) weights each channel of a feature map by the spatial mean of the finding
-logit's gradient and keeps the positive part of the sum. The default layer per architecture is in
-`DEFAULT_LAYERS`; any module whose output is a [B, C, h, w] map can be chosen with `layer=`.
+Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
+ICCV 2017, eqs. 1-2) weights each channel k of a feature map A by the spatial mean of the gradient of the finding's
+score y (its logit, before the sigmoid) and keeps the positive part: ReLU(sum_k mean_ij(dy/dA^k_ij) A^k). A map
+only says something about the part of the score that flows through its layer, so the default layer per
+architecture (`DEFAULT_LAYERS`) lies on the path that carries the score; any module whose output is a [B, C, h, w]
+map can be chosen with `layer=`.
+
+A map can still carry no location: every weighted sum at or below zero (nothing on the layer raises the score),
+the same value everywhere, or not finite. Such a map is returned as zeros and `Explanation.heatmap_status` says
+which (`HEATMAP_STATUS` lists the values); it is never scaled up to look like a finding.
 
 Plotting is separate (`overlay`). These maps show what drove a research model's score; they are not evidence of
 disease and hf-cxr models are not medical devices.
@@ -34,11 +41,21 @@ from hf_cxr.modeling.common.imaging import load_radiograph
 # Grad-CAM layers per model type, in order of preference: the first whose map has more than one cell is used
 # (a 1 x 1 map carries no location). Names are `model.named_modules()` paths of the task models.
 DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
-    # The local (ResNet) branch's last map after PMS-CSA ([B, C_l, H/16, W/16]): the finer of the two branches'
-    # maps and the one the global tokens attend to. The global map (`cr_msnet.global_attention`, H/32) is coarser:
-    # on a tiny model trained on a planted square it put the peak in the square for half the images, the local
-    # map for all of them (tests/test_explain.py).
-    "cr_msnet": ("cr_msnet.local_attention",),
+    # The global (CoAtNet) branch after its first self-attention stage (`stages.2`, [B, C, H/16, W/16]: 14 x 14 at
+    # 224 px, 8 x 8 at 128 px). The classifier reads the global tokens directly and the local branch only through
+    # the gated cross-attention, so the global branch carries the score (Grad-CAM explains only what flows through
+    # its layer). On the planted-square models of tests/test_explain.py the local branch carried none of it:
+    # swapping the local map for that of the same image without the square moved the logit by at most 0.01 of its
+    # 4-6 swing (swapping the global map moved all of it); d(logit)/d(local map) was ~3e-6 per element and
+    # sum(gradient * activation) ~2e-5 there against ~4e-2 here, so Grad-CAM on the local map (the former default
+    # `cr_msnet.local_attention`) was its activation strength signed by noise: all zero on up to 9 of 15 images.
+    # The branch's output map (`cr_msnet.global_attention`, stride 32) follows a second all-to-all self-attention
+    # stage that spreads the evidence over the tokens. Over 13 trainings of that model (9 seeds; seed 0 with its
+    # starting weights changed by 1e-7 or 1e-6, or trained in float64) the peak lay in the square for a median 10
+    # of 15 images here (1-15), 5 on the output map (0-12), 4 on the local map (0-15). The last convolutional
+    # stage (`stages.1`, stride 8) peaks on the square's edges, often just outside it; it is the fallback when the
+    # input is so small that `stages.2` gives a 1 x 1 map.
+    "cr_msnet": ("cr_msnet.global_backbone.stages.2", "cr_msnet.global_backbone.stages.1"),
     # The online backbone's last map h (`bn2`, [B, C, H/32, W/32]), before the multi-scale fusion: the fusion's
     # 5 x 5 convolution spans most of an H/32 grid, so Grad-CAM on the fused map (`ma_msf.fusion`) comes out
     # nearly uniform on small inputs. Still coarse: one cell is 32 input pixels.
@@ -51,6 +68,16 @@ DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
 # Model types whose forward returns attention with `output_attentions=True`.
 _ATTENTION_MODELS = ("cr_msnet", "mxa_efficientvit")
 
+# `Explanation.heatmap_status` values: "ok" for a map that shows where the score came from, else why the map is
+# returned as zeros (it carries no location and must not be drawn as if it did).
+HEATMAP_STATUS: dict[str, str] = {
+    "ok": "the map varies over the layer's grid",
+    "zero": "every location's weighted sum is at or below zero (within float32 rounding): nothing on this layer "
+    "raises the score",
+    "constant": "the weighted sum is the same positive value everywhere: no location stands out",
+    "non-finite": "the gradient or the feature map holds NaN or infinity",
+}
+
 
 @dataclass
 class Explanation:
@@ -59,7 +86,10 @@ class Explanation:
     Attributes:
         image: the radiograph as read, grey float32 [H, W] in [0, 1] (what the maps are aligned to).
         probabilities: finding -> sigmoid probability, for every finding of the model.
-        heatmaps: finding -> Grad-CAM map, for the findings asked for (most probable first when chosen by top_k).
+        heatmaps: finding -> Grad-CAM map, for the findings asked for (most probable first when chosen by top_k);
+            all zeros where `heatmap_status` is not "ok".
+        heatmap_status: finding -> "ok", or why its map carries no location ("zero", "constant", "non-finite";
+            see `HEATMAP_STATUS`), for the same findings as `heatmaps`.
         layer: the module the Grad-CAM maps were computed on.
         attention: CR-MSNet's global-to-local cross-attention map (min-max scaled), else None.
         boxes: MXA-EfficientViT's ROI boxes, one (x1, y1, x2, y2) in image pixels per MXA block in network order,
@@ -69,6 +99,7 @@ class Explanation:
     image: np.ndarray
     probabilities: dict[str, float]
     heatmaps: dict[str, np.ndarray]
+    heatmap_status: dict[str, str]
     layer: str
     attention: np.ndarray | None = None
     boxes: list[tuple[float, float, float, float]] | None = field(default=None)
@@ -227,11 +258,12 @@ def explain(
             names = _resolve_labels(model.config, probabilities, labels, top_k)
             chosen = _pick_layer(candidates, captured, explicit=layer is not None)
             feature_map = _map_of(captured[chosen])
-            heatmaps = {}
+            heatmaps, status = {}, {}
             for position, name in enumerate(names):
-                score = logits[model.config.label2id[name]]
+                score = logits[model.config.label2id[name]]  # the logit: Grad-CAM's class score before the sigmoid
                 (gradient,) = torch.autograd.grad(score, feature_map, retain_graph=position < len(names) - 1)
-                heatmaps[name] = geometry.to_image_map(_grad_cam(feature_map[0].detach(), gradient[0]))
+                cam, status[name] = _grad_cam(feature_map[0].detach(), gradient[0])
+                heatmaps[name] = geometry.to_image_map(cam)
     finally:
         for hook in hooks:
             hook.remove()
@@ -243,13 +275,23 @@ def explain(
     boxes = None
     if model_type == "mxa_efficientvit" and getattr(output, "roi_boxes", None):
         boxes = [_box_to_image(box[0].tolist(), geometry) for box in output.roi_boxes]
-    return Explanation(grey, probabilities, heatmaps, chosen, attention, boxes)
+    return Explanation(
+        image=grey,
+        probabilities=probabilities,
+        heatmaps=heatmaps,
+        heatmap_status=status,
+        layer=chosen,
+        attention=attention,
+        boxes=boxes,
+    )
 
 
 def heatmap(model: nn.Module, processor: Any, image: Any, label: str | int, layer: str | None = None) -> np.ndarray:
     """Grad-CAM of finding `label` (name or index) for `image`: float32 [H, W] in [0, 1], the image's shape.
 
-    All zeros when no location of the layer raises the finding's score. See `explain` for the attention maps.
+    All zeros when the map carries no location (no location of the layer raises the finding's score, or every
+    location does equally); `explain(...).heatmap_status` says which. See `explain` for the attention maps.
+    Raises ValueError for an unknown finding or a layer without a [B, C, h, w] map.
     """
     names = _resolve_labels(model.config, {v: 0.0 for v in model.config.id2label.values()}, label, 1)
     return explain(model, processor, image, names, layer=layer).heatmaps[names[0]]
@@ -267,12 +309,25 @@ def _pick_layer(candidates: Sequence[str], captured: dict[str, Any], explicit: b
     raise ValueError(f"every default layer {list(candidates)} gives a 1 x 1 map; pass a layer with a larger map")
 
 
-def _grad_cam(feature_map: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """ReLU(sum_c mean(grad_c) * A_c) on the layer's grid [h, w], scaled to [0, 1] by its maximum."""
-    weights = gradient.float().mean(dim=(1, 2))
-    cam = torch.relu(torch.einsum("c,chw->hw", weights, feature_map.float()))
+def _grad_cam(feature_map: torch.Tensor, gradient: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """ReLU(sum_c mean(grad_c) * A_c) on the layer's grid: ([h, w] scaled to [0, 1] by its maximum, "ok"), or
+    (zeros, why) when it carries no location (`HEATMAP_STATUS`).
+
+    Values within float32 rounding of the sum (channels x machine epsilon x the largest sum of |terms| at a
+    location) are not told apart from zero or from each other, so a map made of rounding noise is not scaled up.
+    """
+    features, weights = feature_map.float(), gradient.float().mean(dim=(1, 2))
+    terms = weights[:, None, None] * features  # [C, h, w]
+    if not torch.isfinite(terms).all():
+        return torch.zeros(terms.shape[1:]), "non-finite"
+    cam = torch.relu(terms.sum(dim=0))
+    rounding = terms.shape[0] * torch.finfo(torch.float32).eps * terms.abs().sum(dim=0).max()
     peak = cam.max()
-    return cam / peak if peak > 0 else cam
+    if peak <= rounding:
+        return torch.zeros_like(cam), "zero"
+    if peak - cam.min() <= rounding:
+        return torch.zeros_like(cam), "constant"
+    return cam / peak, "ok"
 
 
 def _cross_attention_map(attention: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -332,4 +387,13 @@ def overlay(
     return picture
 
 
-__all__ = ["DEFAULT_LAYERS", "Explanation", "colormap", "default_layers", "explain", "heatmap", "overlay"]
+__all__ = [
+    "DEFAULT_LAYERS",
+    "HEATMAP_STATUS",
+    "Explanation",
+    "colormap",
+    "default_layers",
+    "explain",
+    "heatmap",
+    "overlay",
+]

@@ -275,7 +275,11 @@ def train_planted_signal_model(
     its image processor).
 
     Training runs on one thread: CPU reductions split over more threads sum in another order, and a few dozen
-    steps amplify that into a different model, so a seed gives the same model on any machine of one kind.
+    steps amplify that into a different model, so a seed gives the same model on any machine of one kind. The
+    amplification is strong: starting weights changed by 1e-7 (float32 rounding), or by 1e-13 when trained in
+    float64, give a model that is as good at the task but whose Grad-CAM maps differ. So the same seed gives the
+    same model only on the same kind of CPU with the same torch and timm versions; a check on one such model is a
+    check on one draw.
     """
     from hf_cxr.models import build_image_processor, build_model
 

@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-from hf_cxr.predict import format_results, load_predictor, predict, results_to_json
+from hf_cxr.models import load_model
+from hf_cxr.predict import format_results, predict, results_to_json
 
 
 def _threshold(value: str) -> str | float:
@@ -32,8 +33,13 @@ def _positive_int(value: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status 0 when every input was scored, 1 when some were refused (their reasons go to stderr)."""
-    model, processor = load_predictor(args.model, device=args.device)
+    """Exit status 0 when every input was scored, 1 when some were refused: any failure on one input (not a
+    radiograph, unreadable, malformed, an error in the model on it) refuses that input alone; each is named with
+    its reason on stderr and in the output, and the others are still scored."""
+    model, processor = load_model(args.model, device=args.device)
+    if model.config.model_type == "mmcaf_net":
+        raise ValueError(f"'{args.model}' is a CT model (MMCAF-Net); hf-cxr predict reads radiographs. Use the "
+                         "'ct-clinical-classification' pipeline for a CT series and a clinical record")  # fmt: skip
     results = predict(
         model, processor, args.inputs, out_dir=args.out, threshold=args.threshold, top_k=args.top_k, layer=args.layer
     )
