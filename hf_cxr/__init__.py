@@ -31,6 +31,12 @@ from hf_cxr.modeling.mxa_efficientvit import (
     MXAEfficientViTImageProcessor,
     MXAEfficientViTModel,
 )
+from hf_cxr.modeling.torchxrayvision import (
+    TorchXRayVisionConfig,
+    TorchXRayVisionForImageClassification,
+    TorchXRayVisionImageProcessor,
+    TorchXRayVisionModel,
+)
 from hf_cxr.models import (
     ARCHITECTURES,
     build_config,
@@ -45,6 +51,7 @@ from hf_cxr.pipelines import (
     CTClinicalClassificationPipeline,
     register_pipeline,
 )
+from hf_cxr.torchxrayvision_import import import_torchxrayvision
 
 __version__ = "0.1.0"
 
@@ -75,7 +82,12 @@ __all__ = [
     "MXAEfficientViTForImageClassification",
     "MXAEfficientViTImageProcessor",
     "MXAEfficientViTModel",
+    "TorchXRayVisionConfig",
+    "TorchXRayVisionForImageClassification",
+    "TorchXRayVisionImageProcessor",
+    "TorchXRayVisionModel",
     "build_config",
     "build_image_processor",
     "build_model",
+    "import_torchxrayvision",
 ]

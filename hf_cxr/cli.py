@@ -16,7 +16,9 @@ import sys
 from collections.abc import Sequence
 
 # Modules in `hf_cxr.commands`, each with `add_parser(subparsers)` that sets `func` on its parser.
-COMMAND_MODULES = ("demo", "convert", "train", "evaluate", "push", "predict", "bench", "export_onnx")
+COMMAND_MODULES = (
+    "demo", "convert", "train", "evaluate", "push", "predict", "bench", "export_onnx", "import_torchxrayvision",
+)  # fmt: skip
 DEBUG_VARIABLE = "HF_CXR_DEBUG"
 # What a user's mistake raises in hf-cxr (bad values: ValueError; paths: FileNotFoundError, FileExistsError and
 # the other OSErrors, the Hub's offline and not-found errors among them; a missing optional package: ImportError).

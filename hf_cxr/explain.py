@@ -56,6 +56,9 @@ DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
     # stage (`stages.1`, stride 8) peaks on the square's edges, often just outside it; it is the fallback when the
     # input is so small that `stages.2` gives a 1 x 1 map.
     "cr_msnet": ("cr_msnet.global_backbone.stages.2", "cr_msnet.global_backbone.stages.1"),
+    # torchxrayvision's DenseNet-121 / ResNet-50: the backbone's last map ([B, C, H/32, W/32], 7 x 7 at 224 px), the one
+    # its classifier pools (an identity module named for this).
+    "torchxrayvision": ("torchxrayvision.feature_map",),
     # The online backbone's last map h (`bn2`, [B, C, H/32, W/32]), before the multi-scale fusion: the fusion's
     # 5 x 5 convolution spans most of an H/32 grid, so Grad-CAM on the fused map (`ma_msf.fusion`) comes out
     # nearly uniform on small inputs. Still coarse: one cell is 32 input pixels.

@@ -627,11 +627,14 @@ def render_model_card(
         )
         eval_name = facts[evaluated].name if evaluated in facts else eval_id
     training_section = _training_data_section(labels, trained_on, train_facts, recorded)
-    datasets_meta = [name for name in (trained_on, eval_id) if name]
+    imported = _imported_card_facts(model_type, config, training_section, recorded)
+    datasets_meta = [name for name in (*(imported.datasets or [trained_on]), eval_id) if name]
     if license is None:
-        license = "other" if trained_on == "chexpert" else "apache-2.0"
+        license = imported.license or ("other" if trained_on == "chexpert" else "apache-2.0")
     extra = {}
-    if license == "other":
+    if license == "other" and imported.license_name:
+        extra = {"license_name": imported.license_name, "license_link": imported.license_link}
+    elif license == "other":
         extra = {
             "license_name": "chexpert-research-use" if trained_on == "chexpert" else "other",
             "license_link": facts["chexpert"].homepage if trained_on == "chexpert" else "LICENSE",
@@ -669,11 +672,25 @@ def render_model_card(
         "thresholds": _thresholds_section(config, labels, document),
         "usage_notes": _usage_notes(config, model_dir),
         "data_attribution": attribution,
+        **imported.fields,
     }
     body = string.Template(model_card_template(model_type)).substitute(fields)
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body.lstrip()}")
     check_card(card)
     return card
+
+
+def _imported_card_facts(
+    model_type: str, config: Mapping[str, Any], training_section: str, recorded: Mapping[str, Any]
+) -> Any:
+    """Facts only the architecture knows: for `torchxrayvision`, the weight set a folder was imported from (its
+    provenance, training datasets and their terms, torchxrayvision's operating points;
+    `hf_cxr.torchxrayvision_import.card_facts`). Other architectures: none (`datasets`/`license` empty, no fields)."""
+    from hf_cxr.torchxrayvision_import import CardFacts, card_facts
+
+    if model_type != "torchxrayvision":
+        return CardFacts({}, [], None)
+    return card_facts(config, training_section, trained_further=bool(recorded.get("run")))
 
 
 def _task_auto_class(model_dir: Path) -> Any:

@@ -43,6 +43,12 @@ from hf_cxr.modeling.mxa_efficientvit import (
     MXAEfficientViTImageProcessor,
     MXAEfficientViTModel,
 )
+from hf_cxr.modeling.torchxrayvision import (
+    TorchXRayVisionConfig,
+    TorchXRayVisionForImageClassification,
+    TorchXRayVisionImageProcessor,
+    TorchXRayVisionModel,
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,15 @@ ARCHITECTURES: dict[str, Architecture] = {
         MXAEfficientViTForImageClassification,
         MXAEfficientViTImageProcessor,
         lora_target_modules=("qkvs.0.conv", "qkvs.1.conv", "qkvs.2.conv", "qkvs.3.conv", "proj.1.conv"),
+    ),
+    # torchxrayvision's DenseNet-121 / ResNet-50 (weights imported by `hf-cxr import-torchxrayvision`). LoRA on the
+    # convolutions of the dense layers (conv1 1x1, conv2 3x3) or of the ResNet bottlenecks (conv1..conv3).
+    "torchxrayvision": Architecture(
+        TorchXRayVisionConfig,
+        TorchXRayVisionModel,
+        TorchXRayVisionForImageClassification,
+        TorchXRayVisionImageProcessor,
+        lora_target_modules=("conv1", "conv2", "conv3"),
     ),
     # 3D CT window [B, 1, D, H, W] + 7 clinical values: not an image classifier (the 2D contract does not apply).
     # A CT window is a clip of slices, so the classifier sits under AutoModelForVideoClassification, the existing

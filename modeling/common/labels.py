@@ -46,7 +46,8 @@ CHEXPERT_LABELS: tuple[str, ...] = (
     "Support Devices",
 )
 
-# The 18 outputs of torchxrayvision's `densenet121-res224-chex` (the MXA paper's distillation teacher).
+# The 18 outputs of torchxrayvision's classifiers, in their order (each weight set trains a subset of them; its
+# `densenet121-res224-chex` is the MXA paper's distillation teacher).
 TORCHXRAYVISION_LABELS: tuple[str, ...] = (
     "Atelectasis",
     "Consolidation",

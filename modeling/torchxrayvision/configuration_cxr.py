@@ -1,0 +1,1 @@
+../common/configuration_cxr.py

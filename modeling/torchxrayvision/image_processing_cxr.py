@@ -1,0 +1,1 @@
+../common/image_processing_cxr.py

@@ -1,0 +1,1 @@
+../common/pipeline_cxr.py
