@@ -42,10 +42,7 @@ RECIPE_SCHEMA: dict[str, set[str]] = {
         "warmup_epochs", "warmup_learning_rate", "min_learning_rate", "cooldown_epochs", "gradient_clipping", "ema",
         "seed", "mixed_precision", "gradient_accumulation_steps", "momentum",
     },
-    "distillation": {
-        "enabled", "teacher", "teacher_labels", "teacher_outputs", "type", "alpha", "temperature",
-        "dynamic_weights", "no_finding", "unmapped_labels",
-    },
+    "distillation": {"enabled", "teacher", "teacher_outputs", "type", "alpha", "dynamic_weights"},
     "evaluation": {
         "metrics", "select_best_by", "threshold", "positive_class", "patient_level", "confidence_intervals",
     },

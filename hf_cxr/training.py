@@ -59,7 +59,7 @@ from hf_cxr.evaluation.single_label import (
 from hf_cxr.labels import LABEL_SETS
 from hf_cxr.losses import build_loss_from_config
 from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
-from hf_cxr.models import build_image_processor, build_model
+from hf_cxr.models import build_image_processor, build_model, load_model
 from hf_cxr.recipes import apply_overrides, load_recipe
 
 CHECKPOINT_PREFIX = "step-"
@@ -613,8 +613,8 @@ def apply_data_section(
         raise ValueError(f"dataset '{dataset}' has no split {missing} (it has {sorted(data)})")
     train_split, validation_split = data[train_name], data[validation_name]
     if section.get("views"):
-        train_split, validation_split = (_keep_views(part, section["views"], dataset, name) for part, name in
-                                         ((train_split, train_name), (validation_split, validation_name)))  # fmt: skip
+        train_split = _keep_views(train_split, section["views"], dataset, train_name, every_view=True)
+        validation_split = _keep_views(validation_split, section["views"], dataset, validation_name, every_view=False)
     checkable = ("dataset", "split_protocol", *CONVERSION_SETTINGS)
     unverified = [f"data.{key}" for key in checkable if report is None and section.get(key) is not None]
     if unverified:
@@ -632,8 +632,11 @@ def apply_data_section(
     return train_split, validation_split, record
 
 
-def _keep_views(split: datasets.Dataset, views: Sequence[str], dataset: str, name: str) -> datasets.Dataset:
-    """The rows of `split` whose `frontal_lateral` is one of `views` (data.views); every view asked for must exist."""
+def _keep_views(
+    split: datasets.Dataset, views: Sequence[str], dataset: str, name: str, every_view: bool
+) -> datasets.Dataset:
+    """The rows of `split` whose `frontal_lateral` is one of `views` (data.views); with `every_view` (the training
+    split) each view asked for must be there."""
     wanted = [str(view).lower() for view in views]
     unknown = sorted(set(wanted) - set(VIEWS))
     if unknown:
@@ -643,7 +646,7 @@ def _keep_views(split: datasets.Dataset, views: Sequence[str], dataset: str, nam
                          "`frontal_lateral` column to select views by; remove data.views")  # fmt: skip
     found = [str(view).lower() for view in split["frontal_lateral"]]
     absent = [view for view in wanted if view not in found]
-    if absent:
+    if absent and every_view:
         raise ValueError(f"recipe data.views asks for {absent} views but the '{name}' split of '{dataset}' has none "
                          "(was it converted with --frontal-only?)")  # fmt: skip
     return split.select([index for index, view in enumerate(found) if view in wanted])
@@ -838,10 +841,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for stage in stages:
         stage.learning_rate = float(stage.learning_rate if stage.learning_rate is not None else 1e-4)
     batch_size = int(opt.get("batch_size", 32))
+    teacher = load_teacher(recipe.get("distillation"), label_names)
     if ct:
         inputs = _ct_inputs(args, recipe, preset, model, train_split, validation_split, seed)
     else:
-        inputs = _image_inputs(args, recipe, preset, model, train_split, validation_split)
+        inputs = _image_inputs(args, recipe, preset, model, train_split, validation_split, teacher)
     processor, stage_data, eval_loaders, scorer = inputs
     recipe.setdefault("model", {})["preset"] = preset  # recipe.yaml records the preset built, not the file's
     # Each stage's rows come from a seeded sampler; the loader's own generator (not the global one, which the
@@ -882,7 +886,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=float(opt["ema"].get("decay", 0.9998)))
     progress = TrainingProgress()
     progress.start_clock()
-    distiller = _build_distillation(recipe.get("distillation"), accelerator, model)
+    distiller = _build_distillation(recipe.get("distillation"), teacher, label_names, accelerator)
 
     resume = args.resume_from_checkpoint
     if resume == "latest":
@@ -1009,12 +1013,14 @@ def _compute_summary(accelerator: Accelerator, batch_size: int, seconds: float) 
 
 def _image_inputs(
     args: argparse.Namespace, recipe: dict[str, Any], preset: str, model: Any, train_split: datasets.Dataset,
-    validation_split: datasets.Dataset,
+    validation_split: datasets.Dataset, teacher: Teacher | None,
 ) -> tuple[Any, list[Any], list[DataLoader], Any]:  # fmt: skip
     """2D: (image processor, training data per stage, validation loaders, validation scorer): images through
-    `train_transform`, the abnormal-only stages filtered, macro AUC over findings on validation."""
+    `train_transform` (and the distillation teacher's processor when it reads other pixels), the abnormal-only
+    stages filtered, macro AUC over findings on validation."""
     resize = {"resize_mode": recipe["data"]["resize_mode"]} if recipe["data"].get("resize_mode") else {}
     processor = build_image_processor(args.model, preset=preset, **resize)
+    teacher_processor = teacher.processor if teacher is not None and not teacher.reads(processor) else None
     augment = augmentation_from_recipe(recipe.get("augmentation"))
     stage_data = []
     for stage in stages_from_recipe(recipe):
@@ -1022,7 +1028,8 @@ def _image_inputs(
         if stage.exclude_no_finding:
             keep = [i for i, empty in enumerate(_no_finding_mask(split)) if not empty]
             split = split.select(keep)
-        stage_data.append(TrainingRows(split, train_transform(processor, augmentation=augment)))
+        transform = train_transform(processor, augmentation=augment, teacher_processor=teacher_processor)
+        stage_data.append(TrainingRows(split, transform))
     batch_size = int((recipe.get("optimization") or {}).get("batch_size", 32))
     eval_loader = DataLoader(
         validation_split.with_transform(eval_transform(processor)), batch_size=batch_size, num_workers=args.num_workers,
@@ -1095,7 +1102,7 @@ def _training_loss(model: Any, batch: dict[str, torch.Tensor], distiller: Any) -
     output = model(pixel_values=batch["pixel_values"])
     cls_logits = getattr(output, "cls_logits", None)
     with torch.no_grad():
-        teacher_out = teacher(pixel_values=batch["pixel_values"]).logits
+        teacher_out = teacher.scores(batch.get("teacher_pixel_values", batch["pixel_values"]))
     return loss_fn(
         cls_logits if cls_logits is not None else output.logits,
         batch["labels"],
@@ -1104,34 +1111,94 @@ def _training_loss(model: Any, batch: dict[str, torch.Tensor], distiller: Any) -
     )
 
 
-def _build_distillation(section: dict[str, Any] | None, accelerator: Accelerator, model: Any) -> Any:
-    """(frozen teacher, distillation loss) from the recipe's `distillation` section, or None."""
+@dataclass
+class Teacher:
+    """A frozen distillation teacher: the model, its image processor, and whether its targets start from its
+    operating-point scores (torchxrayvision's op_norm of the sigmoids; `teacher_outputs` operating_point_scores or
+    reference)."""
+
+    model: Any
+    processor: Any
+    operating_point_scores: bool  # teacher_outputs operating_point_scores or reference
+
+    def reads(self, processor: Any) -> bool:
+        """Whether the teacher's processor makes the same pixels as `processor` (then the student's batch serves)."""
+        return _pixel_settings(self.processor) == _pixel_settings(processor)
+
+    @torch.no_grad()
+    def scores(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The teacher's per-label outputs for a batch of its pixels: logits, or operating-point scores."""
+        logits = self.model(pixel_values=pixel_values.to(next(self.model.parameters()).dtype)).logits
+        if not self.operating_point_scores:
+            return logits
+        unwrapped = getattr(self.model, "module", self.model)
+        return unwrapped.operating_point_scores(logits.float())
+
+
+def _pixel_settings(processor: Any) -> tuple[Any, ...]:
+    """What decides a CXR image processor's pixels (its class name and other bookkeeping aside)."""
+    fields = ("size", "resize_mode", "num_channels", "do_rescale", "do_normalize", "image_mean", "image_std")
+    return tuple(getattr(processor, name, None) for name in fields)
+
+
+# What a teacher's targets are (train.py's teachers are hf-cxr models, which return logits): `logits` their sigmoids;
+# `operating_point_scores` torchxrayvision's op_norm of them (what its models return, the MXA paper's targets);
+# `reference` a sigmoid of those (the MXA public code's double sigmoid). `hf_cxr.distillation` also takes teachers
+# that return probabilities, through its Python API.
+TEACHER_OUTPUTS_OPTIONS = ("logits", "operating_point_scores", "reference")
+
+
+def load_teacher(section: dict[str, Any] | None, student_labels: Sequence[str]) -> Teacher | None:
+    """The distillation teacher the recipe's `distillation` section names (`teacher`: a saved model folder or a Hub
+    id in the local cache, e.g. `hf-cxr import-torchxrayvision densenet121-res224-chex --out DIR`), in eval mode and
+    frozen, with its own image processor; None without distillation. Raises `ValueError` without a teacher, for an
+    unknown `teacher_outputs`, for `operating_point_scores` with a teacher that has none, and when the teacher's
+    labels share no finding with the student's; `FileNotFoundError` for a teacher that cannot be found."""
     if not section or not section.get("enabled"):
         return None
-    from transformers import AutoModelForImageClassification
+    source = section.get("teacher")
+    if not source:
+        raise ValueError("distillation is enabled but names no teacher: pass --teacher DIR (hf-cxr "
+                         "import-torchxrayvision densenet121-res224-chex --out DIR makes the MXA paper's)")  # fmt: skip
+    outputs = section.get("teacher_outputs", "logits")
+    if outputs not in TEACHER_OUTPUTS_OPTIONS:
+        raise ValueError(f"distillation.teacher_outputs must be one of {TEACHER_OUTPUTS_OPTIONS}, got {outputs!r}")
+    model, processor = load_model(source, device="cpu")
+    model.requires_grad_(False)
+    if outputs in ("operating_point_scores", "reference") and not hasattr(model, "operating_point_scores"):
+        raise ValueError(f"distillation.teacher_outputs {outputs} needs a teacher with operating points (a "
+                         f"torchxrayvision import); '{source}' ({model.config.model_type}) has none: use "
+                         "logits")  # fmt: skip
+    from hf_cxr.distillation import TeacherOutputAdapter
 
+    teacher_labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    if not TeacherOutputAdapter(teacher_labels, student_labels).mapping:
+        raise ValueError(f"the teacher '{source}' predicts {teacher_labels}: none of the student's findings "
+                         f"{list(student_labels)}")  # fmt: skip
+    return Teacher(model, processor, outputs in ("operating_point_scores", "reference"))
+
+
+def _build_distillation(
+    section: dict[str, Any] | None, teacher: Teacher | None, student_labels: Sequence[str], accelerator: Accelerator
+) -> Any:
+    """(the teacher on the training device, the distillation loss) from the recipe's `distillation` section, or None.
+    The teacher's label names are mapped to the student's by `TeacherOutputAdapter`."""
+    if teacher is None:
+        return None
     from hf_cxr.distillation import MultiLabelDistillationLoss, TeacherOutputAdapter
 
-    teacher = AutoModelForImageClassification.from_pretrained(section["teacher"]).eval().requires_grad_(False)
-    teacher_labels = [teacher.config.id2label[i] for i in sorted(teacher.config.id2label)]
-    student = accelerator.unwrap_model(model)
-    student_labels = [student.config.id2label[i] for i in sorted(student.config.id2label)]
-    adapter = TeacherOutputAdapter(teacher_labels=teacher_labels, student_labels=student_labels)
+    config = teacher.model.config
+    teacher_labels = [config.id2label[i] for i in sorted(config.id2label)]
+    outputs = section.get("teacher_outputs", "logits")
     loss = MultiLabelDistillationLoss(
         alpha=float(section.get("alpha", 0.5)),
         distillation_type=section.get("type", "soft"),
-        teacher_outputs=section.get("teacher_outputs", "logits"),
-        adapter=adapter,
+        teacher_outputs={"operating_point_scores": "probabilities"}.get(outputs, outputs),
+        adapter=TeacherOutputAdapter(teacher_labels=teacher_labels, student_labels=student_labels),
         dynamic_weights=bool(section.get("dynamic_weights", True)),
     )
-    # The teacher sees the student's pixels, so it must take the same input size and channels.
-    for name in ("image_size", "num_channels"):
-        if getattr(teacher.config, name, None) != getattr(student.config, name):
-            raise ValueError(
-                f"distillation teacher '{section['teacher']}' has {name}={getattr(teacher.config, name, None)}, "
-                f"the student {getattr(student.config, name)}: it must take the student's input"
-            )
-    return accelerator.prepare(teacher), loss.to(accelerator.device)
+    teacher.model = accelerator.prepare(teacher.model)
+    return teacher, loss.to(accelerator.device)
 
 
 def _clip(accelerator: Accelerator, parameters: list[torch.nn.Parameter], clipping: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ the 2019-2020 releases, and in today's zip format) and a plain state dict for th
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -20,6 +21,7 @@ import pytest
 import torch
 import torchvision
 import torchxrayvision as xrv
+import yaml
 from conftest import NIH_DIR
 from hf_cxr.modeling.mxa_efficientvit import MXAEfficientViTImageProcessor
 from hf_cxr.modeling.torchxrayvision import TorchXRayVisionForImageClassification, TorchXRayVisionImageProcessor
@@ -29,6 +31,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, pi
 import hf_cxr
 from hf_cxr.cli import main
 from hf_cxr.hub import add_to_cache, push_model
+from hf_cxr.imaging import load_radiograph
 from hf_cxr.predict import predict
 from hf_cxr.torchxrayvision_import import (
     PICKLED_MODULE_CLASSES,
@@ -387,3 +390,58 @@ def test_command_line(release_files, tmp_path: Path, capsys, monkeypatch) -> Non
     assert "11 findings" in capsys.readouterr().out
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     assert not list(tmp_path.glob(".folder.partial-*"))
+
+
+@pytest.mark.slow
+def test_the_mxa_recipe_runs_with_its_published_teacher(imported: Path, tmp_path: Path, monkeypatch) -> None:
+    """`hf-cxr train --model mxa_efficientvit --recipe mxa_efficientvit_chexpert --teacher DIR` with the imported
+    densenet121-res224-chex: two steps of the paper preset (M5, 224 px) on a small CheXpert-layout dataset converted
+    as the recipe says (U-Ones, frontal and lateral views). The teacher reads its own processor's pixels (a centre
+    crop of the non-square CheXpert images) and gives its operating-point scores, mapped to CheXpert's findings."""
+    from test_data_chexpert import _write_tree
+
+    from hf_cxr.data import build_chexpert
+    from hf_cxr.training import Teacher, add_train_arguments, train
+
+    dataset = tmp_path / "chexpert"
+    build_chexpert(_write_tree(tmp_path / "raw"), dataset, uncertain="ones", image_size=None)
+    seen: list[torch.Tensor] = []
+    scores = Teacher.scores
+
+    def recording(self: Teacher, pixel_values: torch.Tensor) -> torch.Tensor:
+        seen.append(pixel_values)
+        return scores(self, pixel_values)
+
+    monkeypatch.setattr(Teacher, "scores", recording)
+    argv = ["--model", "mxa_efficientvit", "--recipe", "mxa_efficientvit_chexpert", "--teacher", str(imported),
+            "--dataset", str(dataset), "--output-dir", str(tmp_path / "run"), "--max-steps", "2",
+            "--per-device-batch-size", "2", "--log-with", "csv"]  # fmt: skip
+    summary = train(add_train_arguments(argparse.ArgumentParser()).parse_args(argv))
+    assert summary["finished"] and summary["step"] == 2
+    assert len(seen) == 2 and all(tuple(pixels.shape) == (2, 1, 224, 224) for pixels in seen)
+    recorded = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert recorded["model"]["preset"] == "paper" and recorded["data"]["uncertain_labels"] == "ones"
+    assert recorded["distillation"]["teacher"] == str(imported)
+
+
+def test_a_teacher_must_be_named_and_reads_its_own_pixels(imported: Path, tmp_path: Path) -> None:
+    from hf_cxr.data import train_transform
+    from hf_cxr.training import load_teacher
+
+    section = {"enabled": True, "teacher": None, "teacher_outputs": "operating_point_scores"}
+    with pytest.raises(ValueError, match="names no teacher: pass --teacher DIR"):
+        load_teacher(section, list(hf_cxr.CHEXPERT_LABELS))
+    plain = tmp_path / "plain-teacher"
+    hf_cxr.build_model("cr_msnet", "tiny").save_pretrained(plain)
+    hf_cxr.build_image_processor("cr_msnet", "tiny").save_pretrained(plain)
+    with pytest.raises(ValueError, match="needs a teacher with operating points"):
+        load_teacher({**section, "teacher": str(plain)}, list(hf_cxr.CHEXPERT_LABELS))
+    teacher = load_teacher({**section, "teacher": str(imported)}, list(hf_cxr.CHEXPERT_LABELS))
+    student = hf_cxr.build_image_processor("mxa_efficientvit", "paper")
+    assert not teacher.reads(student)  # MXA stretches, torchxrayvision centre-crops: the teacher gets its own pixels
+    tall = [load_radiograph(path)[:, 40:200] for path in NIH_IMAGES[:2]]  # 256 x 160, as CheXpert's are not square
+    batch = {"image": [Image.fromarray((image * 255).astype("uint8")) for image in tall]}
+    output = train_transform(student, augmentation=torch.nn.Identity(), teacher_processor=teacher.processor)(batch)
+    expected = teacher.processor(batch["image"], return_tensors="pt")["pixel_values"]
+    assert torch.equal(output["teacher_pixel_values"], expected)
+    assert not torch.equal(output["teacher_pixel_values"], output["pixel_values"])

@@ -78,6 +78,7 @@ def train_transform(
     image_column: str = "image",
     label_column: str = "labels",
     augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    teacher_processor: Any | None = None,
 ) -> Callable[[dict[str, list[Any]]], dict[str, torch.Tensor]]:
     """`eval_transform` plus random augmentation (default `train_augmentation()`) before the processor.
 
@@ -85,7 +86,9 @@ def train_transform(
     [0, 1] and handed to the processor, which resizes and normalises it as at inference. The augmentation draws
     from torch's global random generator, unless the batch carries an `AUGMENTATION_SEED` column (one integer per
     row, as `hf_cxr.training` adds): each row is then augmented with its own seed, whatever process reads it and
-    whatever was drawn before, which is what makes a resumed run exact.
+    whatever was drawn before, which is what makes a resumed run exact. With `teacher_processor` (a distillation
+    teacher that reads other pixels than the student, e.g. torchxrayvision's centre crop), the same augmented image
+    also goes through it, as `teacher_pixel_values`.
     """
     augment = augmentation if augmentation is not None else train_augmentation()
 
@@ -96,6 +99,8 @@ def train_transform(
             grey = torch.from_numpy(load_radiograph(image, name=f"{image_column}[{index}]"))[None]
             images.append(seeded(augment, grey, None if seeds is None else int(seeds[index])).clamp_(0.0, 1.0))
         output = {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"]}
+        if teacher_processor is not None:
+            output["teacher_pixel_values"] = teacher_processor(images, return_tensors="pt")["pixel_values"]
         if label_column in batch:
             output["labels"] = _labels_tensor(batch[label_column])
         return output
