@@ -159,7 +159,8 @@ def build_config(model_type: str, preset: str = "paper", **overrides: Any) -> Pr
 
 
 def build_model(model_type: str, preset: str = "paper", **overrides: Any) -> PreTrainedModel:
-    """A freshly initialised task model (e.g. `...ForImageClassification`); no pretrained download.
+    """A freshly initialised task model (e.g. `...ForImageClassification`), random unless a `*backbone_weights`
+    override asks for timm's pretrained backbone weights (read through huggingface_hub; see the config docstrings).
 
     `overrides` set config fields, e.g. `labels=[...]` for your own findings or `loss="asymmetric"`.
     """

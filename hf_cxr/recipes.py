@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-# The keys a recipe may hold, per section. Descriptive keys (read by no code in train.py): model.backbone_init,
+# The keys a recipe may hold, per section. Descriptive keys (read by no code in train.py): model.backbone_init
+# (MMCAF-Net; the 2D recipes state their backbone weights as the model.overrides fields `*backbone_weights`),
 # augmentation.normalization (must be `processor`), evaluation.{metrics, threshold, confidence_intervals} (what
 # `hf-cxr evaluate` reports). Every `data` key takes effect or is checked against the dataset's conversion report
 # (`hf_cxr.training.apply_data_section`): dataset, labels, split_protocol, uncertain_labels, views, task, resize_mode.

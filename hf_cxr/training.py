@@ -178,6 +178,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any recipe field, e.g. --set optimization.weight_decay=0.05")  # fmt: skip
+
+    def backbone_weights(text: str) -> str:
+        field, separator, value = text.partition("=")
+        if not separator or not field.strip().endswith("backbone_weights") or not value.strip():
+            raise argparse.ArgumentTypeError(f"expects FIELD=VALUE with a *backbone_weights FIELD, got {text!r}")
+        return text
+
+    parser.add_argument("--backbone-weights", action="append", default=[], type=backbone_weights,
+                        metavar="FIELD=VALUE",
+                        help="start a backbone from pretrained timm weights (a model.overrides entry, recorded in "
+                        "recipe.yaml): FIELD is backbone_weights (ma_msf, mxa_efficientvit) or "
+                        "global_backbone_weights / local_backbone_weights (cr_msnet); VALUE is true (timm's default "
+                        "tag), a tag such as resnet50.a1_in1k, a local .safetensors file, or null. Hub tags are read "
+                        "through huggingface_hub (HF_HUB_OFFLINE=1: from the HF cache); repeatable")  # fmt: skip
     return parser
 
 
@@ -812,6 +826,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     set_seed(seed)
     preset = args.preset or model_section.get("preset", "paper")
     overrides = dict(model_section.get("overrides") or {})
+    if getattr(args, "backbone_weights", None):  # --backbone-weights: model.overrides entries, kept in recipe.yaml
+        from hf_cxr.recipes import apply_assignments
+
+        apply_assignments(overrides, list(args.backbone_weights), "--backbone-weights")
+        recipe.setdefault("model", {})["overrides"] = overrides
     model = build_model(args.model, preset=preset, **overrides)
     data = load_converted(args.dataset)
     label_names = [model.config.id2label[index] for index in sorted(model.config.id2label)]

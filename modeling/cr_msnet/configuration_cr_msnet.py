@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .backbone_weights import check_backbone_weights
 from .configuration_cxr import CXRClassifierConfig
 
 CR_MSNET_PRESETS: dict[str, dict[str, Any]] = {
@@ -41,6 +42,15 @@ class CRMSNetConfig(CXRClassifierConfig):
         local_backbone (`str`, defaults to `"resnet50"`): timm ResNet-family model for the local branch (paper:
             "a residual CNN").
         local_backbone_kwargs (`dict`): extra keyword arguments for `timm.create_model` of the local branch.
+        global_backbone_weights, local_backbone_weights (`bool` or `str`, *optional*): start that branch's backbone
+            from pretrained timm weights: `True` for timm's default tag of the backbone (`coatnet_2_rw_224`:
+            `sw_in12k_ft_in1k`; `resnet50`: `a1_in1k`), a tag (`"resnet50.a1_in1k"`, or `"a1_in1k"`) or a local
+            `.safetensors` file; `None` (default) initialises it randomly (the paper does not say). Read by timm
+            (through `huggingface_hub`: with `HF_HUB_OFFLINE=1` from the Hugging Face cache) when the model is built
+            from this config (`hf_cxr.build_model`, `train.py --backbone-weights`), never by `from_pretrained`, whose
+            `model.safetensors` holds the trained values: the fields are kept as provenance. Weights of timm's
+            standard architecture do not fit a backbone changed by the branch's `*_backbone_kwargs` (the tiny
+            preset's): `ValueError`. See `backbone_weights.py`.
         local_feature_index (`int`, defaults to 3): which local stage feeds the fusion (3 = layer3, stride 16,
             finer than the global stride 32; 4 = layer4).
         drop_path_rate (`float`, defaults to 0.1): stochastic depth in both backbones.
@@ -66,6 +76,8 @@ class CRMSNetConfig(CXRClassifierConfig):
         global_backbone_kwargs: dict[str, Any] | None = None,
         local_backbone: str = "resnet50",
         local_backbone_kwargs: dict[str, Any] | None = None,
+        global_backbone_weights: bool | str | None = None,
+        local_backbone_weights: bool | str | None = None,
         local_feature_index: int = 3,
         drop_path_rate: float = 0.1,
         pms_csa_reduction: int = 16,
@@ -82,6 +94,8 @@ class CRMSNetConfig(CXRClassifierConfig):
         self.global_backbone_kwargs = dict(global_backbone_kwargs or {})
         self.local_backbone = local_backbone
         self.local_backbone_kwargs = dict(local_backbone_kwargs or {})
+        self.global_backbone_weights = global_backbone_weights
+        self.local_backbone_weights = local_backbone_weights
         self.local_feature_index = local_feature_index
         self.drop_path_rate = drop_path_rate
         self.pms_csa_reduction = pms_csa_reduction
@@ -96,6 +110,8 @@ class CRMSNetConfig(CXRClassifierConfig):
 
     def _validate(self) -> None:
         super()._validate()
+        for field in ("global_backbone_weights", "local_backbone_weights"):
+            check_backbone_weights(getattr(self, field), f"{type(self).__name__}.{field}")
         if self.pms_csa_combine not in ("residual", "learned"):
             self._fail("pms_csa_combine", f"must be 'residual' or 'learned', got {self.pms_csa_combine!r}")
         if self.local_feature_index not in (1, 2, 3, 4):

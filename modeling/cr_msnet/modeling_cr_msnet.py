@@ -9,14 +9,15 @@ the paper leaves open is a `CRMSNetConfig` field.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-import timm
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .backbone_weights import create_backbone, loading_saved_weights
 from .configuration_cr_msnet import CRMSNetConfig
 from .layers import ChannelAttention, CrossAttention, SpatialAttention
 from .losses import build_loss_from_config
@@ -118,6 +119,12 @@ class CRMSNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
             init.ones_(module.channel_weight)
             init.ones_(module.spatial_weight)
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        # The backbones are built without `config.*_backbone_weights`: their values are in the saved file.
+        with loading_saved_weights():
+            return super().from_pretrained(*args, **kwargs)
+
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
         """Gradient checkpointing is timm's own (`set_grad_checkpointing`) inside both backbones."""
         for module in self.modules():
@@ -131,10 +138,13 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
 
     def __init__(self, config: CRMSNetConfig) -> None:
         super().__init__(config)
+        # With `config.*_backbone_weights`, timm loads them here (not when `from_pretrained` builds the model).
         self.global_backbone = mark_as_timm(
-            timm.create_model(
+            create_backbone(
                 config.global_backbone,
-                pretrained=False,
+                config.global_backbone_weights,
+                "CRMSNetConfig.global_backbone_weights",
+                "CRMSNetConfig.global_backbone_kwargs",
                 num_classes=0,
                 global_pool="",
                 in_chans=config.num_channels,
@@ -144,9 +154,11 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
             )
         )
         self.local_backbone = mark_as_timm(
-            timm.create_model(
+            create_backbone(
                 config.local_backbone,
-                pretrained=False,
+                config.local_backbone_weights,
+                "CRMSNetConfig.local_backbone_weights",
+                "CRMSNetConfig.local_backbone_kwargs",
                 features_only=True,
                 out_indices=(config.local_feature_index,),
                 in_chans=config.num_channels,

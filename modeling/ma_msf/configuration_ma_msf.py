@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .backbone_weights import check_backbone_weights
 from .configuration_cxr import CXRClassifierConfig
 
 ANCHOR_SCOPES = ("final_expansion", "last_stage")
@@ -33,15 +34,23 @@ class MAMSFConfig(CXRClassifierConfig):
     Args:
         backbone (`str`, defaults to `"efficientnetv2_s"`): timm EfficientNet-family model (paper: EfficientNetV2-S).
             `efficientnetv2_s` is timm's PyTorch-native variant; `tf_efficientnetv2_s` (TF "same" padding, BN eps
-            1e-3) also works. Always built with `pretrained=False`.
+            1e-3) also works; only the latter has pretrained weights in timm (`backbone_weights`).
         backbone_kwargs (`dict`): extra keyword arguments for `timm.create_model` (e.g. `channel_multiplier`,
             `depth_multiplier`).
+        backbone_weights (`bool` or `str`, *optional*): start the backbone from pretrained timm weights: `True` for
+            timm's default tag of `backbone`, a tag (`"tf_efficientnetv2_s.in21k_ft_in1k"`, or `"in21k_ft_in1k"`) or a
+            local `.safetensors` file; `None` (default) initialises it randomly (the paper does not say). Read by timm
+            (through `huggingface_hub`: with `HF_HUB_OFFLINE=1` from the Hugging Face cache) when the model is built
+            from this config (`hf_cxr.build_model`, `train.py --backbone-weights`), never by `from_pretrained`, whose
+            `model.safetensors` holds the trained values: the field is kept as provenance. The momentum anchor starts
+            as a copy of the loaded block. Weights of timm's standard architecture do not fit a backbone narrowed or
+            shortened by `backbone_kwargs` (the tiny preset's): `ValueError`. See `backbone_weights.py`.
         drop_path_rate (`float`, defaults to 0.1): stochastic depth in the online backbone (paper silent).
         zero_init_residual (`bool`, defaults to `True`): zero the scale of the last BatchNorm in every residual block
             of the backbone, so each block starts as the identity (ours: the paper does not say how it initialised
-            the backbone, and hf-cxr downloads no weights). Without it a randomly initialised full-depth
-            EfficientNetV2-S learned nothing in 500 steps of the learnability benchmark (docs/benchmarks.md).
-            Weights loaded afterwards replace this initialisation.
+            the backbone). Without it a randomly initialised full-depth EfficientNetV2-S learned nothing in 500 steps
+            of the learnability benchmark (docs/benchmarks.md). It applies to random initialisation only: with
+            `backbone_weights` the loaded values are kept.
         anchor_scope (`str`, defaults to `"final_expansion"`): what the momentum anchor copies.
             `"final_expansion"`: the final expansion block, timm's `conv_head` + `bn2` (the paper's "final expansion
             block"); `"last_stage"`: the last stage of blocks as well (`blocks[-1]` + `conv_head` + `bn2`).
@@ -67,6 +76,7 @@ class MAMSFConfig(CXRClassifierConfig):
         self,
         backbone: str = "efficientnetv2_s",
         backbone_kwargs: dict[str, Any] | None = None,
+        backbone_weights: bool | str | None = None,
         drop_path_rate: float = 0.1,
         zero_init_residual: bool = True,
         anchor_scope: str = "final_expansion",
@@ -80,6 +90,7 @@ class MAMSFConfig(CXRClassifierConfig):
     ) -> None:
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.backbone_weights = backbone_weights
         self.drop_path_rate = drop_path_rate
         self.zero_init_residual = zero_init_residual
         self.anchor_scope = anchor_scope
@@ -93,6 +104,7 @@ class MAMSFConfig(CXRClassifierConfig):
 
     def _validate(self) -> None:
         super()._validate()
+        check_backbone_weights(self.backbone_weights, f"{type(self).__name__}.backbone_weights")
         if self.anchor_scope not in ANCHOR_SCOPES:
             self._fail("anchor_scope", f"must be one of {ANCHOR_SCOPES}, got {self.anchor_scope!r}")
         if not 0.0 <= self.anchor_momentum <= 1.0:

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import timm
 import torch
 import torch.distributed as dist
 from timm.models import checkpoint_seq
@@ -25,6 +24,7 @@ from torch.func import functional_call
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .backbone_weights import create_backbone, loading_saved_weights
 from .configuration_ma_msf import MAMSFConfig
 from .losses import build_loss_from_config
 from .pretrained import CXRPreTrainedMixin, mark_as_timm
@@ -182,8 +182,10 @@ class MAMSFPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
         # The weight loader re-creates every float parameter with requires_grad=True; the anchor must stay frozen
-        # (else an optimizer or DDP would count it among the trained parameters).
-        model = super().from_pretrained(*args, **kwargs)
+        # (else an optimizer or DDP would count it among the trained parameters). The backbone is built without
+        # `config.backbone_weights`: its values are in the saved file.
+        with loading_saved_weights():
+            model = super().from_pretrained(*args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
         for module in loaded.modules():
             if isinstance(module, MomentumAnchor):
@@ -210,10 +212,13 @@ class MAMSFModel(MAMSFPreTrainedModel):
 
     def __init__(self, config: MAMSFConfig) -> None:
         super().__init__(config)
+        # With `config.backbone_weights`, timm loads them here (not when `from_pretrained` builds the model).
         self.backbone = mark_as_timm(
-            timm.create_model(
+            create_backbone(
                 config.backbone,
-                pretrained=False,
+                config.backbone_weights,
+                "MAMSFConfig.backbone_weights",
+                "MAMSFConfig.backbone_kwargs",
                 num_classes=0,
                 global_pool="",
                 in_chans=config.num_channels,
@@ -224,8 +229,10 @@ class MAMSFModel(MAMSFPreTrainedModel):
         for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"):
             if not hasattr(self.backbone, name):
                 raise ValueError(f"MAMSFConfig.backbone must be a timm EfficientNet-family model; {name!r} is missing")
-        if config.zero_init_residual:  # before the anchor copies the last stage
+        # Random initialisation only: loaded weights are kept (and a saved model's are loaded over it anyway).
+        if config.zero_init_residual and not config.backbone_weights:  # before the anchor copies the last stage
             zero_init_residual_branches(self.backbone)
+        # The anchor starts as a copy of the online block, pretrained or not (as update_anchor(momentum=0.0) would).
         self.anchor = MomentumAnchor(self._online_head())
         channels = self.backbone.num_features
         fusion_in = 2 * channels if config.fusion == "concat" else channels

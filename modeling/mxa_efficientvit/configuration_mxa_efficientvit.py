@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from .backbone_weights import check_backbone_weights
 from .configuration_cxr import CXRClassifierConfig
 from .labels import CHEXPERT_LABELS
 
@@ -61,6 +62,18 @@ class MXAEfficientViTConfig(CXRClassifierConfig):
         image_size (`int`, defaults to 224): input height and width; a multiple of 16 (the patch stride).
         num_channels (`int`, defaults to 1): input channels (grey radiograph, no ImageNet normalisation; the
             processor scales intensities to [-1024, 1024] as torchxrayvision does).
+        backbone_weights (`bool` or `str`, *optional*): start timm's `efficientvit_<variant>` from pretrained timm
+            weights: `True` for timm's tag (`r224_in1k`, ImageNet-1k), the tag itself (`"efficientvit_m5.r224_in1k"`)
+            or a local `.safetensors` file; `None` (default) initialises it randomly, as the paper trained "from
+            scratch". timm loads them into its backbone before the MXA blocks are inserted, so the backbone's layers
+            get the pretrained values and MXA's own layers and the heads keep their initialisation; the 1-channel
+            input takes the pretrained first convolution summed over its three channels, and the attention biases
+            are resized to `image_size` by timm. Read (through `huggingface_hub`: with `HF_HUB_OFFLINE=1` from the
+            Hugging Face cache) when the model is built from this config (`hf_cxr.build_model`, `train.py
+            --backbone-weights`), never by `from_pretrained`, whose `model.safetensors` holds the trained values: the
+            field is kept as provenance. timm's weights need the published `embed_dim`, `depth`, `num_heads`, `kernels`
+            and `key_dim` of the variant (the tiny preset's narrower stages do not fit: `ValueError`).
+            See `backbone_weights.py`.
         use_mxa (`bool`, defaults to `True`): insert the MXA block; `False` is the paper's baseline, the plain
             multi-label EfficientViT.
         mxa_fusion (`str`, defaults to `"parallel"`): how MXA joins the local-window attention (LWA) of a block:
@@ -101,6 +114,7 @@ class MXAEfficientViTConfig(CXRClassifierConfig):
         kernels: list[int] | tuple[int, ...] | None = None,
         key_dim: int = 16,
         window_size: int = 7,
+        backbone_weights: bool | str | None = None,
         image_size: int = 224,
         num_channels: int = 1,
         use_mxa: bool = True,
@@ -126,6 +140,7 @@ class MXAEfficientViTConfig(CXRClassifierConfig):
         self.kernels = [int(v) for v in (kernels if kernels is not None else published["kernels"])]
         self.key_dim = key_dim
         self.window_size = window_size
+        self.backbone_weights = backbone_weights
         self.use_mxa = use_mxa
         self.mxa_fusion = mxa_fusion
         self.mxa_alpha_init = mxa_alpha_init
@@ -140,6 +155,15 @@ class MXAEfficientViTConfig(CXRClassifierConfig):
 
     def _validate(self) -> None:
         super()._validate()
+        check_backbone_weights(self.backbone_weights, f"{type(self).__name__}.backbone_weights")
+        if self.backbone_weights and not str(self.backbone_weights).lower().endswith(".safetensors"):
+            # timm's pretrained EfficientViTs have the published stages; attention biases alone are resized.
+            published = {**MXA_EFFICIENTVIT_VARIANTS[self.variant], "key_dim": 16}
+            changed = [f"{field}={getattr(self, field)}" for field, value in published.items()
+                       if (list(value) if isinstance(value, tuple) else value) != getattr(self, field)]  # fmt: skip
+            if changed:
+                self._fail("backbone_weights", f"needs the published efficientvit_{self.variant} (its weights do not "
+                           f"fit {', '.join(changed)}; the tiny preset narrows the stages)")  # fmt: skip
         for field in ("embed_dim", "depth", "num_heads"):
             values = getattr(self, field)
             if len(values) != 3 or any(v < 1 for v in values):

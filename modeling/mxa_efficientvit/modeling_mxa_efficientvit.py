@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models.efficientvit_msra import NormLinear
@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .backbone_weights import create_backbone, loading_saved_weights
 from .configuration_mxa_efficientvit import MXAEfficientViTConfig
 from .layers import ChannelAttention, SpatialAttention
 from .losses import build_loss_from_config
@@ -241,6 +242,12 @@ class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
         elif isinstance(module, MXAMixer) and module.fusion == "alpha":
             init.constant_(module.alpha_logit, _logit(module.alpha_init))
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        # The backbone is built without `config.backbone_weights`: its values are in the saved file.
+        with loading_saved_weights():
+            return super().from_pretrained(*args, **kwargs)
+
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
         """Gradient checkpointing is timm's own (`set_grad_checkpointing`: one checkpoint per stage)."""
         for module in self.modules():
@@ -256,10 +263,14 @@ class MXAEfficientViTModel(MXAEfficientViTPreTrainedModel):
 
     def __init__(self, config: MXAEfficientViTConfig) -> None:
         super().__init__(config)
+        # With `config.backbone_weights`, timm loads them into its own EfficientViT here, before the MXA blocks are
+        # inserted around its attention (never when `from_pretrained` builds the model).
         self.backbone = mark_as_timm(
-            timm.create_model(
+            create_backbone(
                 f"efficientvit_{config.variant}",
-                pretrained=False,
+                config.backbone_weights,
+                "MXAEfficientViTConfig.backbone_weights",
+                "MXAEfficientViTConfig.embed_dim/depth/num_heads/kernels/key_dim",
                 num_classes=0,
                 in_chans=config.num_channels,
                 img_size=config.image_size,

@@ -1,0 +1,1 @@
+../common/backbone_weights.py
