@@ -16,6 +16,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 NIH_DIR = FIXTURES / "nih_cxr14"
 
 
+# Under pytest-xdist every worker shares the cores: one torch thread per worker's share, not one per core each.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import datasets
+import pytest
 from huggingface_hub import DatasetCard, ModelCard
 
 from hf_cxr.cli import main
 from hf_cxr.labels import CHESTXRAY14_LABELS
 
 
+@pytest.mark.slow
 def test_demo_converts_trains_evaluates_and_predicts(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(out), "--max-steps", "4"]) == 0

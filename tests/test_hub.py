@@ -354,6 +354,7 @@ def test_upload_goes_through_create_repo_and_upload_folder(run, tmp_path: Path, 
     assert uploaded["card"] == {(tmp_path / "dry" / "README.md").read_text()}
 
 
+@pytest.mark.slow
 def test_templates_and_metric_module_ship_in_the_wheel(tmp_path: Path) -> None:
     """Build the wheel, import hf_cxr from it (not the checkout) and read a card template and the metric module."""
     # Build from a copy of the source files (tracked and untracked, not ignored): no build/ left in the checkout.

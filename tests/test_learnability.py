@@ -92,6 +92,7 @@ def test_a_seeded_run_trains_every_model_for_the_same_budget_and_repeats_exactly
     assert "| ma_msf | 0.3 |" in report and "| resnet10t | timm baseline |" in report
 
 
+@pytest.mark.slow
 def test_a_baseline_learns_large_bright_nodules_on_unseen_backgrounds() -> None:
     """The harness measures something: 5-cm nodules at contrast 0.5 are learned within 60-120 CPU steps."""
     settings = replace(SMALL_SETTINGS, sizes_mm=(50.0,), contrasts=(0.5,), checkpoints=(60, 120), batch_size=32,
@@ -102,6 +103,7 @@ def test_a_baseline_learns_large_bright_nodules_on_unseen_backgrounds() -> None:
     assert probe.nodule_auc[cell_name(50.0, 0.5)] >= 0.8  # on the 17 held-out backgrounds
 
 
+@pytest.mark.slow
 def test_the_tiny_cr_msnet_learns_an_effusion_on_unseen_backgrounds() -> None:
     """The benchmark caught CR-MSNet's tiny preset learning nothing, not even the effusion every other model finds
     (its fusion read the one-block ResNet's layer3: AUC 0.51 after 500 steps). It must learn the easiest finding."""

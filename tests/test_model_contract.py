@@ -83,7 +83,7 @@ def test_build_model_defaults_to_chestxray14_findings_for_cr_msnet() -> None:
 
 
 @pytest.mark.parametrize("model_type", IMAGE_CLASSIFIERS)
-@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("paper", marks=pytest.mark.slow)])
 def test_save_and_reload_is_exact(model_type: str, preset: str, tmp_path: Path) -> None:
     model, processor = build(model_type, preset)
     model.eval()

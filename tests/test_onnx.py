@@ -15,6 +15,7 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not install
 pytest.importorskip("onnx", reason="onnx not installed: pip install 'hf-cxr[onnx]'")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", image_model_types())
 def test_tiny_preset_exports_and_matches_pytorch(model_type: str, tmp_path) -> None:
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import FIXTURES, NIH_DIR
 from test_image_processing import write_dicom
 
@@ -43,6 +44,7 @@ def readme_blocks(placeholders: dict[str, str]) -> list[str]:
     return blocks
 
 
+@pytest.mark.slow
 def test_every_python_block_of_the_readme_runs(tmp_path: Path) -> None:
     image = sorted((NIH_DIR / "images").glob("*.png"))[0]
     grey = load_radiograph(image)

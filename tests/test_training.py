@@ -143,6 +143,7 @@ TWO_CPU_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--mult
 TWO_CPU_PROCESSES_ENV = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_two_processes_report_the_same_validation_auc_as_one(tiny_dataset, tmp_path) -> None:
     env = {**os.environ, **TWO_CPU_PROCESSES_ENV}
     command = [*TWO_CPU_PROCESSES,

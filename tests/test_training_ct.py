@@ -127,6 +127,7 @@ def test_resumed_ct_run_ends_with_the_same_weights(ct_dataset: Path, tmp_path: P
     assert _same(a, b)
 
 
+@pytest.mark.slow
 def test_two_process_ct_run_keeps_frozen_parts_and_logs_one_process_auroc(ct_dataset: Path, tmp_path: Path) -> None:
     """Two gloo processes (`TWO_CPU_PROCESSES`) through the three stages: frozen parts stay frozen under DDP,
     and the validation AUROC it logs equals one process's evaluation of the saved model."""
