@@ -38,10 +38,10 @@ EOF
 python - "$WORK" <<'EOF'
 import sys
 from pathlib import Path
-from hf_cxr.data import build_chestxray14
+from hf_cxr.data import convert_chestxray14
 from hf_cxr.sample import write_sample_raw_tree
 work = Path(sys.argv[1])
-build_chestxray14(write_sample_raw_tree(work / "raw"), work / "nih", image_size=None, seed=0, overwrite=True)
+convert_chestxray14(write_sample_raw_tree(work / "raw"), work / "nih", image_size=None, seed=0, overwrite=True)
 EOF
 NIH="$WORK/nih"
 COMMON=(--dataset "$NIH" --max-steps 20 --eval-steps 10 --checkpointing-steps 10 --per-device-batch-size 16)

@@ -11,10 +11,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from conftest import NIH_DIR
 from PIL import ExifTags, Image, ImageOps
 
-from hf_cxr.data import MissingFilesError, PatientLeakError, build_chexpert
+from hf_cxr.data import MissingFilesError, PatientLeakError, convert_chexpert
 from hf_cxr.data.chexpert import shared_finding_columns
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL, MultiLabelBCELoss
@@ -71,7 +72,7 @@ def _row(dataset: datasets.DatasetDict, path_part: str) -> dict:
 
 @pytest.mark.parametrize("policy", ["ones", "zeros", "ignore"])
 def test_uncertain_policies(tree: Path, tmp_path: Path, policy: str) -> None:
-    dataset = build_chexpert(tree, tmp_path / policy, uncertain=policy, image_size=None)
+    dataset = convert_chexpert(tree, tmp_path / policy, uncertain=policy, image_size=None).dataset
     row = _row(dataset, "patient00001/study1/view1")
     uncertain = [value == "-1.0" for value in RAW]
     assert row["uncertain"] == uncertain
@@ -82,8 +83,6 @@ def test_uncertain_policies(tree: Path, tmp_path: Path, policy: str) -> None:
         else:
             assert (label, mask) == (1.0 if value == "1.0" else 0.0, 1.0)  # blank -> 0
     if policy == "ignore":  # the hf-cxr losses skip exactly the uncertain entries
-        import torch
-
         targets = torch.tensor([row["labels"]])
         logits = torch.randn(1, 14)
         kept = torch.tensor([not flag for flag in uncertain])
@@ -93,7 +92,7 @@ def test_uncertain_policies(tree: Path, tmp_path: Path, policy: str) -> None:
 
 def test_splits_metadata_and_card(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    build_chexpert(tree, out, uncertain="ones", image_size=None)
+    convert_chexpert(tree, out, uncertain="ones", image_size=None)
     dataset = datasets.load_from_disk(str(out))
     assert {k: v.num_rows for k, v in dataset.items()} == {"train": 7, "validation": 2, "test": 1}
     row = _row(dataset, "patient00002/")
@@ -109,7 +108,7 @@ def test_splits_metadata_and_card(tree: Path, tmp_path: Path) -> None:
 
 
 def test_frontal_only_and_sizes(tree: Path, tmp_path: Path) -> None:
-    dataset = build_chexpert(tree, tmp_path / "out", frontal_only=True, image_size=128)
+    dataset = convert_chexpert(tree, tmp_path / "out", frontal_only=True, image_size=128).dataset
     assert all(view == "Frontal" for part in dataset.values() for view in part["frontal_lateral"])
     assert dataset["train"].num_rows == 6
     assert '"lateral_images_left_out": 1' in (tmp_path / "out" / "conversion_report.json").read_text()
@@ -118,7 +117,7 @@ def test_frontal_only_and_sizes(tree: Path, tmp_path: Path) -> None:
     assert cropped["image"].size == (164, 128)  # shorter side 128, aspect ratio kept
     assert cropped["image"].format == "JPEG"
     # Images already at or below the size are stored byte for byte.
-    unchanged = build_chexpert(tree, tmp_path / "big", image_size=512)["validation"]
+    unchanged = convert_chexpert(tree, tmp_path / "big", image_size=512).dataset["validation"]
     source = tree.parent / unchanged[0]["path"]
     stored = unchanged.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]
     assert stored == source.read_bytes()
@@ -137,7 +136,7 @@ def test_exif_orientation_is_stored_upright_whatever_the_size(tmp_path: Path) ->
     shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / relative)))
     assert shown.shape == (256, 200)
     for image_size, stored_size in ((None, (200, 256)), (128, (128, 164))):
-        dataset = build_chexpert(root, tmp_path / f"out-{image_size}", image_size=image_size)["validation"]
+        dataset = convert_chexpert(root, tmp_path / f"out-{image_size}", image_size=image_size).dataset["validation"]
         index = dataset["path"].index(relative)
         row = dataset[index]
         assert (row["original_width"], row["original_height"]) == (200, 256)
@@ -156,7 +155,7 @@ def test_exif_orientation_is_stored_upright_whatever_the_size(tmp_path: Path) ->
 def test_patient_in_train_and_validation_is_refused(tmp_path: Path) -> None:
     root = _write_tree(tmp_path, valid_patient="patient00003")
     with pytest.raises(PatientLeakError, match="patient00003"):
-        build_chexpert(root, tmp_path / "out")
+        convert_chexpert(root, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -164,12 +163,12 @@ def test_missing_image_and_bad_label_value(tmp_path: Path) -> None:
     root = _write_tree(tmp_path)
     (tmp_path / ROOT_NAME / "train" / "patient00004" / "study1" / "view1_frontal.jpg").unlink()
     with pytest.raises(MissingFilesError, match=r"patient00004/study1/view1_frontal\.jpg"):
-        build_chexpert(root, tmp_path / "out")
+        convert_chexpert(root, tmp_path / "out")
     text = (root / "valid.csv").read_text().splitlines()
     text[2] = text[2].replace(",1.0,", ",2.0,", 1)
     (root / "valid.csv").write_text("\n".join(text) + "\n")
     with pytest.raises(ValueError, match=r"valid\.csv' line 3, Atelectasis: label value '2\.0'"):
-        build_chexpert(root, tmp_path / "out")
+        convert_chexpert(root, tmp_path / "out")
 
 
 def test_shared_findings_map_for_cross_dataset_evaluation() -> None:
@@ -179,3 +178,30 @@ def test_shared_findings_map_for_cross_dataset_evaluation() -> None:
     assert CHEXPERT_LABELS[chexpert[names.index("Effusion")]] == "Pleural Effusion"
     logits = np.arange(14)[None]
     assert logits[:, nih].tolist() == [[CHESTXRAY14_LABELS.index(n) for n in names]]
+
+
+def test_raw_format_on_non_square_jpegs(tree: Path, tmp_path: Path) -> None:
+    """`image_format="raw"` on CheXpert's non-square JPEGs: uncompressed PGM files at the stored size, the pixels the
+    png conversion stores up to its JPEG re-encoding (exactly the decoded JPEG when not resized), and read by the
+    model's processor through `eval_transform` without being told."""
+    from hf_cxr.modeling.cr_msnet import CRMSNetImageProcessor
+
+    from hf_cxr.data.transforms import eval_transform
+
+    raw = convert_chexpert(tree, tmp_path / "raw", image_size=128, image_format="raw").dataset
+    png = convert_chexpert(tree, tmp_path / "png", image_size=128).dataset
+    cropped_raw, cropped_png = _row(raw, "patient00001/study1/view1"), _row(png, "patient00001/study1/view1")
+    assert cropped_raw["image"].format == "PPM" and cropped_raw["image"].size == (164, 128)
+    difference = np.abs(np.asarray(cropped_raw["image"], float) - np.asarray(cropped_png["image"], float))
+    assert difference.mean() < 1.0  # the png conversion's JPEG (quality 95) re-encoding
+    assert "uncompressed image files" in (tmp_path / "raw" / "README.md").read_text()
+
+    unresized = convert_chexpert(tree, tmp_path / "raw-original", image_size=None, image_format="raw").dataset
+    row = _row(unresized, "patient00002/")
+    np.testing.assert_array_equal(np.asarray(row["image"]), np.asarray(Image.open(tree.parent / row["path"])))
+
+    processor = CRMSNetImageProcessor(size=64)
+    batch = raw["train"].with_transform(eval_transform(processor))[:3]
+    assert batch["pixel_values"].shape == (3, 3, 64, 64)
+    direct = processor([np.asarray(image) for image in raw["train"][:3]["image"]], return_tensors="pt")
+    assert torch.equal(batch["pixel_values"], direct["pixel_values"])

@@ -17,7 +17,7 @@ from hf_cxr.modeling.common.ct import read_ct_folder, slice_to_hu
 from huggingface_hub import DatasetCard
 from pydicom.pixels import apply_modality_lut
 
-from hf_cxr.data import build_lung_pet_ct_dx
+from hf_cxr.data import convert_lung_pet_ct_dx
 from hf_cxr.data._common import BadFileError
 from hf_cxr.data.lung_pet_ct_dx import CLINICAL_FEATURE_NAMES, encode_clinical, read_clinical_table
 from hf_cxr.data.tables import read_table
@@ -95,7 +95,7 @@ def raw_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def converted(raw_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[datasets.DatasetDict, Path]:
     out = tmp_path_factory.mktemp("out") / "lung_abeg"
-    dataset = build_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", out, task="abeg", seed=0)
+    dataset = convert_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", out, task="abeg", seed=0).dataset
     return dataset, out
 
 
@@ -156,8 +156,8 @@ def test_patient_split_is_seeded_and_stratified(converted: tuple[datasets.Datase
     # Stratified: each class with >= 2 patients has one in train; A and G (3 each) reach the test split.
     test_letters = sorted(p.removeprefix("Lung_Dx-")[0] for p in patients["test"])
     assert test_letters.count("A") == 1 and test_letters.count("G") == 1
-    again = build_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", raw_tree.parent / "again", task="abeg")
-    assert {split: set(part["patient_id"]) for split, part in again.items()} == patients
+    again = convert_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", raw_tree.parent / "again", task="abeg")
+    assert {split: set(part["patient_id"]) for split, part in again.dataset.items()} == patients
 
 
 def test_volume_annotations_and_clinical(converted: tuple[datasets.DatasetDict, Path]) -> None:
@@ -189,7 +189,7 @@ def test_volume_annotations_and_clinical(converted: tuple[datasets.DatasetDict, 
 
 
 def test_task_ag_keeps_two_classes(raw_tree: Path, tmp_path: Path) -> None:
-    dataset = build_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", tmp_path / "ag", task="ag")
+    dataset = convert_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", tmp_path / "ag", task="ag").dataset
     letters = sorted(letter for part in dataset.values() for letter in part["histology"])
     assert letters == ["A"] * 3 + ["G"] * 3
     assert dataset["train"].features["label"].names == ["adenocarcinoma", "squamous_cell_carcinoma"]
@@ -200,7 +200,7 @@ def test_missing_clinical_row_is_an_error(raw_tree: Path, tmp_path: Path) -> Non
     partial = {key: value for key, value in PATIENTS.items() if key != "G0003"}
     table = _write_clinical_csv(tmp_path / "clinical.csv", partial)
     with pytest.raises(ValueError, match="Lung_Dx-G0003"):
-        build_lung_pet_ct_dx(raw_tree, table, tmp_path / "out")
+        convert_lung_pet_ct_dx(raw_tree, table, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -211,16 +211,16 @@ def test_corrupt_slice_named_or_skipped(raw_tree: Path, tmp_path: Path) -> None:
     bad = root / "Lung_Dx-G0001" / STUDY / SERIES / "1-10.dcm"
     bad.write_bytes(bad.read_bytes()[:4000])  # truncated in the pixel data
     with pytest.raises(BadFileError, match=r"1-10\.dcm"):
-        build_lung_pet_ct_dx(root, raw_tree.parent / "clinical.csv", tmp_path / "out", test_fraction=0.5)
+        convert_lung_pet_ct_dx(root, raw_tree.parent / "clinical.csv", tmp_path / "out", test_fraction=0.5)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
-    dataset = build_lung_pet_ct_dx(
+    dataset = convert_lung_pet_ct_dx(
         root,
         raw_tree.parent / "clinical.csv",
         tmp_path / "out",
         test_fraction=0.5,
         validation_fraction=0,
         skip_bad=True,
-    )
+    ).dataset
     assert [p for part in dataset.values() for p in part["patient_id"]] == ["Lung_Dx-A0001"]
     assert "1-10.dcm" in (tmp_path / "out" / "skipped_files.txt").read_text()
     assert "1-10.dcm" in (tmp_path / "out" / "README.md").read_text()

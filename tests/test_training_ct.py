@@ -21,7 +21,7 @@ from test_evaluation_ct import HEADER, LUNG, SERIES, SERIES_DIR, STUDY, _copy_se
 from test_training import TWO_CPU_PROCESSES, TWO_CPU_PROCESSES_ENV
 
 import hf_cxr
-from hf_cxr.data import build_lung_pet_ct_dx
+from hf_cxr.data import convert_lung_pet_ct_dx
 from hf_cxr.training import add_train_arguments, latest_checkpoint, oversampled_indices, train
 
 PATIENTS = ["A0001", "A0002", "A0003", "A0004", "G0001", "G0002", "G0003", "G0004"]
@@ -45,7 +45,7 @@ def ct_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         rows.append(f"{number},Lung_Dx-{patient},{'MF'[number % 2]},{50 + number},{60 + number},2,1,0,NA,{number % 2}")
     clinical.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = root.parent / "converted"
-    build_lung_pet_ct_dx(root, clinical, out, task="ag", seed=0, validation_fraction=0.25, test_fraction=0.25)
+    convert_lung_pet_ct_dx(root, clinical, out, task="ag", seed=0, validation_fraction=0.25, test_fraction=0.25)
     return out
 
 

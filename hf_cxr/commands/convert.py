@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hf_cxr.data._common import IMAGE_FORMATS
 from hf_cxr.data.chestxray14 import DEFAULT_IMAGE_SIZE as NIH_SIZE
 from hf_cxr.data.chestxray14 import DEFAULT_VALIDATION_FRACTION, convert_chestxray14
 from hf_cxr.data.chexpert import DEFAULT_IMAGE_SIZE as CHEXPERT_SIZE
@@ -23,6 +24,14 @@ def _image_size(text: str) -> int | None:
     return value
 
 
+def _positive(text: str) -> int:
+    """A positive integer (a number of processes)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser, image_size: int | None = None, seed: bool = True) -> None:
     parser.add_argument("--root", type=Path, required=True, help="the raw download's folder")
     parser.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
@@ -31,9 +40,22 @@ def _common(parser: argparse.ArgumentParser, image_size: int | None = None, seed
             "--image-size",
             type=_image_size,
             default=image_size,
-            help=f"stored shorter side in px (default {image_size}; 0 keeps the original size)",
+            help=f"stored shorter side in px (default {image_size}; 0 keeps the original size); for training, the "
+            "size the recipe trains at plus its crop margin (e.g. 256 for 224)",
         )
-    parser.add_argument("--num-proc", type=int, default=None, help="worker processes for reading/resizing")
+        parser.add_argument(
+            "--image-format",
+            choices=IMAGE_FORMATS,
+            default="png",
+            help="png: portable PNG (JPEG for resized JPEG sources), the default; raw: uncompressed image files, "
+            "larger on disk and several times faster to read. Training and evaluation read either.",
+        )
+    parser.add_argument(
+        "--num-proc",
+        type=_positive,
+        default=None,
+        help="worker processes that read, resize and encode (default: all in the main process)",
+    )
     if seed:  # CheXpert keeps Stanford's splits: nothing is drawn at random
         parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
     parser.add_argument(
@@ -100,6 +122,7 @@ def _run_chestxray14(args: argparse.Namespace) -> int:
             args.root,
             args.out,
             image_size=args.image_size,
+            image_format=args.image_format,
             num_proc=args.num_proc,
             seed=args.seed,
             validation_fraction=args.validation_fraction,
@@ -119,6 +142,7 @@ def _run_chexpert(args: argparse.Namespace) -> int:
             uncertain=args.uncertain,
             frontal_only=args.frontal_only,
             image_size=args.image_size,
+            image_format=args.image_format,
             num_proc=args.num_proc,
             skip_bad=args.skip_bad,
             overwrite=args.overwrite,

@@ -16,31 +16,33 @@ import gzip
 import io
 import os
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
-from tqdm.auto import tqdm
 
 from hf_cxr.data._common import (
     RESEARCH_USE,
     ConversionResult,
     MissingFilesError,
-    SplitPlan,
+    add_storage_section,
+    check_image_format,
+    check_num_proc,
     check_out_dir,
     check_patients_disjoint,
     default_out_dir,
-    encode_or_report,
     generate_dataset_dict,
+    image_storage_text,
     list_message,
     markdown_table,
     render_card,
     size_category,
     skipped_section,
     split_by_patient,
+    stored_image,
 )
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_NO_FINDING
 
@@ -267,40 +269,39 @@ def _read_list(path: Path) -> list[str]:
     return names
 
 
-def _generate(items: list[_Item], log_dir: str, image_size: int | None, skip_bad: bool) -> Iterator[dict[str, Any]]:
-    for item in tqdm(items, desc="ChestX-ray14 images", unit="img", mininterval=5.0):
-        stored = encode_or_report(Path(item.path), image_size, log_dir, skip_bad)
-        if stored is None:
-            continue
-        record = item.record
-        scale_x = stored.width / BBOX_COORDINATE_SIZE
-        scale_y = stored.height / BBOX_COORDINATE_SIZE
-        yield {
-            "image": {"bytes": stored.data, "path": None},
-            "image_id": record.image_id,
-            "labels": list(record.labels),
-            "finding_labels": record.finding_labels,
-            "patient_id": record.patient_id,
-            "follow_up": record.follow_up,
-            "patient_age": record.patient_age,
-            "patient_sex": record.patient_sex,
-            "view_position": record.view_position,
-            "original_width": stored.original_width,
-            "original_height": stored.original_height,
-            "acquisition_width": record.acquisition_width,
-            "acquisition_height": record.acquisition_height,
-            "acquisition_pixel_spacing": list(record.acquisition_pixel_spacing),
-            "bboxes": [
-                {
-                    "finding": box.finding,
-                    "x": box.x * scale_x,
-                    "y": box.y * scale_y,
-                    "width": box.width * scale_x,
-                    "height": box.height * scale_y,
-                }
-                for box in item.boxes
-            ],
-        }
+def _example(item: _Item, image_size: int | None, image_format: str) -> dict[str, Any]:
+    """One example: the image read, resized and encoded (`stored_image`; `BadFileError` for an unreadable file), its
+    table row, and its boxes rescaled to the stored image. Runs in the conversion's worker processes."""
+    stored = stored_image(Path(item.path), image_size, image_format)
+    record = item.record
+    scale_x = stored.width / BBOX_COORDINATE_SIZE
+    scale_y = stored.height / BBOX_COORDINATE_SIZE
+    return {
+        "image": {"bytes": stored.data, "path": None},
+        "image_id": record.image_id,
+        "labels": list(record.labels),
+        "finding_labels": record.finding_labels,
+        "patient_id": record.patient_id,
+        "follow_up": record.follow_up,
+        "patient_age": record.patient_age,
+        "patient_sex": record.patient_sex,
+        "view_position": record.view_position,
+        "original_width": stored.original_width,
+        "original_height": stored.original_height,
+        "acquisition_width": record.acquisition_width,
+        "acquisition_height": record.acquisition_height,
+        "acquisition_pixel_spacing": list(record.acquisition_pixel_spacing),
+        "bboxes": [
+            {
+                "finding": box.finding,
+                "x": box.x * scale_x,
+                "y": box.y * scale_y,
+                "width": box.width * scale_x,
+                "height": box.height * scale_y,
+            }
+            for box in item.boxes
+        ],
+    }
 
 
 def _splits_description(settings: dict[str, Any]) -> str:
@@ -357,6 +358,7 @@ def _summarize(
         )
     else:
         box_text = "none of the converted images has a box in the box list"
+    storage = image_storage_text(settings["image_size"], settings["image_format"])
     card = render_card(
         "dataset_chestxray14.md",
         _FALLBACK_CARD,
@@ -366,6 +368,7 @@ def _summarize(
         table_name=settings.get("table", "the Data_Entry table"),
         boxes_description=box_text,
         image_size=settings["image_size"] or "original",
+        image_storage=storage,
         splits_description=_splits_description(settings),
         left_out=left_out,
         skipped_section=skipped_section(skipped),
@@ -374,7 +377,7 @@ def _summarize(
         homepage=HOMEPAGE,
         research_use=RESEARCH_USE,
     )
-    return report, card
+    return report, add_storage_section(card, storage)
 
 
 _FALLBACK_CARD = """---
@@ -399,44 +402,12 @@ Source: NIH Clinical Center, $homepage. Cite: $citation
 """
 
 
-def build_chestxray14(
-    root: Path | str,
-    out_dir: Path | str | None = None,
-    *,
-    image_size: int | None = DEFAULT_IMAGE_SIZE,
-    num_proc: int | None = None,
-    seed: int = 0,
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    split_protocol: str = "official",
-    test_fraction: float = DEFAULT_RANDOM_TEST_FRACTION,
-) -> datasets.DatasetDict:
-    """Convert a raw ChestX-ray14 download into a `DatasetDict` (train/validation/test) saved at `out_dir`.
-
-    Returns the dataset as `datasets.load_from_disk(out_dir)` reads it. `image_size` is the stored shorter
-    side (None keeps NIH's 1024 px); `num_proc` worker processes read and resize images; `skip_bad` skips
-    unreadable images instead of failing, listing each one in the card and `skipped_files.txt`.
-    """
-    return convert_chestxray14(
-        root,
-        out_dir,
-        image_size=image_size,
-        num_proc=num_proc,
-        seed=seed,
-        validation_fraction=validation_fraction,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-        split_protocol=split_protocol,
-        test_fraction=test_fraction,
-    ).dataset
-
-
 def convert_chestxray14(
     root: Path | str,
     out_dir: Path | str | None = None,
     *,
     image_size: int | None = DEFAULT_IMAGE_SIZE,
+    image_format: str = "png",
     num_proc: int | None = None,
     seed: int = 0,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
@@ -445,7 +416,25 @@ def convert_chestxray14(
     split_protocol: str = "official",
     test_fraction: float = DEFAULT_RANDOM_TEST_FRACTION,
 ) -> ConversionResult:
-    """`build_chestxray14`, returning also the output folder, the skipped files and the report."""
+    """Convert a raw ChestX-ray14 download into a `DatasetDict` (train/validation/test) saved at `out_dir`.
+
+    Returns a `ConversionResult`: `.dataset` is the `DatasetDict` as `datasets.load_from_disk(out_dir)` reads it,
+    with `.out_dir`, `.skipped` and `.report`. `out_dir` None writes to a fresh folder in the `datasets` cache.
+
+    `image_size`: the stored shorter side in px (None keeps NIH's 1024 px); store at the size a recipe trains at
+    plus its augmentation's crop margin (e.g. 256 for 224-px training). `image_format`: "png" (portable, the
+    default) or "raw" (uncompressed image files, faster to read; see `hf_cxr.data._common.IMAGE_FORMATS`); both are
+    read by `datasets.Image` without being told. `num_proc`: worker processes that read and resize images (None or
+    1: in this process). `skip_bad` skips unreadable images instead of failing, listing each one in the card and
+    `skipped_files.txt`. `split_protocol`: "official" (NIH's test list is `test`; train/validation divide the
+    train_val patients, `validation_fraction` of them to validation) or "random_patient" (every listed image
+    re-split by patient with `test_fraction` and `validation_fraction`, seeded).
+
+    Raises `FileExistsError` for an existing `out_dir` without `overwrite` (before reading anything),
+    `FileNotFoundError`/`MissingFilesError` for a missing table, list or image, `PatientLeakError` for a patient in
+    two splits, `BadFileError` naming an unreadable image (without `skip_bad`), and `ValueError` for bad arguments
+    or a table that is not NIH's.
+    """
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
@@ -457,6 +446,8 @@ def convert_chestxray14(
         raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction}")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
+    check_num_proc(num_proc)
+    check_image_format(image_format)
     table_path = _find_first(root, TABLE_NAMES)
     if table_path is None:
         raise FileNotFoundError(f"no {' or '.join(TABLE_NAMES)} in '{root}'")
@@ -502,17 +493,14 @@ def convert_chestxray14(
         split_images[assignment[str(records[image].patient_id)]].append(image)
     check_patients_disjoint({split: [records[i].patient_id for i in images] for split, images in split_images.items()})
 
-    plans = {
-        split: SplitPlan(
-            items=[_Item(str(image_index[name]), records[name], boxes.get(name, [])) for name in sorted(images)],
-            generator=_generate,
-            extra={"image_size": image_size, "skip_bad": skip_bad},
-        )
+    items = {
+        split: [_Item(str(image_index[name]), records[name], boxes.get(name, [])) for name in sorted(images)]
         for split, images in split_images.items()
     }
     left_out = len(records) - len(lists["train_val"]) - len(lists["test"])
     settings = {
         "image_size": image_size,
+        "image_format": image_format,
         "seed": seed,
         "validation_fraction": validation_fraction,
         "split_protocol": split_protocol,
@@ -528,11 +516,14 @@ def convert_chestxray14(
     )
     return generate_dataset_dict(
         out_dir if out_dir is not None else default_out_dir("chestxray14"),
-        plans,
+        items,
+        partial(_example, image_size=image_size, image_format=image_format),
         FEATURES,
         info,
         num_proc=num_proc,
         writer_batch_size=200,
         summarize=lambda dataset, skipped: _summarize(dataset, skipped, settings, left_out),
+        skip_bad=skip_bad,
+        description="ChestX-ray14 images",
         overwrite=overwrite,
     )

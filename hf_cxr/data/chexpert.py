@@ -15,29 +15,31 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
-from tqdm.auto import tqdm
 
 from hf_cxr.data._common import (
     RESEARCH_USE,
     ConversionResult,
     MissingFilesError,
-    SplitPlan,
+    add_storage_section,
+    check_image_format,
+    check_num_proc,
     check_out_dir,
     check_patients_disjoint,
     default_out_dir,
-    encode_or_report,
     generate_dataset_dict,
+    image_storage_text,
     markdown_table,
     render_card,
     size_category,
     skipped_section,
+    stored_image,
 )
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL
@@ -176,30 +178,30 @@ def resolve_image_path(root: Path, relative: str) -> Path | None:
     return None
 
 
-def _generate(
-    items: list[tuple[str, CheXpertRecord]], log_dir: str, image_size: int | None, uncertain: str, skip_bad: bool
-) -> Iterator[dict[str, Any]]:
-    for path, record in tqdm(items, desc="CheXpert images", unit="img", mininterval=5.0):
-        stored = encode_or_report(Path(path), image_size, log_dir, skip_bad)
-        if stored is None:
-            continue
-        labels, mask, flags = resolve_labels(record.raw_labels, uncertain)
-        yield {
-            "image": {"bytes": stored.data, "path": None},
-            "path": record.path,
-            "labels": labels,
-            "label_mask": mask,
-            "uncertain": flags,
-            "patient_id": record.patient_id,
-            "study_id": record.study_id,
-            "view_id": record.view_id,
-            "frontal_lateral": record.frontal_lateral,
-            "ap_pa": record.ap_pa,
-            "sex": record.sex,
-            "age": record.age,
-            "original_width": stored.original_width,
-            "original_height": stored.original_height,
-        }
+def _example(
+    item: tuple[str, CheXpertRecord], image_size: int | None, image_format: str, uncertain: str
+) -> dict[str, Any]:
+    """One example: the image read, resized and encoded (`stored_image`; `BadFileError` for an unreadable file) and
+    its CSV row under the uncertainty policy. Runs in the conversion's worker processes."""
+    path, record = item
+    stored = stored_image(Path(path), image_size, image_format)
+    labels, mask, flags = resolve_labels(record.raw_labels, uncertain)
+    return {
+        "image": {"bytes": stored.data, "path": None},
+        "path": record.path,
+        "labels": labels,
+        "label_mask": mask,
+        "uncertain": flags,
+        "patient_id": record.patient_id,
+        "study_id": record.study_id,
+        "view_id": record.view_id,
+        "frontal_lateral": record.frontal_lateral,
+        "ap_pa": record.ap_pa,
+        "sex": record.sex,
+        "age": record.age,
+        "original_width": stored.original_width,
+        "original_height": stored.original_height,
+    }
 
 
 def _summarize(
@@ -234,6 +236,7 @@ def _summarize(
     print(f"CheXpert conversion (uncertain={settings['uncertain']}):\n{table}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in the card)")
+    storage = image_storage_text(settings["image_size"], settings["image_format"])
     card = render_card(
         "dataset_chexpert.md",
         _FALLBACK_CARD,
@@ -241,6 +244,7 @@ def _summarize(
         total_images=sum(count["images"] for count in counts.values()),
         size_category=size_category(sum(count["images"] for count in counts.values())),
         image_size=settings["image_size"] or "original",
+        image_storage=storage,
         uncertain=settings["uncertain"],
         frontal_only="yes" if settings["frontal_only"] else "no",
         laterals_dropped=laterals_dropped,
@@ -251,7 +255,7 @@ def _summarize(
         license=LICENSE,
         research_use=RESEARCH_USE,
     )
-    return report, card
+    return report, add_storage_section(card, storage)
 
 
 _FALLBACK_CARD = """---
@@ -274,35 +278,6 @@ Source: $homepage. Cite: $citation
 """
 
 
-def build_chexpert(
-    root: Path | str,
-    out_dir: Path | str | None = None,
-    *,
-    uncertain: str = "ignore",
-    frontal_only: bool = False,
-    image_size: int | None = DEFAULT_IMAGE_SIZE,
-    num_proc: int | None = None,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-) -> datasets.DatasetDict:
-    """Convert a CheXpert download into a `DatasetDict` (train/validation[/test]) saved at `out_dir`.
-
-    `uncertain` resolves -1 labels (`ones`, `zeros`, `ignore`); `frontal_only` leaves out lateral views (the
-    number is reported); images larger than `image_size` (shorter side) are downsized, smaller ones are
-    stored unchanged.
-    """
-    return convert_chexpert(
-        root,
-        out_dir,
-        uncertain=uncertain,
-        frontal_only=frontal_only,
-        image_size=image_size,
-        num_proc=num_proc,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-    ).dataset
-
-
 def convert_chexpert(
     root: Path | str,
     out_dir: Path | str | None = None,
@@ -310,16 +285,37 @@ def convert_chexpert(
     uncertain: str = "ignore",
     frontal_only: bool = False,
     image_size: int | None = DEFAULT_IMAGE_SIZE,
+    image_format: str = "png",
     num_proc: int | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
 ) -> ConversionResult:
-    """`build_chexpert`, returning also the output folder, the skipped files and the report."""
+    """Convert a CheXpert download into a `DatasetDict` (train/validation[/test]) saved at `out_dir`.
+
+    Returns a `ConversionResult`: `.dataset` is the `DatasetDict` as `datasets.load_from_disk(out_dir)` reads it,
+    with `.out_dir`, `.skipped` and `.report`. `out_dir` None writes to a fresh folder in the `datasets` cache.
+
+    `uncertain` resolves -1 labels (`ones`, `zeros`, `ignore`); `frontal_only` leaves out lateral views (the number
+    is reported); images larger than `image_size` px (shorter side) are downsized, smaller ones are stored
+    unchanged (in "png"). `image_format`: "png" (portable, the default; resized JPEGs stay JPEG) or "raw"
+    (uncompressed image files, faster to read); both are read by `datasets.Image` without being told. `num_proc`:
+    worker processes that read and resize images (None or 1: in this process). `skip_bad` skips unreadable images,
+    listing each one in the card and `skipped_files.txt`.
+
+    Raises `FileExistsError` for an existing `out_dir` without `overwrite` (before reading anything),
+    `FileNotFoundError`/`MissingFilesError` for a missing CSV or image, `PatientLeakError` for a patient in two
+    splits, `BadFileError` naming an unreadable image (without `skip_bad`), and `ValueError` for bad arguments or
+    label values.
+    """
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
     if uncertain not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    check_num_proc(num_proc)
+    check_image_format(image_format)
     split_records: dict[str, list[CheXpertRecord]] = {}
     for split, names in SPLIT_FILES.items():
         found = next((root / name for name in names if (root / name).is_file()), None)
@@ -349,12 +345,12 @@ def convert_chexpert(
     if missing:
         raise MissingFilesError(f"images listed in the CSVs (looked under '{root.parent}' and '{root}')", missing)
 
-    settings = {"uncertain": uncertain, "frontal_only": frontal_only, "image_size": image_size, "skip_bad": skip_bad}
-    plans = {
-        split: SplitPlan(
-            split_items, _generate, {"image_size": image_size, "uncertain": uncertain, "skip_bad": skip_bad}
-        )
-        for split, split_items in items.items()
+    settings = {
+        "uncertain": uncertain,
+        "frontal_only": frontal_only,
+        "image_size": image_size,
+        "image_format": image_format,
+        "skip_bad": skip_bad,
     }
     info = datasets.DatasetInfo(
         description="CheXpert converted locally by hf-cxr. " + RESEARCH_USE,
@@ -364,11 +360,14 @@ def convert_chexpert(
     )
     return generate_dataset_dict(
         out_dir if out_dir is not None else default_out_dir("chexpert"),
-        plans,
+        items,
+        partial(_example, image_size=image_size, image_format=image_format, uncertain=uncertain),
         FEATURES,
         info,
         num_proc=num_proc,
         writer_batch_size=200,
         summarize=lambda dataset, skipped: _summarize(dataset, skipped, settings, laterals_dropped),
+        skip_bad=skip_bad,
+        description="CheXpert images",
         overwrite=overwrite,
     )

@@ -18,25 +18,23 @@ import os
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 import datasets
-from tqdm.auto import tqdm
 
 from hf_cxr.data._common import (
     RESEARCH_USE,
     BadFileError,
     ConversionResult,
-    SplitPlan,
+    check_num_proc,
     check_out_dir,
     check_patients_disjoint,
     default_out_dir,
     generate_dataset_dict,
-    handle_bad_file,
     list_message,
     markdown_table,
     render_card,
@@ -243,52 +241,51 @@ def _series_folders(patient_dir: Path) -> list[tuple[Path, list[str]]]:
     return sorted(folders)
 
 
-def _generate(items: list[_SeriesItem], log_dir: str, task: str, skip_bad: bool) -> Iterator[dict[str, Any]]:
-    letters = TASKS[task]
-    for item in tqdm(items, desc="Lung-PET-CT-Dx series", unit="series", mininterval=5.0):
-        try:
-            volume = read_ct_series(item.files)
-        except (ValueError, OSError) as error:
-            handle_bad_file(log_dir, Path(item.files[0]).parent, str(error), skip_bad)
-            continue
-        slice_of = {uid: index for index, uid in enumerate(volume.sop_instance_uids)}
-        boxes = [
-            {"slice_index": slice_of[uid], **box}
-            for uid, uid_boxes in item.annotations.items()
-            if uid in slice_of
-            for box in uid_boxes
-        ]
-        boxes.sort(key=lambda box: (box["slice_index"], box["xmin"], box["ymin"]))
-        annotated = [box["slice_index"] for box in boxes]
-        raw = item.clinical.raw
-        yield {
-            "volume": volume.hu,
-            "patient_id": item.patient_id,
-            "label": letters.index(item.letter),
-            "histology": item.letter,
-            "study": item.study,
-            "series": item.series,
-            "series_instance_uid": volume.series_instance_uid,
-            "series_description": volume.series_description,
-            "num_slices": volume.hu.shape[0],
-            "slice_spacing": volume.slice_spacing,
-            "slice_thickness": volume.slice_thickness if volume.slice_thickness is not None else float("nan"),
-            "pixel_spacing": list(volume.pixel_spacing),
-            "slice_positions": volume.positions,
-            "sop_instance_uids": volume.sop_instance_uids,
-            "lesion_slice_range": [min(annotated), max(annotated)] if annotated else [-1, -1],
-            "boxes": boxes,
-            "clinical_features": list(item.clinical.features),
-            "clinical_mask": list(item.clinical.mask),
-            "sex": raw["sex"],
-            "age": raw["age"],
-            "weight_kg": raw["weight"],
-            "t_stage": raw["t_stage"],
-            "n_stage": raw["n_stage"],
-            "m_stage": raw["m_stage"],
-            "histopathological_grading": raw["grading"],
-            "smoking_history": raw["smoking"],
-        }
+def _example(item: _SeriesItem, task: str) -> dict[str, Any]:
+    """One example: the series read in HU and sorted by slice position (`BadFileError` naming the series folder when
+    it cannot be read), its boxes on the sorted slices and its clinical row. Runs in the conversion's workers."""
+    try:
+        volume = read_ct_series(item.files)
+    except (ValueError, OSError) as error:
+        raise BadFileError(Path(item.files[0]).parent, str(error)) from error
+    slice_of = {uid: index for index, uid in enumerate(volume.sop_instance_uids)}
+    boxes = [
+        {"slice_index": slice_of[uid], **box}
+        for uid, uid_boxes in item.annotations.items()
+        if uid in slice_of
+        for box in uid_boxes
+    ]
+    boxes.sort(key=lambda box: (box["slice_index"], box["xmin"], box["ymin"]))
+    annotated = [box["slice_index"] for box in boxes]
+    raw = item.clinical.raw
+    return {
+        "volume": volume.hu,
+        "patient_id": item.patient_id,
+        "label": TASKS[task].index(item.letter),
+        "histology": item.letter,
+        "study": item.study,
+        "series": item.series,
+        "series_instance_uid": volume.series_instance_uid,
+        "series_description": volume.series_description,
+        "num_slices": volume.hu.shape[0],
+        "slice_spacing": volume.slice_spacing,
+        "slice_thickness": volume.slice_thickness if volume.slice_thickness is not None else float("nan"),
+        "pixel_spacing": list(volume.pixel_spacing),
+        "slice_positions": volume.positions,
+        "sop_instance_uids": volume.sop_instance_uids,
+        "lesion_slice_range": [min(annotated), max(annotated)] if annotated else [-1, -1],
+        "boxes": boxes,
+        "clinical_features": list(item.clinical.features),
+        "clinical_mask": list(item.clinical.mask),
+        "sex": raw["sex"],
+        "age": raw["age"],
+        "weight_kg": raw["weight"],
+        "t_stage": raw["t_stage"],
+        "n_stage": raw["n_stage"],
+        "m_stage": raw["m_stage"],
+        "histopathological_grading": raw["grading"],
+        "smoking_history": raw["smoking"],
+    }
 
 
 def _summarize(
@@ -378,40 +375,6 @@ Source: $homepage. Cite: $citation
 """
 
 
-def build_lung_pet_ct_dx(
-    root: Path | str,
-    clinical: Path | str,
-    out_dir: Path | str | None = None,
-    *,
-    task: str = "abeg",
-    annotations_dir: Path | str | None = None,
-    seed: int = 0,
-    validation_fraction: float = DEFAULT_FRACTIONS["validation"],
-    test_fraction: float = DEFAULT_FRACTIONS["test"],
-    num_proc: int | None = None,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-) -> datasets.DatasetDict:
-    """Convert a Lung-PET-CT-Dx download into a `DatasetDict` of CT series saved at `out_dir`.
-
-    `task`: `ag` (adenocarcinoma vs squamous cell, other patients left out and counted) or `abeg` (four
-    classes). `clinical`: the clinical table (.xlsx or .csv); every converted patient must be in it.
-    """
-    return convert_lung_pet_ct_dx(
-        root,
-        clinical,
-        out_dir,
-        task=task,
-        annotations_dir=annotations_dir,
-        seed=seed,
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
-        num_proc=num_proc,
-        skip_bad=skip_bad,
-        overwrite=overwrite,
-    ).dataset
-
-
 def convert_lung_pet_ct_dx(
     root: Path | str,
     clinical: Path | str,
@@ -426,10 +389,25 @@ def convert_lung_pet_ct_dx(
     skip_bad: bool = False,
     overwrite: bool = False,
 ) -> ConversionResult:
-    """`build_lung_pet_ct_dx`, returning also the output folder, the skipped files and the report."""
+    """Convert a Lung-PET-CT-Dx download into a `DatasetDict` of CT series saved at `out_dir`.
+
+    Returns a `ConversionResult`: `.dataset` is the `DatasetDict` as `datasets.load_from_disk(out_dir)` reads it,
+    with `.out_dir`, `.skipped` and `.report`. `out_dir` None writes to a fresh folder in the `datasets` cache.
+
+    `task`: `ag` (adenocarcinoma vs squamous cell, other patients left out and counted) or `abeg` (four
+    classes). `clinical`: the clinical table (.xlsx or .csv); every converted patient must be in it. Splits are by
+    patient (`validation_fraction`, `test_fraction`, seeded, stratified by class). `num_proc`: worker processes
+    that read the series (None or 1: in this process). `skip_bad` skips unreadable series, listing each one.
+
+    Raises `FileExistsError` for an existing `out_dir` without `overwrite` (before reading anything),
+    `FileNotFoundError` when no patient folder (or the given annotations folder) exists, `BadFileError` naming an
+    unreadable series (without `skip_bad`), and `ValueError` for bad arguments, a bad clinical table or patients
+    missing from it.
+    """
     if out_dir is not None:
         check_out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
+    check_num_proc(num_proc)
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     fractions = {
@@ -454,7 +432,8 @@ def convert_lung_pet_ct_dx(
     missing_clinical: list[str] = []
     unreadable: list[dict[str, str]] = []
     items_by_patient: dict[str, list[_SeriesItem]] = defaultdict(list)
-    for patient_dir in tqdm(patient_dirs, desc="Scanning series headers", unit="patient", mininterval=5.0):
+    print(f"reading the series headers of {len(patient_dirs)} patient folders")
+    for patient_dir in patient_dirs:
         letter = _PATIENT_DIR.fullmatch(patient_dir.name).group(1)
         if letter not in HISTOLOGY:
             raise ValueError(f"'{patient_dir}': class letter {letter!r} is not one of {sorted(HISTOLOGY)}")
@@ -502,9 +481,6 @@ def convert_lung_pet_ct_dx(
     check_patients_disjoint({split: [item.patient_id for item in items] for split, items in split_items.items()})
 
     settings = {"task": task, "seed": seed, "fractions": fractions, "skip_bad": skip_bad}
-    plans = {
-        split: SplitPlan(items, _generate, {"task": task, "skip_bad": skip_bad}) for split, items in split_items.items()
-    }
     info = datasets.DatasetInfo(
         description="Lung-PET-CT-Dx CT series converted by hf-cxr. " + RESEARCH_USE,
         citation=CITATION,
@@ -513,7 +489,8 @@ def convert_lung_pet_ct_dx(
     )
     return generate_dataset_dict(
         out_dir if out_dir is not None else default_out_dir("lung_pet_ct_dx"),
-        plans,
+        split_items,
+        partial(_example, task=task),
         features_for(task),
         info,
         num_proc=num_proc,
@@ -521,6 +498,9 @@ def convert_lung_pet_ct_dx(
         summarize=lambda dataset, skipped: _summarize(
             dataset, skipped, settings, series_skipped, patients_left_out, annotation_count
         ),
+        skip_bad=skip_bad,
+        description="Lung-PET-CT-Dx series",
+        unit="series",
         overwrite=overwrite,
         already_skipped=unreadable,
     )
