@@ -24,7 +24,8 @@ import torch
 import transformers
 
 import hf_cxr
-from hf_cxr.bench import cpu_name, images_per_second, parameter_count
+from hf_cxr.benchmarks.speed import images_per_second, parameter_count
+from hf_cxr.machine import cpu_name
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 import hf_cxr
-from hf_cxr.bench import cpu_name
-from hf_cxr.onnx_export import export_onnx
+from hf_cxr.inference.onnx_export import export_onnx
+from hf_cxr.machine import cpu_name
 
 MODELS = ("cr_msnet", "mxa_efficientvit", "ma_msf")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hf_cxr.benchmarks.lesions import insert_square, train_planted_signal_model
 from hf_cxr.imaging import load_radiograph
-from hf_cxr.lesions import insert_square, train_planted_signal_model
-from hf_cxr.models import load_model
-from hf_cxr.predict import format_results, predict
+from hf_cxr.inference.predict import format_results, predict
+from hf_cxr.registry import load_model
 from hf_cxr.sample import SAMPLE_DIR
 
 OUTPUT = Path(__file__).parent / "images" / "predict_example.png"

@@ -6,6 +6,14 @@ CT windows) and `AutoImageProcessor`, and the `"chest-x-ray-classification"` and
 pipeline tasks. Research use only: these models are not medical devices.
 """
 
+from hf_cxr.inference.pipelines import (
+    CT_CLINICAL_TASK,
+    CXR_TASK,
+    ChestXRayClassificationPipeline,
+    CTClinicalClassificationPipeline,
+    register_pipeline,
+)
+from hf_cxr.interop.torchxrayvision import import_torchxrayvision
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS
 from hf_cxr.modeling.cr_msnet import (
     CRMSNetConfig,
@@ -37,21 +45,13 @@ from hf_cxr.modeling.torchxrayvision import (
     TorchXRayVisionImageProcessor,
     TorchXRayVisionModel,
 )
-from hf_cxr.models import (
+from hf_cxr.registry import (
     ARCHITECTURES,
     build_config,
     build_image_processor,
     build_model,
     register_architectures,
 )
-from hf_cxr.pipelines import (
-    CT_CLINICAL_TASK,
-    CXR_TASK,
-    ChestXRayClassificationPipeline,
-    CTClinicalClassificationPipeline,
-    register_pipeline,
-)
-from hf_cxr.torchxrayvision_import import import_torchxrayvision
 
 __version__ = "0.1.0"
 

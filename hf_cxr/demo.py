@@ -17,12 +17,12 @@ from pathlib import Path
 
 from transformers import pipeline
 
-from hf_cxr.data import build_chestxray14
+from hf_cxr.data import convert_chestxray14
 from hf_cxr.evaluation import evaluate_model
 from hf_cxr.hub import push_model
-from hf_cxr.models import load_model
-from hf_cxr.predict import predict
+from hf_cxr.inference.predict import predict
 from hf_cxr.recipes import available_recipes
+from hf_cxr.registry import load_model
 from hf_cxr.sample import write_sample_raw_tree
 from hf_cxr.training import add_train_arguments, train
 
@@ -99,10 +99,10 @@ def run_demo(
     print(f"\n[1/5] converting the bundled NIH sample ({raw}) with the ChestX-ray14 converter")
     # The sample's list files are a seeded random split, not NIH's official lists: convert with the protocol that
     # says so (every listed image re-split by patient), so the dataset and model cards state the split as made.
-    data = build_chestxray14(
+    data = convert_chestxray14(
         raw, data_dir, image_size=None, seed=seed, validation_fraction=0.15, test_fraction=0.15,
         split_protocol="random_patient", overwrite=True,
-    )  # fmt: skip
+    ).dataset  # fmt: skip
 
     recipe = f"{model_type}_chestxray14"
     print(f"\n[2/5] training {model_type} (tiny preset, recipe {recipe}, {max_steps} steps) with Accelerate")

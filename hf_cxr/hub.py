@@ -45,12 +45,13 @@ from hf_cxr.evaluation.report import (
 )
 from hf_cxr.evaluation.scores import CHOSEN_BY_YOUDEN, FALLBACK
 from hf_cxr.labels import LABEL_SETS
+from hf_cxr.registry import ARCHITECTURES, is_ct_model
 
 HUB_TAGS = ("medical", "radiology", "chest-x-ray", "multi-label-classification")
 PIPELINE_TAG = "image-classification"
-# MMCAF-Net reads a CT window and a clinical table: no Hub widget or stock pipeline task fits it (it is hf-cxr's
-# `ct-clinical-classification` pipeline), so its card says "other" rather than promising an image widget.
-PIPELINE_TAGS: dict[str, str] = {"mmcaf_net": "other"}
+# A CT model (MMCAF-Net) reads a CT slab and a clinical table: no Hub widget or stock pipeline task fits it (it is
+# hf-cxr's `ct-clinical-classification` pipeline), so its card says "other" rather than promising an image widget.
+CT_PIPELINE_TAG = "other"
 LIBRARY_NAME = "transformers"
 TASK_NAME = "Multi-label chest X-ray classification"
 EVALUATION_FOLDER = "evaluation"
@@ -62,23 +63,27 @@ PRESET_WORDS = {
     "tiny": "hf-cxr's tiny configuration for tests and demos, far smaller than the paper's; not the paper's model",
 }
 # What hf-cxr's remote code imports, for the card's "How to use" (the `.py` files of the repository).
-REMOTE_CODE_IMPORTS = "torch, timm, transformers, safetensors, numpy and Pillow"
+REMOTE_CODE_IMPORTS = "torch, timm, transformers (with its dependency huggingface_hub), safetensors, numpy and Pillow"
 CXR_PIPELINE_TASK = "chest-x-ray-classification"
 CARD_METRICS = ("roc_auc", "average_precision", "f1")
 NOT_A_MEDICAL_DEVICE = (
     "Research use only. This model is not a medical device: it has not been cleared or approved by any "
     "regulator, and it must not be used for diagnosis, triage or any other clinical decision."
 )
-# The dataset an architecture is trained on when its labels do not name a label set (e.g. histology classes).
-DEFAULT_TRAINING_DATA = {"mmcaf_net": "lung_pet_ct_dx"}
 # Files of a saved model folder that belong on the Hub (plus every top-level *.py: the remote code).
 MODEL_FILES = ("config.json", "preprocessor_config.json", "processor_config.json")
 MODEL_SUFFIXES = (".safetensors", ".safetensors.index.json", ".py")
 
 
+def _default_training_data(model_type: str) -> str | None:
+    """The dataset an architecture is trained on when its labels name no label set (e.g. histology classes)."""
+    architecture = ARCHITECTURES.get(model_type)
+    return architecture.default_training_data if architecture is not None else None
+
+
 def pipeline_tag(model_type: str) -> str:
     """The card's `pipeline_tag`: the Hub widget and task the architecture fits."""
-    return PIPELINE_TAGS.get(model_type, PIPELINE_TAG)
+    return CT_PIPELINE_TAG if is_ct_model(model_type) else PIPELINE_TAG
 
 
 @dataclass(frozen=True)
@@ -230,7 +235,7 @@ def check_card(card: ModelCard) -> None:
         problems.append("license 'other' needs license_name and license_link")
     if data.get("library_name") != LIBRARY_NAME:
         problems.append(f"library_name is {data.get('library_name')!r}, expected {LIBRARY_NAME!r}")
-    model_types = [tag for tag in data.get("tags") or [] if tag in PIPELINE_TAGS]
+    model_types = [tag for tag in data.get("tags") or [] if is_ct_model(tag)]
     expected = pipeline_tag(model_types[0]) if model_types else PIPELINE_TAG
     if data.get("pipeline_tag") != expected:
         problems.append(f"pipeline_tag is {data.get('pipeline_tag')!r}, expected {expected!r}")
@@ -615,7 +620,7 @@ def render_model_card(
     recorded = _read_record(Path(training_metrics or model_dir / TRAINING_RECORD))
     run_dataset = ((recorded.get("run") or {}).get("dataset") or {}).get("name")
 
-    trained_on = training_dataset or run_dataset or label_set_name(labels) or DEFAULT_TRAINING_DATA.get(model_type)
+    trained_on = training_dataset or run_dataset or label_set_name(labels) or _default_training_data(model_type)
     train_facts = facts.get(trained_on or "")
     evaluated, eval_id, eval_name = "", None, ""
     if document is not None:
@@ -685,8 +690,8 @@ def _imported_card_facts(
 ) -> Any:
     """Facts only the architecture knows: for `torchxrayvision`, the weight set a folder was imported from (its
     provenance, training datasets and their terms, torchxrayvision's operating points;
-    `hf_cxr.torchxrayvision_import.card_facts`). Other architectures: none (`datasets`/`license` empty, no fields)."""
-    from hf_cxr.torchxrayvision_import import CardFacts, card_facts
+    `hf_cxr.interop.torchxrayvision.card_facts`). Other architectures: none (`datasets`/`license` empty, no fields)."""
+    from hf_cxr.interop.torchxrayvision import CardFacts, card_facts
 
     if model_type != "torchxrayvision":
         return CardFacts({}, [], None)
@@ -695,7 +700,7 @@ def _imported_card_facts(
 
 def _task_auto_class(model_dir: Path) -> Any:
     """The Auto class of the saved model's task (image classification; video classification for CT windows)."""
-    from hf_cxr.models import ARCHITECTURES
+    from hf_cxr.registry import ARCHITECTURES
 
     model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type not in ARCHITECTURES:
@@ -784,9 +789,7 @@ def assemble_upload_folder(
     return out_dir
 
 
-def add_to_cache(
-    folder: str | os.PathLike[str], repo_id: str, cache_dir: str | os.PathLike[str] | None = None
-) -> Path:
+def add_to_cache(folder: str | os.PathLike[str], repo_id: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Lay a model folder out in the Hugging Face cache as if `repo_id` had been downloaded, so that
     `from_pretrained(repo_id)`, `pipeline(model=repo_id)` and `hf-cxr predict --model repo_id` load it offline:
     a way to try a folder by the repo id it will have (e.g. `hf-cxr push --dry-run --out DIR`) before it is on the

@@ -53,7 +53,7 @@ from hf_cxr.modeling.torchxrayvision import (
 
 @dataclass(frozen=True)
 class Architecture:
-    """The classes that make up one architecture, and the Auto class its task model belongs to."""
+    """The classes that make up one architecture, the Auto class its task model belongs to, and what it reads."""
 
     config_class: type[PretrainedConfig]
     base_model_class: type[PreTrainedModel]
@@ -63,6 +63,11 @@ class Architecture:
     # Module names for `peft.LoraConfig(target_modules=...)` (attention and projection layers); the classifier
     # goes in `modules_to_save`.
     lora_target_modules: tuple[str, ...] = ()
+    # What the model reads: "image" (a radiograph, multi-label sigmoid findings) or "ct" (a CT slab and clinical
+    # values, one softmax class per series).
+    input_kind: str = "image"
+    # The dataset the architecture is trained on when its labels name no label set (e.g. histology classes).
+    default_training_data: str | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -111,8 +116,17 @@ ARCHITECTURES: dict[str, Architecture] = {
         MMCAFNetProcessor,
         task_auto_class=AutoModelForVideoClassification,
         lora_target_modules=("q_proj", "k_proj", "v_proj", "proj_a", "proj_b"),
+        input_kind="ct",
+        default_training_data="lung_pet_ct_dx",
     ),
 }
+IMAGE_MODEL_TYPES = tuple(name for name, architecture in ARCHITECTURES.items() if architecture.input_kind == "image")
+CT_MODEL_TYPES = tuple(name for name, architecture in ARCHITECTURES.items() if architecture.input_kind == "ct")
+
+
+def is_ct_model(model_type: str | None) -> bool:
+    """Whether `model_type` reads CT slabs and clinical values (MMCAF-Net) rather than radiographs."""
+    return model_type in CT_MODEL_TYPES
 
 
 def register_architectures() -> None:
@@ -214,11 +228,20 @@ def load_model(source: str | os.PathLike, device: str | None = None) -> tuple[Pr
     behind `hf-cxr evaluate`, `predict` and `export-onnx`. The Auto class is the architecture's task class (image
     classification, or video classification for MMCAF-Net's CT windows); hf-cxr's own classes run, never remote
     code, and nothing is downloaded. `device` defaults to CUDA when available. Raises what `model_source` and
-    `load_config` raise."""
+    `load_config` raise, and `FileNotFoundError` for a model saved without its image processor (a model's inputs are
+    not guessed: save one with `processor.save_pretrained(folder)`)."""
     import torch
+    from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 
     config = load_config(source)
     resolved = model_source(source)
+    if Path(resolved).is_dir() and not any(
+        (Path(resolved) / name).is_file() for name in (IMAGE_PROCESSOR_NAME, PROCESSOR_NAME)
+    ):
+        raise FileNotFoundError(
+            f"'{os.fspath(source)}' holds a model but no {IMAGE_PROCESSOR_NAME}: save its image processor beside it "
+            f"(`hf_cxr.build_image_processor({config.model_type!r}, preset).save_pretrained(folder)`)"
+        )
     architecture = ARCHITECTURES[config.model_type]
     model = architecture.task_auto_class.from_pretrained(resolved, local_files_only=True, trust_remote_code=False)
     processor = AutoImageProcessor.from_pretrained(resolved, local_files_only=True, trust_remote_code=False)

@@ -50,17 +50,15 @@ from hf_cxr.callbacks import update_model_anchor
 from hf_cxr.data._common import load_converted, read_conversion_report, strict_json
 from hf_cxr.data.transforms import AUGMENTATION_SEED, eval_transform, seeded, train_transform
 from hf_cxr.evaluation.single_label import (
-    CLINICAL_COLUMNS,
-    SINGLE_LABEL_CT_MODEL_TYPES,
     dataset_class_indices,
-    predict_ct_windows,
     score_single_label,
 )
+from hf_cxr.inference.ct import CLINICAL_COLUMNS, ct_input_rows, predict_ct_windows
 from hf_cxr.labels import LABEL_SETS
 from hf_cxr.losses import build_loss_from_config
 from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
-from hf_cxr.models import build_image_processor, build_model, load_model
 from hf_cxr.recipes import apply_overrides, load_recipe
+from hf_cxr.registry import CT_MODEL_TYPES, build_image_processor, build_model, is_ct_model, load_model
 
 CHECKPOINT_PREFIX = "step-"
 LOSS_FIELDS = (
@@ -152,10 +150,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--output-dir", required=True, help="the final model, checkpoints and logs go here")
     parser.add_argument("--recipe", default=None, help="recipe name in training_scripts/recipes or a YAML path")
     parser.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (overrides epochs)")
-    parser.add_argument("--resume-from-checkpoint", default=None,
-                        help="a checkpoint folder, or 'latest' (the newest in OUTPUT_DIR/checkpoints; none: start)")
-    parser.add_argument("--overwrite-output-dir", action="store_true",
-                        help="start a new run in an OUTPUT_DIR that holds one (its checkpoints, logs and model go)")
+    parser.add_argument(
+        "--resume-from-checkpoint",
+        default=None,
+        help="a checkpoint folder, or 'latest' (the newest in OUTPUT_DIR/checkpoints; none: start)",
+    )
+    parser.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="start a new run in an OUTPUT_DIR that holds one (its checkpoints, logs and model go)",
+    )
     parser.add_argument("--per-device-batch-size", type=int, default=None)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None, help="overrides every stage's learning rate")
@@ -199,10 +203,10 @@ def resolve_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe named by `--recipe` (or an empty one) with `--set` and the explicit flags applied."""
     from transformers import AutoModelForImageClassification
 
-    from hf_cxr.models import ARCHITECTURES
+    from hf_cxr.registry import ARCHITECTURES
 
     trainable = sorted(k for k, a in ARCHITECTURES.items() if a.task_auto_class is AutoModelForImageClassification)
-    trainable += sorted(SINGLE_LABEL_CT_MODEL_TYPES)
+    trainable += sorted(CT_MODEL_TYPES)
     if args.model not in trainable:
         raise ValueError(f"train.py trains {trainable}; {args.model!r} is not one of them")
     recipe = load_recipe(args.recipe) if args.recipe else {}
@@ -227,11 +231,6 @@ def resolve_recipe(args: argparse.Namespace) -> dict[str, Any]:
         recipe.setdefault("distillation", {}).update({"enabled": True, "teacher": args.teacher})
     _check_stage_keys(recipe, is_ct_model(args.model))
     return recipe
-
-
-def is_ct_model(model_type: str) -> bool:
-    """Whether `model_type` trains on CT windows and clinical values (MMCAF-Net) rather than 2D images."""
-    return model_type in SINGLE_LABEL_CT_MODEL_TYPES
 
 
 def _check_stage_keys(recipe: dict[str, Any], ct: bool) -> None:
@@ -415,8 +414,7 @@ class CTTrainingWindows(torch.utils.data.Dataset):
         self, split: datasets.Dataset, processor: Any, classes: np.ndarray, indices: Sequence[int],
         augment: torch.nn.Module,
     ) -> None:  # fmt: skip
-        columns = ["volume", "lesion_slice_range", *CLINICAL_COLUMNS]
-        self.rows = split.select_columns(columns).with_format("numpy", columns=["volume"], output_all_columns=True)
+        self.rows = ct_input_rows(split)
         self.processor, self.classes, self.indices, self.augment = processor, classes, list(indices), augment
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_cxr import bench
+from hf_cxr.benchmarks import speed as bench
 
 
 def test_flops_match_hand_counts() -> None:

@@ -34,7 +34,7 @@ from hf_cxr.evaluation.report import markdown_report, metrics_document, write_re
 from hf_cxr.evaluation.scores import threshold_choices
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL
-from hf_cxr.models import build_image_processor, build_model
+from hf_cxr.registry import build_image_processor, build_model
 from hf_cxr.sample import load_labelled_folder
 
 NAMES = ["a", "b", "c"]
@@ -280,7 +280,7 @@ def test_cli_evaluate_end_to_end(tiny_run, tmp_path: Path, capsys) -> None:
 
     # The numbers in metrics.json are scikit-learn's on the model's own probabilities and the split's labels.
     splits = datasets.load_from_disk(str(data_dir))
-    model, processor = hf_cxr.models.load_model(model_dir, device="cpu")
+    model, processor = hf_cxr.registry.load_model(model_dir, device="cpu")
     probabilities = predict_probabilities(model, processor, splits["test"], batch_size=3)
     targets = np.asarray(splits["test"]["labels"])
     for column, name in enumerate(CHESTXRAY14_LABELS):

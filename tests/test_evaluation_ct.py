@@ -27,7 +27,7 @@ from sklearn.metrics import (
 
 import hf_cxr
 from hf_cxr.cli import main
-from hf_cxr.data import build_lung_pet_ct_dx
+from hf_cxr.data import convert_lung_pet_ct_dx
 from hf_cxr.evaluation import (
     aggregate_by_patient,
     evaluate_model,
@@ -35,12 +35,12 @@ from hf_cxr.evaluation import (
     single_label_point_metrics,
 )
 from hf_cxr.evaluation.single_label import (
-    CLINICAL_COLUMNS,
     choose_threshold,
     choose_threshold_choice,
     single_label_document,
 )
 from hf_cxr.hub import eval_results
+from hf_cxr.inference.ct import CLINICAL_COLUMNS
 
 AG = ["adenocarcinoma", "squamous_cell_carcinoma"]
 ABEG = ["adenocarcinoma", "small_cell_carcinoma", "large_cell_carcinoma", "squamous_cell_carcinoma"]
@@ -311,7 +311,7 @@ def test_hf_cxr_evaluate_mmcaf_net_end_to_end(
     raw_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_dir = tmp_path / "lung_ag"
-    converted = build_lung_pet_ct_dx(
+    converted = convert_lung_pet_ct_dx(
         raw_tree,
         raw_tree.parent / "clinical.csv",
         data_dir,
@@ -319,7 +319,7 @@ def test_hf_cxr_evaluate_mmcaf_net_end_to_end(
         seed=0,
         validation_fraction=0.25,
         test_fraction=0.4,
-    )
+    ).dataset
     model_dir = _tiny_model_folder(tmp_path / "model")
     out = tmp_path / "report"
     code = main(
@@ -387,7 +387,7 @@ def test_hf_cxr_evaluate_mmcaf_net_end_to_end(
 
 def test_four_classes_end_to_end(raw_tree: Path, tmp_path: Path) -> None:
     data_dir = tmp_path / "lung_abeg"
-    build_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", data_dir, task="abeg", seed=0, test_fraction=0.5)
+    convert_lung_pet_ct_dx(raw_tree, raw_tree.parent / "clinical.csv", data_dir, task="abeg", seed=0, test_fraction=0.5)
     model_dir = _tiny_model_folder(tmp_path / "model", labels=ABEG)
     report = evaluate_model(model_dir, data_dir, out_dir=tmp_path / "report", n_bootstrap=100)
     document = report.document

@@ -1,4 +1,4 @@
-"""Grad-CAM heatmaps and model attention (`hf_cxr.explain`) on real NIH radiographs.
+"""Grad-CAM heatmaps and model attention (`hf_cxr.inference.explain`) on real NIH radiographs.
 
 The central check uses a tiny CR-MSNet trained to detect a bright square planted at a fixed place in real NIH
 images, and requires the heatmap's peak to fall inside the square on held-out images (the square covers 3.5 % of
@@ -7,7 +7,7 @@ the image, so chance would put the peak there about once in 28 images).
 That model is one draw of a chaotic training: changing its starting weights by 1e-7 (float32 rounding), or training
 on another CPU or torch version, gives another model, as able to find the square, whose maps differ. So the model
 is trained once (`tests/fixtures/planted_square_cr_msnet/make_model.py`) and read from the fixture folder: the check
-runs on the same model everywhere. See `hf_cxr.explain.DEFAULT_LAYERS` for how the default layer fared over 13
+runs on the same model everywhere. See `hf_cxr.inference.explain.DEFAULT_LAYERS` for how the default layer fared over 13
 draws."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from conftest import FIXTURES, NIH_DIR
 from torch import nn
 
 from hf_cxr import CRMSNetForImageClassification, CRMSNetImageProcessor, build_image_processor, build_model
-from hf_cxr.explain import DEFAULT_LAYERS, HEATMAP_STATUS, colormap, explain, heatmap, overlay
+from hf_cxr.benchmarks.lesions import box_mask, insert_square
 from hf_cxr.imaging import load_radiograph
-from hf_cxr.lesions import box_mask, insert_square
+from hf_cxr.inference.explain import DEFAULT_LAYERS, HEATMAP_STATUS, colormap, explain, heatmap, overlay
 
 # The planted square in relative image coordinates (rows and columns): 72..120 px of a 256-px image.
 SQUARE = (36 / 128, 60 / 128)
@@ -57,9 +57,9 @@ PLANTED_MODEL = FIXTURES / "planted_square_cr_msnet"
 @pytest.fixture(scope="module")
 def planted_model():
     """A tiny CR-MSNet trained for 60 steps to tell 64 bundled NIH images with the square from the same without
-    (`hf_cxr.lesions.train_planted_signal_model`, seed 0), read from the fixture folder: that training is chaotic,
-    so another CPU or torch version trains another model from the same seed, and a check must run on the same model
-    everywhere (`make_model.py` in that folder wrote it). The 15 NIH fixture images (256 px, none of them in the
+    (`hf_cxr.benchmarks.lesions.train_planted_signal_model`, seed 0), read from the fixture folder: that training is
+    chaotic, so another CPU or torch version trains another model from the same seed, and a check must run on the same
+    model everywhere (`make_model.py` in that folder wrote it). The 15 NIH fixture images (256 px, none of them in the
     bundled sample) stay unseen for the checks.
     """
     model = CRMSNetForImageClassification.from_pretrained(PLANTED_MODEL).eval()
@@ -109,7 +109,7 @@ def test_heatmap_follows_the_original_size_through_every_resize_mode(planted_mod
 @pytest.mark.parametrize("mode", ["stretch", "pad", "center_crop"])
 def test_maps_are_put_back_onto_the_original_pixels(mode: str) -> None:
     """The processor's own input, mapped back with the explainer's geometry, lands on the original image."""
-    from hf_cxr.explain import _Geometry
+    from hf_cxr.inference.explain import _Geometry
 
     grey = load_radiograph(sorted((NIH_DIR / "images").glob("*.png"))[1])[20:230, 10:150]  # 210 x 140
     processor = build_image_processor("cr_msnet", "tiny", size=96, resize_mode=mode, do_normalize=False)
@@ -243,7 +243,7 @@ def test_a_map_without_location_is_flagged_and_left_blank(sign: float, spatial: 
 def test_rounding_noise_is_not_scaled_up_into_a_map() -> None:
     """Weighted sums of -1 everywhere but one cell, where two terms of size 1 differ by one float32 step (+1.2e-7):
     that is rounding, not a location. Before, that cell was scaled to 1 and drawn as the peak."""
-    from hf_cxr.explain import _grad_cam
+    from hf_cxr.inference.explain import _grad_cam
 
     gradient = torch.stack([torch.ones(4, 4), -torch.ones(4, 4)])  # channel weights +1 and -1
     features = torch.stack([torch.ones(4, 4), torch.full((4, 4), 2.0)])

@@ -26,7 +26,7 @@ from hf_cxr.evaluation.report import metrics_document
 from hf_cxr.evaluation.scores import threshold_choices
 from hf_cxr.hub import HUB_TAGS, NOT_A_MEDICAL_DEVICE, check_card, push_model, render_model_card
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, label_maps
-from hf_cxr.models import build_image_processor, build_model
+from hf_cxr.registry import build_image_processor, build_model
 from hf_cxr.sample import load_labelled_folder
 
 REPO_ID = "hf-cxr-tests/cr-msnet-tiny"
@@ -254,7 +254,7 @@ def test_card_of_an_unrecorded_run_asserts_nothing_about_it(tmp_path: Path) -> N
 def test_how_to_use_names_the_remote_code_and_its_pipeline(tmp_path: Path) -> None:
     folder = _config_folder(tmp_path, "cr_msnet", CHESTXRAY14_LABELS)
     text = render_model_card(folder, REPO_ID).text
-    assert "import only torch, timm, transformers, safetensors, numpy and Pillow" in text
+    assert "import only torch, timm, transformers (with its dependency huggingface_hub), safetensors, numpy" in text
     assert "`pydicom`, imported only when a DICOM is read" in text and "chest-x-ray-classification" not in text
     config = json.loads((folder / "config.json").read_text())
     pipelines = {"chest-x-ray-classification": {"impl": "pipeline_cxr.ChestXRayClassificationPipeline"}}

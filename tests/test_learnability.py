@@ -1,4 +1,4 @@
-"""The learnability harness (`hf_cxr.learnability`, `hf-cxr bench --learnability`) at CPU sizes: held-out
+"""The learnability harness (`hf_cxr.benchmarks.learnability`, `hf-cxr bench --learnability`) at CPU sizes: held-out
 backgrounds, exact grid cells, the calibration rule, seeded equal-budget training, the report, and input errors.
 Large bright nodules are learned in a CPU minute; whether the architectures learn the benchmark's small ones takes
 thousands of GPU steps: that is the benchmark's run, not a test."""
@@ -12,8 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hf_cxr.cli import main as cli_main
-from hf_cxr.learnability import (
+from hf_cxr.benchmarks.learnability import (
     LABELS,
     SMALL_SETTINGS,
     LearnabilitySettings,
@@ -25,7 +24,8 @@ from hf_cxr.learnability import (
     format_markdown,
     run_learnability,
 )
-from hf_cxr.lesions import no_finding_images, resize_square
+from hf_cxr.benchmarks.lesions import no_finding_images, resize_square
+from hf_cxr.cli import main as cli_main
 
 # Smaller still than `--small`: seconds on two cores.
 QUICK = replace(SMALL_SETTINGS, checkpoints=(3, 6), train_samples=48, test_samples_per_cell=24, warmup_steps=2)
@@ -106,12 +106,15 @@ def test_a_baseline_learns_large_bright_nodules_on_unseen_backgrounds() -> None:
 @pytest.mark.slow
 def test_the_tiny_cr_msnet_learns_an_effusion_on_unseen_backgrounds() -> None:
     """The benchmark caught CR-MSNet's tiny preset learning nothing, not even the effusion every other model finds
-    (its fusion read the one-block ResNet's layer3: AUC 0.51 after 500 steps). It must learn the easiest finding."""
+    (its fusion read the one-block ResNet's layer3: AUC 0.51 after 500 steps). It must learn the easiest finding.
+
+    When learning sets in varies with floating-point order (threads): 0.85 in CI (one thread), 0.94 with two, both
+    after near-chance AUCs at 120 steps; the bug's 0.5 stays far below the bar."""
     settings = replace(LearnabilitySettings(), sizes_mm=(32.0,), contrasts=(0.2,), checkpoints=(STEPS_FOR_EFFUSION,),
                        batch_size=32, train_samples=1024, test_samples_per_cell=128)  # fmt: skip
     result = run_learnability(settings, models=["cr_msnet"], baseline=None, budget=STEPS_FOR_EFFUSION, device="cpu")
     probe = result.runs[0].at(STEPS_FOR_EFFUSION)
-    assert probe.finding_auc["Effusion"] >= 0.85, probe.finding_auc  # on the 17 held-out backgrounds
+    assert probe.finding_auc["Effusion"] >= 0.7, probe.finding_auc  # on the 17 held-out backgrounds
 
 
 def test_a_given_budget_skips_calibration_and_partial_results_are_reported(backgrounds) -> None:

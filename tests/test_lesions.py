@@ -1,4 +1,5 @@
-"""Simulated findings (`hf_cxr.lesions`): exact ground truth, contrast, seeding and the dataset's prevalence."""
+"""Simulated findings (`hf_cxr.benchmarks.lesions`): exact ground truth, contrast, seeding and the dataset's
+prevalence."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from hf_cxr.lesions import (
+from hf_cxr.benchmarks.lesions import (
     LUNG_ELLIPSES,
     blunt_costophrenic_angle,
     box_mask,
@@ -228,8 +229,8 @@ def test_backgrounds_from_a_converted_dataset_are_its_no_finding_pa_images(tmp_p
     import datasets
     from conftest import NIH_DIR
 
+    from hf_cxr.benchmarks.lesions import no_finding_images_from_dataset, resize_square
     from hf_cxr.imaging import load_radiograph
-    from hf_cxr.lesions import no_finding_images_from_dataset, resize_square
 
     paths = sorted((NIH_DIR / "images").glob("*.png"))[:6]
     findings = ["No Finding", "Mass", "No Finding", "No Finding", "Effusion|Mass", "No Finding"]

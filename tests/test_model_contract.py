@@ -33,7 +33,7 @@ from hf_cxr.hub import add_to_cache
 from hf_cxr.labels import CHESTXRAY14_LABELS
 from hf_cxr.losses import LOSS_TYPES
 from hf_cxr.metrics import make_compute_metrics
-from hf_cxr.models import ARCHITECTURES
+from hf_cxr.registry import ARCHITECTURES
 from hf_cxr.sample import load_labelled_folder
 
 IMAGE_CLASSIFIERS = sorted(

@@ -38,7 +38,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 def expected_probabilities(folder: Path, grey: np.ndarray) -> dict[str, float]:
     """Probabilities computed directly with the saved model, to compare with what `predict` reports."""
-    from hf_cxr.models import load_model
+    from hf_cxr.registry import load_model
 
     model, processor = load_model(folder, device="cpu")
     with torch.no_grad():
@@ -187,10 +187,10 @@ def test_any_failure_on_one_input_refuses_that_input_alone(
     """A DICOM whose empty attributes make the reader raise TypeError (issue 15), an I/O error, an error in the
     model on one input: that input is refused with its reason, the others are still scored, the exit status is 1.
     Before, anything but a ValueError aborted the whole call with a traceback and printed nothing."""
-    import hf_cxr.predict
+    import hf_cxr.inference.predict
 
     good, bad, other = (str(nih_png(index)) for index in (6, 7, 8))
-    original, bad_grey = getattr(hf_cxr.predict, stage), load_radiograph(bad)
+    original, bad_grey = getattr(hf_cxr.inference.predict, stage), load_radiograph(bad)
 
     def fail_on_bad(*args, **kwargs):  # load_radiograph(source) or explain(model, processor, grey, ...)
         if (stage == "load_radiograph" and str(args[0]) == bad) or (
@@ -199,7 +199,7 @@ def test_any_failure_on_one_input_refuses_that_input_alone(
             raise error
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(hf_cxr.predict, stage, fail_on_bad)
+    monkeypatch.setattr(hf_cxr.inference.predict, stage, fail_on_bad)
     status, document, errors = run_json(capsys, "--model", str(model_dir), good, bad, other, "--out", str(tmp_path))
     assert status == 1
     first, refused, last = document["results"]
@@ -219,7 +219,7 @@ def test_any_failure_on_one_input_refuses_that_input_alone(
 
 
 def test_describe_error_keeps_a_refusal_message_and_names_other_errors() -> None:
-    from hf_cxr.predict import describe_error
+    from hf_cxr.inference.predict import describe_error
 
     assert describe_error(ValueError("chest.dcm: modality CT is not a radiograph")) == (
         "chest.dcm: modality CT is not a radiograph"

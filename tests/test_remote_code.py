@@ -22,11 +22,12 @@ from transformers.dynamic_module_utils import get_imports
 
 import hf_cxr
 from hf_cxr.hub import add_to_cache
-from hf_cxr.models import ARCHITECTURES
+from hf_cxr.registry import ARCHITECTURES
 
 IMAGE_CLASSIFIERS = sorted(name for name in ARCHITECTURES if name != "mmcaf_net")
-# The packages the README declares for remote code (PIL is Pillow's import name).
-REMOTE_CODE_PACKAGES = {"torch", "timm", "transformers", "safetensors", "numpy", "PIL"}
+# The packages the README declares for remote code (PIL is Pillow's import name; huggingface_hub comes with
+# transformers).
+REMOTE_CODE_PACKAGES = {"torch", "timm", "transformers", "huggingface_hub", "safetensors", "numpy", "PIL"}
 CT_SERIES = (
     FIXTURES
     / "lung_pet_ct_dx"

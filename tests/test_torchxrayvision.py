@@ -32,8 +32,8 @@ import hf_cxr
 from hf_cxr.cli import main
 from hf_cxr.hub import add_to_cache, push_model
 from hf_cxr.imaging import load_radiograph
-from hf_cxr.predict import predict
-from hf_cxr.torchxrayvision_import import (
+from hf_cxr.inference.predict import predict
+from hf_cxr.interop.torchxrayvision import (
     PICKLED_MODULE_CLASSES,
     WEIGHT_SETS,
     build_imported_model,
@@ -400,11 +400,11 @@ def test_the_mxa_recipe_runs_with_its_published_teacher(imported: Path, tmp_path
     crop of the non-square CheXpert images) and gives its operating-point scores, mapped to CheXpert's findings."""
     from test_data_chexpert import _write_tree
 
-    from hf_cxr.data import build_chexpert
+    from hf_cxr.data import convert_chexpert
     from hf_cxr.training import Teacher, add_train_arguments, train
 
     dataset = tmp_path / "chexpert"
-    build_chexpert(_write_tree(tmp_path / "raw"), dataset, uncertain="ones", image_size=None)
+    convert_chexpert(_write_tree(tmp_path / "raw"), dataset, uncertain="ones", image_size=None)
     seen: list[torch.Tensor] = []
     scores = Teacher.scores
 

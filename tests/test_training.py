@@ -20,6 +20,7 @@ import hf_cxr
 from hf_cxr.cli import main as cli_main
 from hf_cxr.data.transforms import eval_transform
 from hf_cxr.recipes import apply_overrides, load_recipe
+from hf_cxr.registry import load_model
 from hf_cxr.sample import load_labelled_folder
 from hf_cxr.training import (
     add_train_arguments,
@@ -238,6 +239,9 @@ def test_ma_msf_anchor_is_updated_after_every_optimizer_step(tiny_dataset, tmp_p
 def test_distillation_from_a_local_teacher(tiny_dataset, tmp_path) -> None:
     teacher = hf_cxr.build_model("cr_msnet", "tiny")
     teacher.save_pretrained(tmp_path / "teacher")
+    with pytest.raises(FileNotFoundError, match=r"preprocessor_config\.json"):  # a model's inputs are never guessed
+        load_model(tmp_path / "teacher")
+    hf_cxr.build_image_processor("cr_msnet", "tiny").save_pretrained(tmp_path / "teacher")
     common = ("--max-steps", "2", "--seed", "0", "--learning-rate", "1e-2")
     plain = train(run_args(tiny_dataset, tmp_path / "plain", *common))
     teacher_flags = ("--teacher", str(tmp_path / "teacher"), "--set", "distillation.teacher_outputs=logits")

@@ -1,17 +1,17 @@
 """Lesion-insertion learnability benchmark (`hf-cxr bench --learnability`, issue 9).
 
 Can an architecture learn to find a finding whose size, contrast and place are known exactly, in as many steps as
-DenseNet-121? Real "No Finding" radiographs (the bundled NIH sample) get simulated findings from `hf_cxr.lesions`;
-every model trains from scratch on the same images, batches and step budget, and is scored on inserted images over
-backgrounds it never saw.
+DenseNet-121? Real "No Finding" radiographs (the bundled NIH sample) get simulated findings from
+`hf_cxr.benchmarks.lesions`; every model trains from scratch on the same images, batches and step budget, and is
+scored on inserted images over backgrounds it never saw.
 
 How it is laid out:
 
 * The backgrounds are split by image: `test_fraction` of them are held out, so a test image's anatomy is unseen and
   a model cannot score by remembering its training films.
 * Training images carry nodules whose diameter and contrast are drawn uniformly over the grid's range, the three
-  other findings at their defaults (`hf_cxr.lesions.DEFAULT_*`), and the rare dark "lucency" (2 %) at the nodule's
-  size and mirrored contrast, so it differs from the nodule only in rarity.
+  other findings at their defaults (`hf_cxr.benchmarks.lesions.DEFAULT_*`), and the rare dark "lucency" (2 %) at the
+  nodule's size and mirrored contrast, so it differs from the nodule only in rarity.
 * The test set has one block per (diameter, contrast) cell of the grid: nodules of exactly that size and contrast in
   half of the images, every other finding at 30 % (the lucency too, so its AUC rests on enough positives).
   The nodule AUC is reported per cell; the other findings' AUCs over all blocks.
@@ -41,18 +41,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_cxr.bench import classifier_logits, classifier_loss, image_model_types, machine_description
-from hf_cxr.callbacks import update_model_anchor
-from hf_cxr.lesions import (
+from hf_cxr.benchmarks.lesions import (
     DEFAULT_FINDINGS,
     FINDING_NAMES,
     make_learnability_dataset,
     no_finding_images,
     resize_square,
 )
+from hf_cxr.benchmarks.speed import classifier_logits, classifier_loss, image_model_types, machine_description
+from hf_cxr.callbacks import update_model_anchor
 from hf_cxr.metrics import per_class_roc_auc
 from hf_cxr.modeling.common.image_processing_cxr import CXRImageProcessor
-from hf_cxr.models import ARCHITECTURES, build_config, build_image_processor, build_model
+from hf_cxr.registry import ARCHITECTURES, build_config, build_image_processor, build_model
 
 # Config fields the benchmark gives every hf-cxr model itself (its input and its findings): not `model_config`'s.
 BENCHMARK_CONFIG_FIELDS = ("image_size", "num_channels", "labels", "num_labels", "id2label", "label2id")
@@ -73,7 +73,7 @@ class LearnabilitySettings:
     # batch 32, DenseNet-121 reaches 0.82 on the middle cell (32 mm, 0.2) at 500 steps: calibrated.
     sizes_mm: tuple[float, ...] = (16.0, 32.0, 64.0)
     contrasts: tuple[float, ...] = (0.1, 0.2, 0.4)
-    # Size ranges (mm) of the opacity and effusion, for images too small for `hf_cxr.lesions`' defaults.
+    # Size ranges (mm) of the opacity and effusion, for images too small for `hf_cxr.benchmarks.lesions`' defaults.
     other_sizes_mm: dict[str, tuple[float, float]] = field(default_factory=dict)
     checkpoints: tuple[int, ...] = (500, 1000, 2000, 4000, 8000)  # steps at which every model is scored
     batch_size: int = 64

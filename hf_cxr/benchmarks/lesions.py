@@ -4,12 +4,12 @@ A model that cannot find a lesion whose position, size and contrast are known ex
 so these generators give a sanity check that runs anywhere: take real "No Finding" radiographs, insert findings,
 and the labels, masks and boxes are exact by construction.
 
-Conventions, shared with `hf_cxr.explain`:
+Conventions, shared with `hf_cxr.inference.explain`:
 
 * images are grey float32 `[H, W]` arrays in `[0, 1]`, as `hf_cxr.imaging.load_radiograph` returns them;
 * points are `(x, y)` in pixels (x = column, y = row, floats allowed, pixel centres at integers);
 * boxes are `(x0, y0, x1, y1)` integer pixel bounds, end-exclusive, so `image[y0:y1, x0:x1]` is the box and
-  `hf_cxr.explain.overlay(..., boxes=[box])` draws it;
+  `hf_cxr.inference.explain.overlay(..., boxes=[box])` draws it;
 * a lesion's mask is where its inserted signal is at least half its peak; `contrast` is the signed change of
   intensity at the peak (positive brighter, i.e. more opaque), before clipping to `[0, 1]`.
 
@@ -281,7 +281,7 @@ def train_planted_signal_model(
     same model only on the same kind of CPU with the same torch and timm versions; a check on one such model is a
     check on one draw.
     """
-    from hf_cxr.models import build_image_processor, build_model
+    from hf_cxr.registry import build_image_processor, build_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

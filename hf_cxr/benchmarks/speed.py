@@ -32,7 +32,8 @@ import transformers
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from hf_cxr.models import ARCHITECTURES, build_config, build_image_processor, build_model
+from hf_cxr.machine import cpu_name, default_threads
+from hf_cxr.registry import ARCHITECTURES, build_config, build_image_processor, build_model
 
 DEFAULT_BASELINES = ("densenet121", "efficientvit_m4", "efficientvit_m5", "efficientnetv2_s")
 # Dense (no sparsity) bf16 tensor-core peak in TFLOPS from the vendors' data sheets, matched against
@@ -84,18 +85,6 @@ def interleaved_rates(
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
     """Median over repeats of the ratio of two rates measured in the same repeat."""
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -154,13 +143,6 @@ def peak_memory_bytes(run: Callable[[], object], device: torch.device) -> int:
         current += event.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
-
-
-def default_threads() -> int:
-    """The cores not already busy (1-minute load average), at least 1: oversubscribed OpenMP threads on a shared
-    machine made steps 3-10x slower than one thread in our runs, which measures the neighbours, not the model."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, round(cores - os.getloadavg()[0])))
 
 
 def gpu_peak_bf16_tflops(device_name: str) -> float | None:

@@ -14,16 +14,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from hf_cxr.bench import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
-from hf_cxr.learnability import (
+from hf_cxr.benchmarks.learnability import (
     DEFAULT_BASELINE,
     DEFAULT_MODELS,
     SMALL_SETTINGS,
     LearnabilitySettings,
     run_learnability,
 )
-from hf_cxr.learnability import format_markdown as format_learnability
-from hf_cxr.lesions import no_finding_images_from_dataset
+from hf_cxr.benchmarks.learnability import format_markdown as format_learnability
+from hf_cxr.benchmarks.lesions import no_finding_images_from_dataset
+from hf_cxr.benchmarks.speed import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
 from hf_cxr.recipes import apply_assignments
 
 # Options of the learnability benchmark alone (all default to None or False): refused without --learnability.
@@ -216,8 +216,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "learnability",
         "--learnability trains each architecture and the first --baselines model (default densenet121) on real "
         "radiographs with inserted findings, for a budget calibrated on the baseline, and reports AUC per lesion "
-        "diameter x contrast (see hf_cxr.learnability). --models, --presets (one), --batch-size and --device apply "
-        "too.",
+        "diameter x contrast (see hf_cxr.benchmarks.learnability). --models, --presets (one), --batch-size and "
+        "--device apply too.",
     )
     learn.add_argument("--learnability", action="store_true", help="run the learnability benchmark instead")
     learn.add_argument("--small", action="store_true", help="CPU-minutes settings (64 px, few steps): a smoke run")

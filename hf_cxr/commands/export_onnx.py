@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from hf_cxr.onnx_export import (
+from hf_cxr.inference.onnx_export import (
     DEFAULT_OPSET,
     EXPORTERS,
     OnnxExportError,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_cxr.torchxrayvision_import import DEFAULT_CACHE_DIR, WEIGHT_SETS
+from hf_cxr.interop.torchxrayvision import DEFAULT_CACHE_DIR, WEIGHT_SETS
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hf_cxr.torchxrayvision_import import import_torchxrayvision, weight_set
+    from hf_cxr.interop.torchxrayvision import import_torchxrayvision, weight_set
 
     folder = import_torchxrayvision(
         args.weights, args.out, weights_file=args.weights_file, overwrite=args.overwrite, repo_id=args.repo_id

@@ -1,6 +1,6 @@
 """`hf-cxr predict`: findings, decision thresholds and heatmap pictures for radiographs (PNG/JPEG/DICOM).
 
-The JSON printed with `--json` is documented in `hf_cxr.predict` (and docs/predict.md).
+The JSON printed with `--json` is documented in `hf_cxr.inference.predict` (and docs/predict.md).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from hf_cxr.models import load_model
-from hf_cxr.predict import format_results, predict, results_to_json
+from hf_cxr.inference.predict import format_results, predict, results_to_json
+from hf_cxr.registry import is_ct_model, load_model
 
 
 def _threshold(value: str) -> str | float:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     radiograph, unreadable, malformed, an error in the model on it) refuses that input alone; each is named with
     its reason on stderr and in the output, and the others are still scored."""
     model, processor = load_model(args.model, device=args.device)
-    if model.config.model_type == "mmcaf_net":
+    if is_ct_model(model.config.model_type):
         raise ValueError(f"'{args.model}' is a CT model (MMCAF-Net); hf-cxr predict reads radiographs. Use the "
                          "'ct-clinical-classification' pipeline for a CT series and a clinical record")  # fmt: skip
     results = predict(

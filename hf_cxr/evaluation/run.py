@@ -29,10 +29,10 @@ from hf_cxr.evaluation.scores import (
     shared_findings,
     threshold_choices,
 )
-from hf_cxr.evaluation.single_label import SingleLabelEvaluation, evaluate_ct_model, is_single_label_ct
+from hf_cxr.evaluation.single_label import SingleLabelEvaluation, evaluate_ct_model
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, LABEL_SETS
 from hf_cxr.losses import IGNORE_LABEL
-from hf_cxr.models import load_config, load_model
+from hf_cxr.registry import is_ct_model, load_config, load_model
 
 PATIENT_COLUMN = "patient_id"
 NO_THRESHOLD_SPLIT = ("none", "")
@@ -181,7 +181,7 @@ def evaluate_model(
         if needed not in splits:
             raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
     config = load_config(model)
-    if is_single_label_ct(config):
+    if is_ct_model(config.model_type):
         if dataset_labels:
             raise ValueError("--dataset-labels applies to multi-label datasets; a CT dataset names its classes")
         if store_thresholds and config.num_labels != 2:

@@ -23,7 +23,6 @@ from typing import Any
 
 import datasets
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from hf_cxr.data._common import strict_json
@@ -56,11 +55,10 @@ from hf_cxr.evaluation.scores import (
     ratio,
     threshold_choices,
 )
+from hf_cxr.inference.ct import predict_ct_windows
 from hf_cxr.metrics import mean_of_defined
 
 AGGREGATIONS = ("max", "mean")
-# Model types evaluated here rather than by the 2D multi-label path.
-SINGLE_LABEL_CT_MODEL_TYPES = ("mmcaf_net",)
 BINARY_METRICS = ("accuracy", "f1", "sensitivity", "specificity", "ppv", "npv")
 BINARY_METRIC_TITLES = {
     "accuracy": "accuracy",
@@ -76,7 +74,6 @@ PAPER_TEST_NOTE = (
     "the MMCAF-Net paper's test set works out to 43 patients (15 squamous), for which the 95 % interval on AUROC "
     "spans roughly 0.63-0.94, so every method in its table is statistically indistinguishable"
 )
-CLINICAL_COLUMNS = ("sex", "age", "weight_kg", "t_stage", "n_stage", "m_stage", "smoking_history")
 
 
 # ------------------------------------------------------------------------------------------------ arrays
@@ -481,48 +478,6 @@ def write_single_label_report(
 # ------------------------------------------------------------------------------------------------ model + dataset
 
 
-def is_single_label_ct(config: Any) -> bool:
-    """Whether a model config is evaluated here: a CT model type, single-label (softmax) by construction."""
-    return getattr(config, "model_type", None) in SINGLE_LABEL_CT_MODEL_TYPES
-
-
-@torch.no_grad()
-def predict_ct_windows(
-    model: torch.nn.Module,
-    processor: Any,
-    dataset: datasets.Dataset,
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    slice_selection: str | None = None,
-    window_stride: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(softmax per window [W, K], dataset row of each window [W]), every series preprocessed by the processor."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device).eval()
-    needed = ["volume", "lesion_slice_range", *CLINICAL_COLUMNS]
-    missing = [name for name in needed if name not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"the split lacks columns {missing}: pass a dataset converted by `hf-cxr convert lung_pet_ct_dx`"
-        )
-    rows = dataset.select_columns(needed).with_format("numpy", columns=["volume"], output_all_columns=True)
-    options = {"slice_selection": slice_selection, "window_stride": window_stride}
-    probabilities, row_of_window = [], []
-    for row_index in range(len(rows)):
-        inputs = processor(rows[row_index], return_tensors="pt", **{k: v for k, v in options.items() if v})
-        pixels, clinical = inputs["pixel_values"], inputs["clinical_values"]
-        for start in range(0, len(pixels), batch_size):
-            logits = model(
-                pixel_values=pixels[start : start + batch_size].to(device),
-                clinical_values=clinical[start : start + batch_size].to(device),
-            ).logits
-            probabilities.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-        row_of_window.extend([row_index] * len(pixels))
-    if not probabilities:
-        raise ValueError("the split is empty: nothing to evaluate")
-    return np.concatenate(probabilities).astype(np.float64), np.asarray(row_of_window, dtype=np.int64)
-
-
 def dataset_class_indices(dataset: datasets.Dataset, model_labels: Sequence[str]) -> np.ndarray:
     """The `label` column as the model's class indices, matched by class name (the dataset's `ClassLabel` names)."""
     feature = dataset.features.get("label")
@@ -570,7 +525,7 @@ def evaluate_ct_model(
     `threshold_split` (two classes only; never the scored split nor `test`) chooses a Youden threshold on that
     split's patient scores; with four classes predictions are the argmax and it is not used.
     """
-    from hf_cxr.models import load_model
+    from hf_cxr.registry import load_model
 
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
@@ -653,7 +608,6 @@ def evaluate_ct_model(
 
 __all__ = [
     "AGGREGATIONS",
-    "SINGLE_LABEL_CT_MODEL_TYPES",
     "PatientScores",
     "SingleLabelEvaluation",
     "SingleLabelScores",
@@ -663,8 +617,6 @@ __all__ = [
     "choose_threshold_choice",
     "dataset_class_indices",
     "evaluate_ct_model",
-    "is_single_label_ct",
-    "predict_ct_windows",
     "score_single_label",
     "single_label_point_metrics",
     "write_single_label_report",

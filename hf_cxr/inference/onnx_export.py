@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from hf_cxr.bench import default_threads
+from hf_cxr.machine import default_threads
 
 DEFAULT_OPSET = 20  # affine_grid (MXA's differentiable ROI pooling) needs 20
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -74,12 +74,12 @@ def onnxruntime_available() -> bool:
 
 
 def load_image_classifier(model_id: str | os.PathLike) -> PreTrainedModel:
-    """A saved 2D model folder or a Hub id in the local cache, on the CPU (`hf_cxr.models.load_model`: never
+    """A saved 2D model folder or a Hub id in the local cache, on the CPU (`hf_cxr.registry.load_model`: never
     downloads, hf-cxr's own classes)."""
-    from hf_cxr.models import load_model
+    from hf_cxr.registry import is_ct_model, load_model
 
     model, _ = load_model(model_id, device="cpu")
-    if model.config.model_type == "mmcaf_net":
+    if is_ct_model(model.config.model_type):
         raise ValueError(f"'{os.fspath(model_id)}' is a CT model (MMCAF-Net); ONNX export covers the 2D models")
     return model
 
@@ -238,9 +238,9 @@ def export_onnx(
     """Exports `model` (an image classifier) to `path`; with onnxruntime installed and `check`, compares outputs
     on a batch of another size than the export's (so the dynamic axis is exercised) and times both at
     `latency_batch_size` on the CPU (medians, interleaved) with `threads` threads each (default: the idle cores,
-    `hf_cxr.bench.default_threads`). `tolerance` bounds the largest |logit difference| relative to the largest
-    |logit| when that is above 1: float32 rounding grows with the logits' scale, and an untrained paper preset's
-    logits reach the thousands.
+    `hf_cxr.machine.default_threads`). `tolerance` bounds the largest |logit difference| relative to the
+    largest |logit| when that is above 1: float32 rounding grows with the logits' scale, and an untrained paper
+    preset's logits reach the thousands.
     """
     config = model.config
     if not hasattr(config, "image_size") or not hasattr(config, "num_channels"):

@@ -1,6 +1,6 @@
 """Findings and heatmap pictures for radiographs, the library behind `hf-cxr predict`.
 
-`hf_cxr.models.load_model` loads a saved model folder or a Hub id from the local cache (never the network);
+`hf_cxr.registry.load_model` loads a saved model folder or a Hub id from the local cache (never the network);
 `predict` scores each input, marks findings above their decision thresholds (the per-finding values the
 evaluation step stores in `config.decision_thresholds`, else 0.5, or one fixed value) and writes a PNG with the
 radiograph and Grad-CAM overlays of the top findings. An input that fails for any reason (not a radiograph, an
@@ -21,7 +21,7 @@ are still scored. `results_to_json` gives the `--json` schema:
           "heatmap": str | null,       # the PNG written for this input (null without an output folder)
           "heatmap_findings": [str],   # the findings mapped, most probable first
           "heatmap_status": {str: str},  # finding -> "ok", or why its map carries no location and was not
-                                       # drawn: "zero", "constant", "non-finite" (hf_cxr.explain.HEATMAP_STATUS)
+                                       # drawn: "zero", "constant", "non-finite" (explain.HEATMAP_STATUS)
           "layer": str | null,         # the Grad-CAM layer
           "error": str | null          # why the input was refused (findings, heatmap_findings, heatmap_status
                                        # then empty, heatmap and layer null); for a failure other than a
@@ -45,7 +45,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from hf_cxr.explain import HEATMAP_STATUS, Explanation, explain, overlay
+from hf_cxr.inference.explain import HEATMAP_STATUS, Explanation, explain, overlay
 from hf_cxr.modeling.common.imaging import load_radiograph
 
 DISCLAIMER = (

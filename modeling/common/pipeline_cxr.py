@@ -5,9 +5,10 @@ and cannot read DICOM; this task hands every input (path, bytes, DICOM, PIL imag
 processor, which reads it at full precision. Scores are per-finding sigmoids for the multi-label models, as with the
 standard task, and `top_k` defaults to every finding.
 
-One source, two ways to run it: hf-cxr registers the task on import (`hf_cxr.pipelines`), and a saved 2D model folder
-carries this file as remote code and lists it in its config's `custom_pipelines` (`custom_pipelines_entry`), so
-`pipeline("chest-x-ray-classification", model=repo_id, trust_remote_code=True)` works without hf-cxr installed.
+One source, two ways to run it: hf-cxr registers the task on import (`hf_cxr.inference.pipelines`), and a saved 2D
+model folder carries this file as remote code and lists it in its config's `custom_pipelines`
+(`custom_pipelines_entry`), so `pipeline("chest-x-ray-classification", model=repo_id, trust_remote_code=True)` works
+without hf-cxr installed.
 """
 
 from __future__ import annotations

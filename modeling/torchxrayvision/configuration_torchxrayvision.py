@@ -2,7 +2,7 @@
 
 Cohen JP et al., "TorchXRayVision: A library of chest X-ray datasets and models", MIDL 2022 (arXiv:2111.00595).
 The weights themselves are imported from torchxrayvision's release files by `hf-cxr import-torchxrayvision`
-(`hf_cxr.torchxrayvision_import`), which fills `torchxrayvision_weights`, `labels` and `decision_thresholds`.
+(`hf_cxr.interop.torchxrayvision`), which fills `torchxrayvision_weights`, `labels` and `decision_thresholds`.
 """
 
 from __future__ import annotations
