@@ -13,7 +13,14 @@ import evaluate
 import numpy as np
 import pytest
 from conftest import NIH_DIR
-from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from transformers import AutoConfig
 
 import hf_cxr
@@ -31,7 +38,13 @@ from hf_cxr.evaluation import (
     youden_thresholds,
 )
 from hf_cxr.evaluation.report import markdown_report, metrics_document, write_report
-from hf_cxr.evaluation.scores import threshold_choices
+from hf_cxr.evaluation.scores import (
+    calibration_bins,
+    confusion_metrics,
+    expected_calibration_error,
+    prediction_metrics,
+    threshold_choices,
+)
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL
 from hf_cxr.registry import build_image_processor, build_model
@@ -74,6 +87,49 @@ def test_point_metrics_match_sklearn(arrays) -> None:
     assert metrics["auc_macro"] == pytest.approx(np.mean(aucs), abs=1e-12)
     keep = targets != IGNORE_LABEL
     assert metrics["auc_micro"] == pytest.approx(roc_auc_score(targets[keep], probabilities[keep]), abs=1e-12)
+
+
+def test_confusion_metrics_match_sklearn_and_stay_nan_where_undefined() -> None:
+    rng = np.random.default_rng(2)
+    truth = (rng.random(80) < 0.4).astype(float)
+    score = np.clip(0.3 * truth + rng.random(80) * 0.7, 0.0, 1.0)
+    metrics = confusion_metrics(truth, score, 0.45)
+    predicted = (score >= 0.45).astype(int)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert metrics["sensitivity"] == pytest.approx(recall_score(truth, predicted))
+    assert metrics["specificity"] == pytest.approx(recall_score(1 - truth, 1 - predicted))
+    assert metrics["precision"] == pytest.approx(precision_score(truth, predicted))
+    assert metrics["npv"] == pytest.approx(precision_score(1 - truth, 1 - predicted))
+    assert metrics["f1"] == pytest.approx(f1_score(truth, predicted))
+    # No positives: sensitivity undefined (NaN, not 0); no positive calls: precision undefined; nothing: all NaN.
+    negatives_only = prediction_metrics(np.zeros(3), np.array([True, False, False]))
+    assert math.isnan(negatives_only["sensitivity"]) and negatives_only["specificity"] == pytest.approx(2 / 3)
+    assert negatives_only["precision"] == 0.0 and negatives_only["f1"] == 0.0
+    no_calls = prediction_metrics(np.array([1.0, 0.0]), np.zeros(2, dtype=bool))
+    assert math.isnan(no_calls["precision"]) and no_calls["npv"] == 0.5 and no_calls["f1"] == 0.0
+    assert all(math.isnan(value) for value in prediction_metrics(np.zeros(0), np.zeros(0, dtype=bool)).values())
+    with pytest.raises(ValueError, match="must both be"):
+        prediction_metrics(np.zeros(3), np.zeros(2, dtype=bool))
+
+
+def test_calibration_bins_and_expected_calibration_error_by_hand() -> None:
+    truth = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    score = np.array([0.05, 0.1, 0.35, 0.95, 1.0, 0.99])
+    binned = calibration_bins(truth, score, 10)
+    # Bins of width 0.1, the last one closed: 0.05 -> 0, 0.1 -> 1, 0.35 -> 3, 0.95 / 0.99 / 1.0 -> 9.
+    assert binned.counts.tolist() == [1, 1, 0, 1, 0, 0, 0, 0, 0, 3]
+    assert binned.filled.tolist() == [True, True, False, True] + [False] * 5 + [True]
+    assert binned.mean_score[9] == pytest.approx((0.95 + 1.0 + 0.99) / 3) and binned.observed_rate[9] == 2 / 3
+    assert math.isnan(binned.mean_score[2]) and math.isnan(binned.observed_rate[2])
+    expected = (0.05 + 0.1 + 0.65 + 3 * abs(2 / 3 - 2.94 / 3)) / 6
+    assert expected_calibration_error(score[:, None], truth[:, None]) == pytest.approx(expected)
+    # Ignored labels are left out; nothing scored gives NaN.
+    with_ignored = np.column_stack([truth, np.full(6, IGNORE_LABEL)])
+    assert expected_calibration_error(np.column_stack([score, score]), with_ignored) == pytest.approx(expected)
+    assert math.isnan(expected_calibration_error(score[:, None], np.full((6, 1), IGNORE_LABEL)))
+    assert calibration_bins(truth, score, 2).counts.tolist() == [3, 3]
+    with pytest.raises(ValueError, match="bins"):
+        calibration_bins(truth, score, 0)
 
 
 def test_ignored_labels_are_left_out_of_their_finding_only(arrays) -> None:

@@ -34,11 +34,8 @@ from hf_cxr.evaluation import (
     score_single_label,
     single_label_point_metrics,
 )
-from hf_cxr.evaluation.single_label import (
-    choose_threshold,
-    choose_threshold_choice,
-    single_label_document,
-)
+from hf_cxr.evaluation.ct_report import single_label_document
+from hf_cxr.evaluation.ct_scores import choose_threshold, choose_threshold_choice
 from hf_cxr.hub import eval_results
 from hf_cxr.inference.ct import CLINICAL_COLUMNS
 

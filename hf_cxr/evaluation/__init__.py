@@ -1,11 +1,13 @@
 """Evaluation the way papers report it, with the provenance of every number.
 
 - `hf_cxr.evaluation.scores`: the numbers on arrays (scikit-learn), patient-level bootstrap, Youden thresholds,
-  cross-dataset finding pairs.
+  the operating-point metrics and the calibration bins both paths share, cross-dataset finding pairs.
 - `hf_cxr.evaluation.report`: `metrics.json`, `report.md`, ROC and reliability PNGs.
-- `hf_cxr.evaluation.run`: `evaluate_model`, what `hf-cxr evaluate` runs.
-- `hf_cxr.evaluation.single_label`: single-label CT models (MMCAF-Net) scored per patient (max over windows),
-  binary or one-vs-rest, with patient-bootstrap intervals; `evaluate_model` dispatches to it by model type.
+- `hf_cxr.evaluation.ct_scores`: the numbers of single-label CT models (MMCAF-Net) scored per patient (max over
+  windows), binary or one-vs-rest, with patient-bootstrap intervals.
+- `hf_cxr.evaluation.ct_report`: their report folder (the same four files).
+- `hf_cxr.evaluation.run`: `evaluate_model`, what `hf-cxr evaluate` runs; it hands a CT model to
+  `evaluate_ct_model` (by model type).
 - `cxr_multilabel/`: the same numbers as an `evaluate` metric, loaded offline by `evaluate_module_path()`.
 """
 
@@ -13,11 +15,20 @@ from __future__ import annotations
 
 from importlib import resources
 
+from hf_cxr.evaluation.ct_scores import (
+    SingleLabelScores,
+    aggregate_by_patient,
+    binary_metrics,
+    score_single_label,
+    single_label_point_metrics,
+)
 from hf_cxr.evaluation.report import REPORT_FILES, SMALL_SPLIT_IMAGES, read_metrics, small_split_note, write_report
 from hf_cxr.evaluation.run import (
     EvaluationReport,
+    SingleLabelEvaluation,
     dataset_label_names,
     dataset_targets,
+    evaluate_ct_model,
     evaluate_model,
     predict_probabilities,
     write_thresholds,
@@ -34,15 +45,6 @@ from hf_cxr.evaluation.scores import (
     shared_findings,
     threshold_metrics,
     youden_thresholds,
-)
-from hf_cxr.evaluation.single_label import (
-    SingleLabelEvaluation,
-    SingleLabelScores,
-    aggregate_by_patient,
-    binary_metrics,
-    evaluate_ct_model,
-    score_single_label,
-    single_label_point_metrics,
 )
 
 EVALUATE_MODULE_NAME = "cxr_multilabel"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from hf_cxr.data._common import read_conversion_report, strict_json
-from hf_cxr.evaluation.scores import AT_CHOSEN, AT_HALF, FALLBACK, Scores, _scored
+from hf_cxr.evaluation.scores import AT_CHOSEN, AT_HALF, CALIBRATION_BINS, FALLBACK, Scores, _scored, calibration_bins
 from hf_cxr.losses import IGNORE_LABEL
 
 METRICS_NAME = "metrics.json"
@@ -32,6 +32,8 @@ REPORT_FILES = (METRICS_NAME, REPORT_NAME, ROC_NAME, RELIABILITY_NAME)
 SMALL_SPLIT_IMAGES = 1000
 # A finding with fewer positives than this gets a wide interval whatever the split's size.
 FEW_POSITIVES = 30
+# The row title of the expected calibration error in every report (the bins of `scores.calibration_bins`).
+ECE_TITLE = f"expected calibration error ({CALIBRATION_BINS} bins)"
 RESEARCH_USE = "Research use only: not a medical device, not for diagnosis or clinical decisions."
 # The model-index rule. A card's `model-index` is read by machines as the model's results, with no prose around
 # it, so it carries only numbers that could mean something:
@@ -43,7 +45,7 @@ RESEARCH_USE = "Research use only: not a medical device, not for diagnosis or cl
 # Numbers left out stay in the card's prose and in `evaluation/report.md`, which say why.
 MODEL_INDEX_MIN_IMAGES = SMALL_SPLIT_IMAGES
 MODEL_INDEX_MIN_CASES = FEW_POSITIVES
-# `metrics.json` of a per-patient CT evaluation (`hf_cxr.evaluation.single_label`) says so in its `evaluation`.
+# `metrics.json` of a per-patient CT evaluation (`hf_cxr.evaluation.ct_report`) says so in its `evaluation`.
 SINGLE_LABEL_CT = "single_label_ct"
 
 
@@ -275,7 +277,7 @@ def markdown_report(document: dict[str, Any]) -> str:
         f"| macro ROC-AUC | {_format(summary['auc_macro'])} |",
         f"| micro ROC-AUC | {_format(summary['auc_micro'])} |",
         f"| macro average precision | {_format(summary['ap_macro'])} |",
-        f"| expected calibration error (10 bins) | {_format({'value': document['expected_calibration_error']})} |",
+        f"| {ECE_TITLE} | {_format({'value': document['expected_calibration_error']})} |",
         "",
         "## Per finding",
         "",
@@ -372,7 +374,7 @@ def plot_roc_curves(probabilities: np.ndarray, targets: np.ndarray, scores: Scor
 
 
 def plot_reliability(
-    probabilities: np.ndarray, targets: np.ndarray, scores: Scores, path: Path, bins: int = 10
+    probabilities: np.ndarray, targets: np.ndarray, scores: Scores, path: Path, bins: int = CALIBRATION_BINS
 ) -> None:
     """Observed positive rate against mean score per bin, all scored pairs pooled, with the bins' counts below."""
     keep = targets != IGNORE_LABEL
@@ -387,21 +389,17 @@ def plot_reliability(
 
 
 def plot_reliability_pairs(
-    truth: np.ndarray, score: np.ndarray, path: Path, title: str, xlabel: str, bins: int = 10
+    truth: np.ndarray, score: np.ndarray, path: Path, title: str, xlabel: str, bins: int = CALIBRATION_BINS
 ) -> None:
-    """Reliability diagram of 0/1 `truth` against `score` in [0, 1] (shared by the multi-label and CT reports)."""
+    """Reliability diagram of 0/1 `truth` against `score` in [0, 1] (same shape), shared by the multi-label and CT
+    reports: observed rate against mean score per `calibration_bins` bin (the bins of the ECE), counts below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    which = np.minimum((score * bins).astype(int), bins - 1)
-    centres, rates, counts = [], [], np.bincount(which, minlength=bins)
-    for index in range(bins):
-        members = which == index
-        if members.any():
-            centres.append(score[members].mean())
-            rates.append(truth[members].mean())
+    binned = calibration_bins(truth, score, bins)
+    centres, rates, counts = binned.mean_score[binned.filled], binned.observed_rate[binned.filled], binned.counts
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="calibrated")
     top.plot(centres, rates, marker="o", label="model")

@@ -2,6 +2,10 @@
 
 This is what `hf-cxr evaluate` runs. Thresholds are chosen on `threshold_split` (validation by default) and
 only then applied to the scored split; choosing them on the scored split, or on `test`, is refused.
+
+Two paths, each from a model and a dataset to a report folder: `evaluate_model` scores a multi-label 2D model per
+image (`scores`, `report`) and hands a single-label CT model (MMCAF-Net) to `evaluate_ct_model`, which scores it per
+patient (`ct_scores`, `ct_report`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ import torch
 
 from hf_cxr.data._common import load_converted
 from hf_cxr.data.transforms import eval_transform
+from hf_cxr.evaluation.ct_report import write_single_label_report
+from hf_cxr.evaluation.ct_scores import (
+    AGGREGATIONS,
+    SingleLabelScores,
+    aggregate_by_patient,
+    choose_threshold_choice,
+    dataset_class_indices,
+    score_single_label,
+)
 from hf_cxr.evaluation.report import dataset_conversion, describe_conversion, write_report
 from hf_cxr.evaluation.scores import (
     DEFAULT_BOOTSTRAP,
@@ -29,7 +42,7 @@ from hf_cxr.evaluation.scores import (
     shared_findings,
     threshold_choices,
 )
-from hf_cxr.evaluation.single_label import SingleLabelEvaluation, evaluate_ct_model
+from hf_cxr.inference.ct import predict_ct_windows
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, LABEL_SETS
 from hf_cxr.losses import IGNORE_LABEL
 from hf_cxr.registry import is_ct_model, load_config, load_model
@@ -161,7 +174,7 @@ def evaluate_model(
     fallbacks) into the model folder's config (same label set only).
 
     A single-label CT model (MMCAF-Net, by its config's `model_type`) on a converted Lung-PET-CT-Dx dataset is
-    scored per patient by `single_label.evaluate_ct_model`: `aggregate` (max or mean over a patient's windows),
+    scored per patient by `evaluate_ct_model`: `aggregate` (max or mean over a patient's windows),
     `positive_class` (two classes), `slice_selection` and `window_stride` (override the processor's) apply there only.
     """
     if threshold_split in NO_THRESHOLD_SPLIT:
@@ -264,3 +277,123 @@ def evaluate_model(
         chosen = {name: value for name, value in thresholds.items() if methods[name]["method"] != FALLBACK}
         write_thresholds(model, chosen)
     return EvaluationReport(Path(out_dir), document, scores, thresholds, probabilities, targets)
+
+
+# ------------------------------------------------------------------------------------------------ single-label CT
+
+
+@dataclass
+class SingleLabelEvaluation:
+    """What the single-label CT evaluation measured and where it wrote it."""
+
+    out_dir: Path
+    document: dict[str, Any]
+    scores: SingleLabelScores
+    threshold: float | None
+    window_probabilities: np.ndarray
+
+
+def evaluate_ct_model(
+    model: str | os.PathLike[str],
+    splits: datasets.DatasetDict,
+    split: str = "test",
+    out_dir: str | os.PathLike[str] = "evaluation",
+    threshold_split: str | None = "validation",
+    batch_size: int = 8,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    device: str | None = None,
+    aggregate: str = "max",
+    positive_class: str | None = None,
+    slice_selection: str | None = None,
+    window_stride: int | None = None,
+    dataset_name: str = "in-memory DatasetDict",
+    dataset_conversion: Mapping[str, Any] | None = None,
+) -> SingleLabelEvaluation:
+    """Score a saved CT model on `splits[split]` per patient and write the report folder (`ct_report`).
+
+    Windows are scored by `predict_ct_windows` and reduced to patients by `aggregate` (`max`, the paper's rule, or
+    `mean`); the numbers are `ct_scores.score_single_label`'s. Raises `ValueError` for an unknown `aggregate`, a
+    missing split, a threshold split that is the scored one or `test`, a model that is not single-label, or a
+    `positive_class` with more than two classes.
+
+    `threshold_split` (two classes only; never the scored split nor `test`) chooses a Youden threshold on that
+    split's patient scores; with four classes predictions are the argmax and it is not used.
+    """
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+    if threshold_split is not None and threshold_split in (split, "test"):
+        raise ValueError(f"a threshold may not be chosen on the '{threshold_split}' split (scoring '{split}')")
+    for needed in filter(None, (split, threshold_split)):
+        if needed not in splits:
+            raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
+    network, processor = load_model(model, device)
+    if network.config.problem_type not in (None, "single_label_classification"):
+        raise ValueError(f"expected a single-label model, got problem_type {network.config.problem_type!r}")
+    label_names = [network.config.id2label[index] for index in sorted(network.config.id2label)]
+    binary = len(label_names) == 2
+    if positive_class is not None and not binary:
+        raise ValueError(f"--positive-class applies to two classes; this model has {len(label_names)}")
+
+    def patient_windows(name: str) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+        part = splits[name]
+        labels = dataset_class_indices(part, label_names)
+        patients = part.select_columns(["patient_id"])["patient_id"]
+        window_scores, rows = predict_ct_windows(
+            network, processor, part, batch_size, device, slice_selection, window_stride
+        )
+        return window_scores, labels[rows], [patients[row] for row in rows], len(part)
+
+    threshold, threshold_source, threshold_method, threshold_note = None, None, None, None
+    if threshold_split is not None and binary:
+        scores_v, labels_v, ids_v, _ = patient_windows(threshold_split)
+        positive = positive_class or label_names[1]
+        if positive not in label_names:
+            raise ValueError(f"positive class {positive!r} is not one of {label_names}")
+        patients_v = aggregate_by_patient(scores_v, labels_v, ids_v, aggregate)
+        choice = choose_threshold_choice(patients_v, label_names.index(positive), positive)
+        threshold, threshold_method, threshold_note = choice.value, choice.method, choice.reason
+        where = f"the `{threshold_split}` split's {len(patients_v.patient_ids)} patients"
+        if choice.chosen:
+            threshold_source = f"a threshold of {threshold:.3f} chosen on {where} (Youden's J)"
+        else:
+            threshold_source = f"the 0.5 fallback: no threshold could be chosen on {where} ({choice.reason})"
+    elif binary and getattr(network.config, "decision_thresholds", None):
+        stored = network.config.decision_thresholds
+        positive = positive_class or label_names[1]
+        if positive in stored:
+            threshold = float(stored[positive])
+            threshold_method = "model_config"
+            threshold_source = f"the model config's `decision_thresholds` ({threshold:.3f} for {positive})"
+    window_scores, window_labels, window_patients, num_series = patient_windows(split)
+    scores = score_single_label(
+        window_scores,
+        window_labels,
+        window_patients,
+        label_names,
+        positive_class if binary else None,
+        aggregate,
+        threshold,
+        n_bootstrap,
+        seed,
+    )
+    mode = slice_selection or processor.slice_selection
+    context = {
+        "model": str(model),
+        "model_type": network.config.model_type,
+        "dataset": dataset_name,
+        "split": split,
+        "threshold_split": threshold_split if binary else None,
+        "threshold_source": threshold_source,
+        "threshold_method": threshold_method,
+        "threshold_note": threshold_note,
+        "dataset_conversion": dict(dataset_conversion) if dataset_conversion else None,
+        "dataset_conversion_note": describe_conversion(dataset_conversion),
+        "num_series": num_series,
+        "slice_selection": mode,
+        "window_stride": (window_stride or processor.window_stride or processor.num_slices)
+        if mode == "sliding"
+        else None,
+    }
+    document = write_single_label_report(out_dir, scores, context)
+    return SingleLabelEvaluation(Path(out_dir), document, scores, threshold, window_scores)
