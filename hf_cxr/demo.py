@@ -9,7 +9,6 @@ validation, patient bootstrap CIs, plots) -> the Hub-ready folder with its model
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -21,10 +20,10 @@ from hf_cxr.data import convert_chestxray14
 from hf_cxr.evaluation import evaluate_model
 from hf_cxr.hub import push_model
 from hf_cxr.inference.predict import predict
-from hf_cxr.recipes import available_recipes
 from hf_cxr.registry import load_model
 from hf_cxr.sample import write_sample_raw_tree
-from hf_cxr.training import add_train_arguments, train
+from hf_cxr.training import train
+from hf_cxr.training.config import Recipe, TrainingConfig, available_recipes, load_recipe
 
 DISCLAIMER = (
     "hf-cxr models are research tools, not medical devices: never use them for diagnosis or patient care.\n"
@@ -104,17 +103,19 @@ def run_demo(
         split_protocol="random_patient", overwrite=True,
     ).dataset  # fmt: skip
 
-    recipe = f"{model_type}_chestxray14"
-    print(f"\n[2/5] training {model_type} (tiny preset, recipe {recipe}, {max_steps} steps) with Accelerate")
-    argv = ["--model", model_type, "--preset", "tiny", "--dataset", str(data_dir), "--output-dir",
-            str(output_dir / "model"), "--max-steps", str(max_steps), "--per-device-batch-size", str(batch_size),
-            "--learning-rate", str(learning_rate), "--seed", str(seed), "--checkpointing-steps", str(max_steps),
-            "--eval-steps", str(max(max_steps // 4, 1)),
-            # The recipes are written for NIH's official lists; the sample's split is a seeded random one.
-            "--set", "data.split_protocol=random_patient"]  # fmt: skip
-    if recipe in available_recipes():
-        argv += ["--recipe", recipe]
-    summary = train(add_train_arguments(argparse.ArgumentParser()).parse_args(argv))
+    name = f"{model_type}_chestxray14"
+    print(f"\n[2/5] training {model_type} (tiny preset, recipe {name}, {max_steps} steps) with Accelerate")
+    recipe_name = name if name in available_recipes() else None
+    recipe = load_recipe(name) if recipe_name else Recipe()
+    recipe.data.split_protocol = "random_patient"  # the recipes are for NIH's lists; the sample's split is random
+    recipe.optimization.batch_size, recipe.optimization.seed = batch_size, seed
+    recipe.set_learning_rate(learning_rate)
+    config = TrainingConfig(
+        model_type=model_type, dataset=str(data_dir), output_dir=output_dir / "model", recipe=recipe,
+        recipe_name=recipe_name, preset="tiny", max_steps=max_steps, checkpointing_steps=max_steps,
+        eval_steps=max(max_steps // 4, 1),
+    )  # fmt: skip
+    summary = train(config)
     best = next(entry for entry in summary["history"] if entry["step"] == summary["best_step"])
 
     model_dir = output_dir / "model"

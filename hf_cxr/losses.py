@@ -2,9 +2,11 @@
 
 from hf_cxr.modeling.common.losses import (
     IGNORE_LABEL,
+    LOSS_SETTING_FIELDS,
     LOSS_TYPES,
     AsymmetricLoss,
     FocalLoss,
+    LossSettings,
     MultiLabelBCELoss,
     build_loss,
     build_loss_from_config,
@@ -13,9 +15,11 @@ from hf_cxr.modeling.common.losses import (
 
 __all__ = [
     "IGNORE_LABEL",
+    "LOSS_SETTING_FIELDS",
     "LOSS_TYPES",
     "AsymmetricLoss",
     "FocalLoss",
+    "LossSettings",
     "MultiLabelBCELoss",
     "build_loss",
     "build_loss_from_config",

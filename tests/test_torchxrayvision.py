@@ -427,16 +427,17 @@ def test_the_mxa_recipe_runs_with_its_published_teacher(imported: Path, tmp_path
 def test_a_teacher_must_be_named_and_reads_its_own_pixels(imported: Path, tmp_path: Path) -> None:
     from hf_cxr.data import train_transform
     from hf_cxr.training import load_teacher
+    from hf_cxr.training.config import DistillationSection
 
     section = {"enabled": True, "teacher": None, "teacher_outputs": "operating_point_scores"}
     with pytest.raises(ValueError, match="names no teacher: pass --teacher DIR"):
-        load_teacher(section, list(hf_cxr.CHEXPERT_LABELS))
+        load_teacher(DistillationSection(**section), list(hf_cxr.CHEXPERT_LABELS))
     plain = tmp_path / "plain-teacher"
     hf_cxr.build_model("cr_msnet", "tiny").save_pretrained(plain)
     hf_cxr.build_image_processor("cr_msnet", "tiny").save_pretrained(plain)
     with pytest.raises(ValueError, match="needs a teacher with operating points"):
-        load_teacher({**section, "teacher": str(plain)}, list(hf_cxr.CHEXPERT_LABELS))
-    teacher = load_teacher({**section, "teacher": str(imported)}, list(hf_cxr.CHEXPERT_LABELS))
+        load_teacher(DistillationSection(**{**section, "teacher": str(plain)}), list(hf_cxr.CHEXPERT_LABELS))
+    teacher = load_teacher(DistillationSection(**{**section, "teacher": str(imported)}), list(hf_cxr.CHEXPERT_LABELS))
     student = hf_cxr.build_image_processor("mxa_efficientvit", "paper")
     assert not teacher.reads(student)  # MXA stretches, torchxrayvision centre-crops: the teacher gets its own pixels
     tall = [load_radiograph(path)[:, 40:200] for path in NIH_IMAGES[:2]]  # 256 x 160, as CheXpert's are not square

@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 import hf_cxr
 from hf_cxr.cli import main as cli_main
 from hf_cxr.data.transforms import eval_transform
-from hf_cxr.recipes import apply_overrides, load_recipe
 from hf_cxr.registry import load_model
 from hf_cxr.sample import load_labelled_folder
 from hf_cxr.training import (
@@ -30,6 +29,8 @@ from hf_cxr.training import (
     stages_from_recipe,
     train,
 )
+from hf_cxr.training.arguments import config_from_arguments
+from hf_cxr.training.config import TrainingConfig, apply_overrides, available_recipes, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,21 +161,19 @@ def test_two_processes_report_the_same_validation_auc_as_one(tiny_dataset, tmp_p
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from hf_cxr.training import _evaluate
+    from hf_cxr.training.validation import evaluate_images
 
     model = hf_cxr.build_model("cr_msnet", "tiny")
     model.load_state_dict(load_file(str(latest_checkpoint(tmp_path) / "model.safetensors")), strict=False)
     validation = datasets.load_from_disk(str(tiny_dataset))["validation"]
     loader = DataLoader(validation.with_transform(eval_transform(hf_cxr.build_image_processor("cr_msnet", "tiny"))),
                         batch_size=2)  # fmt: skip
-    single = _evaluate(Accelerator(cpu=True), model, loader, model.config.id2label)
+    single = evaluate_images(Accelerator(cpu=True), model, loader, model.config.id2label)
     assert logged["validation/auc_macro"] == pytest.approx(single["auc_macro"], abs=1e-6)
     assert logged["validation/auc_micro"] == pytest.approx(single["auc_micro"], abs=1e-6)
 
 
 def test_every_recipe_validates_and_names_its_model(tmp_path) -> None:
-    from hf_cxr.recipes import available_recipes
-
     names = available_recipes()
     assert {
         "cr_msnet_chestxray14",
@@ -184,7 +183,7 @@ def test_every_recipe_validates_and_names_its_model(tmp_path) -> None:
     } <= set(names)
     for name in names:
         model_type = name.removesuffix("_chestxray14").removesuffix("_chexpert").removesuffix("_lung_pet_ct_dx")
-        assert load_recipe(name)["model"]["model_type"] == model_type
+        assert load_recipe(name).model.model_type == model_type
     with pytest.raises(ValueError, match="'nope' is not one of them"):
         train(run_args(tmp_path, tmp_path / "out", "--model", "nope"))
     with pytest.raises(ValueError, match="apply to CT models"):  # a CT-only key is refused for a 2D model
@@ -207,7 +206,7 @@ def test_recipes_are_validated_and_scheduled() -> None:
     stages = stages_from_recipe(recipe)
     assert [s.name for s in stages] == ["stage1", "stage2"] and stages[0].exclude_no_finding
     stages[0].steps, stages[1].steps = 30, 40
-    opt = recipe["optimization"]
+    opt = recipe.optimization
     assert lr_at(0, stages, opt, [10, 10]) == pytest.approx(3e-4 / 10)  # warm-up over the first epoch
     assert lr_at(9, stages, opt, [10, 10]) == pytest.approx(3e-4)
     assert lr_at(20, stages, opt, [10, 10]) < lr_at(11, stages, opt, [10, 10]) < 3e-4  # cosine decay
@@ -217,6 +216,49 @@ def test_recipes_are_validated_and_scheduled() -> None:
         apply_overrides(recipe, ["optimization.learning_rat=1"])
     with pytest.raises(ValueError, match="no recipe 'nope'"):
         load_recipe("nope")
+
+
+def test_an_unknown_key_or_a_wrong_value_is_refused_by_its_path(tmp_path) -> None:
+    """A recipe key that train.py would not read, or a value of the wrong type, in a YAML recipe or through `--set`,
+    is refused with a `ValueError` naming its dotted path, before anything is written."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("optimization:\n  batch_size: many\n  learning_rat: 1.0e-3\ncurriculum:\n  s1: {focal_gama: 2}\n")
+    with pytest.raises(ValueError) as refused:
+        load_recipe(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: unknown recipe keys ")
+    assert "'optimization.learning_rat'" in message and "'curriculum.s1.focal_gama'" in message
+    assert "optimization.batch_size: Input should be a valid integer" in message and "(got 'many')" in message
+    with pytest.raises(ValueError, match=r"^recipe: augmentation\.rotate\.degrees: Input should be a valid number"):
+        parse_recipe({"augmentation": {"rotate": {"degrees": [1, 2]}}})
+    with pytest.raises(ValueError, match=r"data\.split_protocol\.seed: Field required"):
+        parse_recipe({"data": {"split_protocol": {"fractions": {"train": 1.0}}}})
+    with pytest.raises(ValueError, match=r"^recipe after --set: unknown recipe keys \['evaluation\.threshold'\]$"):
+        train(run_args(tmp_path, tmp_path / "out", "--set", "evaluation.threshold=0.5"))
+    with pytest.raises(ValueError, match=r"^recipe after --set: optimization\.epochs: Input should be a valid number"):
+        train(
+            run_args(tmp_path, tmp_path / "out", "--recipe", "cr_msnet_chestxray14", "--set", "optimization.epochs=[1]")
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_flags_and_assignments_give_a_typed_configuration(tmp_path) -> None:
+    """`--set` values are parsed to the field's type, and the explicit flags land on the recipe's fields."""
+    args = run_args(tmp_path, tmp_path / "out", "--recipe", "cr_msnet_chestxray14", "--learning-rate", "1e-2",
+                    "--set", "optimization.weight_decay=5e-2", "--set", "optimization.mixed_precision=no")  # fmt: skip
+    config = config_from_arguments(args)
+    assert isinstance(config, TrainingConfig) and config.recipe_name == "cr_msnet_chestxray14"
+    recipe = config.recipe
+    assert recipe.optimization.weight_decay == 0.05 and recipe.optimization.mixed_precision == "no"
+    assert recipe.optimization.batch_size == 4 and recipe.optimization.learning_rate == 0.01
+    assert [stage.learning_rate for stage in recipe.curriculum.values()] == [0.01, 0.01]
+    assert recipe.curriculum["stage2"].given() == {
+        "loss": "class_balanced_focal", "focal_gamma": 2.0, "class_balance_mode": "effective_number",
+        "class_balance_beta": 0.9999,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"is for model 'cr_msnet', not 'ma_msf'"):
+        config_from_arguments(run_args(tmp_path, tmp_path / "out", "--recipe", "cr_msnet_chestxray14",
+                                       "--model", "ma_msf"))  # fmt: skip
 
 
 def test_ma_msf_anchor_is_updated_after_every_optimizer_step(tiny_dataset, tmp_path) -> None:
@@ -274,17 +316,17 @@ def test_the_recipe_data_section_is_applied_or_refused(tmp_path) -> None:
     data = datasets.load_from_disk(str(folder))
     with pytest.raises(ValueError, match=r"data\.uncertain_labels is 'ones' but .* converted with uncertain='ignore'"):
         apply_data_section(recipe, str(folder), data, chexpert)
-    recipe["data"]["uncertain_labels"] = "ignore"
+    recipe.data.uncertain_labels = "ignore"
     train_split, _, record = apply_data_section(recipe, str(folder), data, chexpert)
     assert train_split.num_rows == 4 and record["conversion"]["uncertain"] == "ignore" and not record["unverified"]
-    recipe["data"]["views"] = ["frontal"]  # takes effect: the lateral row leaves both splits
+    recipe.data.views = ["frontal"]  # takes effect: the lateral row leaves both splits
     train_split, _, record = apply_data_section(recipe, str(folder), data, chexpert)
     assert train_split["frontal_lateral"] == ["Frontal"] * 3 and record["rows"] == {"train": 3, "validation": 3}
-    del recipe["data"]["uncertain_labels"]  # left out: filled in from the conversion, so recipe.yaml states it
+    recipe.data.uncertain_labels = None  # left out: filled in from the conversion, so recipe.yaml states it
     apply_data_section(recipe, str(folder), data, chexpert)
-    assert recipe["data"]["uncertain_labels"] == "ignore"
+    assert recipe.data.uncertain_labels == "ignore"
     frontal_only = converted_like(tmp_path / "f", {"uncertain": "ignore", "frontal_only": True}, ["Frontal"] * 4)
-    recipe["data"]["views"] = ["frontal", "lateral"]
+    recipe.data.views = ["frontal", "lateral"]
     with pytest.raises(ValueError, match=r"data\.views asks for \['lateral'\] views .* --frontal-only"):
         apply_data_section(recipe, str(frontal_only), datasets.load_from_disk(str(frontal_only)), chexpert)
     with pytest.raises(ValueError, match=r"is a converted chexpert dataset .* but the model predicts \['Atelectasis'"):

@@ -23,6 +23,7 @@ from test_training import TWO_CPU_PROCESSES, TWO_CPU_PROCESSES_ENV
 import hf_cxr
 from hf_cxr.data import convert_lung_pet_ct_dx
 from hf_cxr.training import add_train_arguments, latest_checkpoint, oversampled_indices, train
+from hf_cxr.training.config import Oversampling
 
 PATIENTS = ["A0001", "A0002", "A0003", "A0004", "G0001", "G0002", "G0003", "G0004"]
 # No `data.processor.size`: with `--preset tiny` the window follows the tiny model (12 x 32 x 32), not the recipe.
@@ -149,14 +150,14 @@ def test_two_process_ct_run_keeps_frozen_parts_and_logs_one_process_auroc(ct_dat
     # Each process scored the whole validation split: one process rescoring the saved best model agrees.
     from transformers import AutoModelForVideoClassification, AutoProcessor
 
-    from hf_cxr.recipes import load_recipe
     from hf_cxr.training import evaluate_ct
+    from hf_cxr.training.config import load_recipe
 
     best = json.loads((tmp_path / "two" / "metrics.json").read_text())["step"]
     model = AutoModelForVideoClassification.from_pretrained(tmp_path / "two").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "two")
     validation = datasets.load_from_disk(str(ct_dataset))["validation"]
-    rescored = evaluate_ct(model, processor, validation, load_recipe("mmcaf_net_lung_pet_ct_dx")["evaluation"], "cpu")
+    rescored = evaluate_ct(model, processor, validation, load_recipe("mmcaf_net_lung_pet_ct_dx").evaluation, "cpu")
     logged = next(entry for entry in summary["history"] if entry["step"] == best)
     assert logged["validation/auroc"] == pytest.approx(rescored["auroc"], abs=1e-6)
 
@@ -165,10 +166,10 @@ def test_minority_oversampling_repeats_training_rows_only() -> None:
     classes = np.array([0, 0, 0, 1, 0, 1])
     names = ["adenocarcinoma", "squamous_cell_carcinoma"]
     section = {"class": "squamous_cell_carcinoma", "target_count": 5, "train_only": True}
-    indices = oversampled_indices(classes, names, section, seed=0)
+    indices = oversampled_indices(classes, names, Oversampling(**section), seed=0)
     assert indices[:6] == list(range(6)) and len(indices) == 9 and set(indices[6:]) <= {3, 5}
     assert oversampled_indices(classes, names, None, seed=0) == list(range(6))
     with pytest.raises(ValueError, match="train_only"):
-        oversampled_indices(classes, names, {**section, "train_only": False}, seed=0)
+        oversampled_indices(classes, names, Oversampling(**{**section, "train_only": False}), seed=0)
     with pytest.raises(ValueError, match="not one of the model's labels"):
-        oversampled_indices(classes, names, {**section, "class": "small_cell_carcinoma"}, seed=0)
+        oversampled_indices(classes, names, Oversampling(**{**section, "class": "small_cell_carcinoma"}), seed=0)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from hf_cxr.training import add_train_arguments, train
+from hf_cxr.training import add_train_arguments, config_from_arguments, train
 
 
 def _run(args: argparse.Namespace) -> int:
-    summary = train(args)
+    summary = train(config_from_arguments(args))
     print(json.dumps({key: value for key, value in summary.items() if key != "history"}, indent=2))
     return 0
 

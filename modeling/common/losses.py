@@ -8,7 +8,8 @@ labels and a teacher's missing findings are skipped. The mean is over the labels
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,8 @@ def class_balance_weights(
     """Per-class weights that grow as a finding gets rarer, normalised to mean 1.
 
     `effective_number` is Cui et al. (CVPR 2019): w_c = (1 - beta) / (1 - beta^n_c).
-    `inverse_frequency` is (N / n_c)^beta with beta typically 0.5.
+    `inverse_frequency` is (N / n_c)^beta with beta typically 0.5. Raises `ValueError` for another `mode`, and
+    for `effective_number` with `beta` outside [0, 1).
     """
     # On the CPU explicitly: a model built on the meta device (as `from_pretrained` does) still gets real values.
     counts = torch.tensor([max(float(c), 1.0) for c in positive_counts], dtype=torch.float64, device="cpu")
@@ -142,7 +144,11 @@ def build_loss(
     asymmetric_gamma_neg: float = 4.0,
     asymmetric_clip: float = 0.05,
 ) -> nn.Module:
-    """The loss a config names; `class_balanced_focal` needs the training split's positive counts."""
+    """The loss a config names; `class_balanced_focal` needs the training split's positive counts.
+
+    Raises `ValueError` for a `loss_type` not in `LOSS_TYPES`, for `class_balanced_focal` without
+    `class_positive_counts` and `num_train_samples`, and as `class_balance_weights` does for its mode and beta.
+    """
     if loss_type == "bce":
         return MultiLabelBCELoss()
     if loss_type == "focal":
@@ -162,8 +168,41 @@ def build_loss(
     raise ValueError(f"loss must be one of {LOSS_TYPES}, got {loss_type!r}")
 
 
+@dataclass
+class LossSettings:
+    """The config fields that choose a model's loss, each None when left as the config has it.
+
+    `build_loss_from_config` and `build_single_label_loss_from_config` read these fields of a model config; a training
+    recipe's curriculum stage sets the ones it gives (`LossSettings.given`) on the model's config before the stage.
+    """
+
+    loss: Literal["bce", "focal", "class_balanced_focal", "asymmetric", "cross_entropy"] | None = None
+    """The loss: a multi-label one (`LOSS_TYPES`) or, for a single-label model, one of `SINGLE_LABEL_LOSS_TYPES`."""
+    focal_gamma: float | None = None
+    """Focusing parameter of the focal losses."""
+    class_balance_mode: Literal["effective_number", "inverse_frequency"] | None = None
+    """How `class_balanced_focal` weighs the classes (`class_balance_weights`)."""
+    class_balance_beta: float | None = None
+    """Beta of that class-balance rule."""
+    asymmetric_gamma_pos: float | None = None
+    """The asymmetric loss's focusing parameter on positives (Ridnik et al., ICCV 2021)."""
+    asymmetric_gamma_neg: float | None = None
+    """Its focusing parameter on negatives."""
+    asymmetric_clip: float | None = None
+    """Its probability margin on negatives."""
+
+    def given(self) -> dict[str, Any]:
+        """The fields that are set (not None), by name."""
+        return {name: getattr(self, name) for name in LOSS_SETTING_FIELDS if getattr(self, name) is not None}
+
+
+# The names of the loss fields of a model config, in `LossSettings` order.
+LOSS_SETTING_FIELDS = tuple(item.name for item in fields(LossSettings))
+
+
 def build_loss_from_config(config: Any) -> nn.Module:
-    """The loss a model config names, with that config's loss fields (see `CXRClassifierConfig`)."""
+    """The loss a model config names, with that config's loss fields (see `CXRClassifierConfig`); raises
+    `ValueError` as `build_loss` does."""
     return build_loss(
         config.loss,
         focal_gamma=config.focal_gamma,
@@ -209,7 +248,9 @@ def build_single_label_loss_from_config(config: Any) -> nn.Module:
     """The softmax loss a single-label config names: `cross_entropy`, `focal` or `class_balanced_focal`.
 
     `class_balanced_focal` weights each class by `class_balance_weights` of its training-split count
-    (`config.class_positive_counts`, one count per class).
+    (`config.class_positive_counts`, one count per class). Raises `ValueError` for another `config.loss`, for
+    `class_balanced_focal` without `class_positive_counts` and `num_train_samples`, and as `class_balance_weights`
+    does for its mode and beta.
     """
     if config.loss == "cross_entropy":
         return SoftmaxFocalLoss(gamma=0.0)
