@@ -24,7 +24,7 @@ import torch
 import transformers
 
 import hf_cxr
-from hf_cxr.benchmarks.speed import images_per_second, parameter_count
+from hf_cxr.benchmarks.timing import images_per_second, parameter_count
 from hf_cxr.machine import cpu_name
 
 

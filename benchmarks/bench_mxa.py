@@ -1,6 +1,6 @@
 """What the MXA block costs: MXA-EfficientViT M4/M5 against timm's plain EfficientViT M4/M5 (issue 5's budget is
 +30%), the `reference` fusion (attention run twice), and hf-cxr's own model with `use_mxa=False`, all measured
-in the same run, interleaved, with `hf_cxr.benchmarks.speed`'s timing (medians over repeats, per-repeat ratios).
+in the same run, interleaved, with `hf_cxr.benchmarks.model_speed`'s timing (medians over repeats, per-repeat ratios).
 
     python benchmarks/bench_mxa.py [--batch-size 2] [--repeats 5] [--threads 1] [--device cpu]
 """
@@ -12,7 +12,8 @@ import argparse
 import timm
 import torch
 
-from hf_cxr.benchmarks.speed import BenchEntry, machine_description, measure_group
+from hf_cxr.benchmarks.model_speed import BenchEntry, measure_group
+from hf_cxr.benchmarks.speed import machine_description
 from hf_cxr.machine import default_threads
 from hf_cxr.registry import build_model
 

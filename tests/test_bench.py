@@ -11,51 +11,52 @@ import pytest
 import torch
 from torch import nn
 
-from hf_cxr.benchmarks import speed as bench
+from hf_cxr.benchmarks import model_speed, speed, speed_report, timing
+from hf_cxr.registry import build_model
 
 
 def test_flops_match_hand_counts() -> None:
     linear = nn.Linear(8, 4)
     x = torch.randn(3, 8)
-    assert bench.count_flops(lambda: linear(x)) == 2 * 3 * 8 * 4
+    assert timing.count_flops(lambda: linear(x)) == 2 * 3 * 8 * 4
     conv = nn.Conv2d(2, 3, kernel_size=3)  # 5x5 -> 3x3, no padding
     image = torch.randn(1, 2, 5, 5)
-    assert bench.count_flops(lambda: conv(image)) == 2 * 3 * 3 * 3 * 2 * 3 * 3
+    assert timing.count_flops(lambda: conv(image)) == 2 * 3 * 3 * 3 * 2 * 3 * 3
 
 
 def test_depthwise_backward_costs_two_forwards() -> None:
     """torch's own formula counts a depthwise weight gradient `channels` times over; ours must not."""
     conv = nn.Conv2d(16, 16, kernel_size=3, padding=1, groups=16)
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
-    forward = bench.count_flops(lambda: conv(x))
+    forward = timing.count_flops(lambda: conv(x))
     assert forward == 2 * 2 * 16 * 8 * 8 * 3 * 3
-    assert bench.count_flops(lambda: conv(x).sum().backward()) == 3 * forward
+    assert timing.count_flops(lambda: conv(x).sum().backward()) == 3 * forward
 
 
 def test_peak_memory_sees_an_allocation() -> None:
     size = 1 << 20  # float32: 4 MiB
-    peak = bench.peak_memory_bytes(lambda: torch.ones(size).add_(1.0), torch.device("cpu"))
+    peak = timing.peak_memory_bytes(lambda: torch.ones(size).add_(1.0), torch.device("cpu"))
     assert 4 * size <= peak < 3 * 4 * size
 
 
 def test_interleaved_rates_and_paired_ratio() -> None:
     calls: list[str] = []
     runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    rates = bench.interleaved_rates(runners, batch_size=4, iterations=2, repeats=3)
+    rates = timing.interleaved_rates(runners, batch_size=4, iterations=2, repeats=3)
     assert calls == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert all(len(values) == 3 and min(values) > 0 for values in rates.values())
-    assert bench.paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+    assert timing.paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
 
 
 def test_gpu_peak_table() -> None:
-    assert bench.gpu_peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert bench.gpu_peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
-    assert bench.gpu_peak_bf16_tflops("NVIDIA H200") == 989.0
-    assert bench.gpu_peak_bf16_tflops("Some Future GPU") is None
+    assert timing.gpu_peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert timing.gpu_peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert timing.gpu_peak_bf16_tflops("NVIDIA H200") == 989.0
+    assert timing.gpu_peak_bf16_tflops("Some Future GPU") is None
 
 
 def test_groups_hold_models_backbones_and_baselines() -> None:
-    groups = bench.build_groups(["cr_msnet", "ma_msf"], ["tiny"], ["efficientvit_m4"])
+    groups = model_speed.build_groups(["cr_msnet", "ma_msf"], ["tiny"], ["efficientvit_m4"])
     assert list(groups) == ["tiny 64px"]
     size, entries = groups["tiny 64px"]
     assert size == 64
@@ -68,7 +69,7 @@ def test_groups_hold_models_backbones_and_baselines() -> None:
 
 
 def test_tiny_run_returns_sane_numbers_and_same_run_ratios() -> None:
-    result = bench.run_benchmark(
+    result = speed.run_benchmark(
         model_types=["ma_msf"],
         presets=["tiny"],
         baselines=["efficientvit_m4"],
@@ -90,7 +91,7 @@ def test_tiny_run_returns_sane_numbers_and_same_run_ratios() -> None:
         assert 2.0 < entry.train_gflops_per_image / entry.inference_gflops_per_image < 4.0
         assert entry.train_peak_mib > 0
     model = by_name["ma_msf (tiny)"]
-    assert model.parameters == sum(p.numel() for p in bench.build_model("ma_msf", "tiny").parameters())
+    assert model.parameters == sum(p.numel() for p in build_model("ma_msf", "tiny").parameters())
     ratios = {ratio.comparator: ratio for ratio in result.ratios}
     assert set(ratios) == {"efficientnetv2_s*", "efficientvit_m4"}
     for name, ratio in ratios.items():
@@ -103,7 +104,7 @@ def test_tiny_run_returns_sane_numbers_and_same_run_ratios() -> None:
     stages = {(stage.stage, stage.workers) for stage in result.data_path}
     assert ("dataset + DataLoader", 0) in stages and ("PNG decode (PIL)", 0) in stages
     assert all(stage.images == 8 and stage.images_per_second > 0 for stage in result.data_path)
-    text = bench.format_markdown(result)
+    text = speed_report.format_markdown(result)
     assert "| tiny 64px | ma_msf (tiny) | model |" in text
     assert "the model is the bottleneck" in text or "the loader is the bottleneck" in text
     assert result.machine["threads"] == 1 and result.settings["batch_size"] == 2

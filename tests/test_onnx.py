@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import hf_cxr
-from hf_cxr.benchmarks.speed import image_model_types
+from hf_cxr.benchmarks.model_speed import image_model_types
 from hf_cxr.inference.onnx_export import OnnxExportError, export_onnx, locate_failing_module
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install 'hf-cxr[onnx]'")

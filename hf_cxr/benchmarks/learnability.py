@@ -48,7 +48,8 @@ from hf_cxr.benchmarks.lesions import (
     no_finding_images,
     resize_square,
 )
-from hf_cxr.benchmarks.speed import classifier_logits, classifier_loss, image_model_types, machine_description
+from hf_cxr.benchmarks.model_speed import classifier_logits, classifier_loss, image_model_types
+from hf_cxr.benchmarks.speed import machine_description
 from hf_cxr.callbacks import update_model_anchor
 from hf_cxr.metrics import per_class_roc_auc
 from hf_cxr.modeling.common.image_processing_cxr import CXRImageProcessor

@@ -23,8 +23,10 @@ from hf_cxr.benchmarks.learnability import (
 )
 from hf_cxr.benchmarks.learnability import format_markdown as format_learnability
 from hf_cxr.benchmarks.lesions import no_finding_images_from_dataset
-from hf_cxr.benchmarks.speed import DEFAULT_BASELINES, format_markdown, image_model_types, run_benchmark
-from hf_cxr.recipes import apply_assignments
+from hf_cxr.benchmarks.model_speed import DEFAULT_BASELINES, image_model_types
+from hf_cxr.benchmarks.speed import run_benchmark
+from hf_cxr.benchmarks.speed_report import format_markdown
+from hf_cxr.training.config import apply_assignments
 
 # Options of the learnability benchmark alone (all default to None or False): refused without --learnability.
 LEARNABILITY_ONLY = ("small", "image_size", "lesion_sizes_mm", "lesion_contrasts", "checkpoints", "opacity_mm",
