@@ -74,11 +74,11 @@ def test_config_labels_and_checks() -> None:
     assert tuple(config.id2label.values()) == AG_LABELS == ("adenocarcinoma", "squamous_cell_carcinoma")
     assert config.problem_type == "single_label_classification" and config.loss == "focal" and config.focal_gamma == 2
     assert tuple(MMCAFNetConfig(num_labels=4).id2label.values()) == ABEG_LABELS
-    assert MMCAFNetConfig(bsf_mode="concat").fused_dim == 48 and MMCAFNetConfig().msca_dims == [24, 12, 6]
+    assert MMCAFNetConfig(bsf_mode="concat").fused_dim == 48 and MMCAFNetConfig().cross_attention_dims == [24, 12, 6]
     with pytest.raises(ValueError, match="loss"):
         MMCAFNetConfig(loss="bce")
-    with pytest.raises(ValueError, match="msca_tokens"):
-        MMCAFNetConfig(msca_tokens=5)
+    with pytest.raises(ValueError, match="cross_attention_tokens"):
+        MMCAFNetConfig(cross_attention_tokens=5)
     with pytest.raises(ValueError, match="frozen_parts"):
         MMCAFNetConfig(frozen_parts=["classifier"])
 

@@ -76,8 +76,11 @@ def create_backbone(model_name: str, weights: Any, where: str, custom_fields: st
     `custom_fields` names the config fields that change the backbone's architecture (for the message when the
     weights do not fit it). Raises `ValueError` naming `where` for an unknown tag, a tag of another architecture,
     a backbone timm has no weights for, a missing local file, and weights that do not fit the backbone (a tensor of
-    another shape, a layer the weights lack or a layer of the weights the backbone lacks); `FileNotFoundError` when
-    a Hub tag is neither in the Hugging Face cache nor downloadable (e.g. with `HF_HUB_OFFLINE=1`).
+    another shape, a layer the weights lack or a layer of the weights the backbone lacks), also for a value of the
+    wrong form (`check_backbone_weights`) and for timm weights that are not on the Hub; `FileNotFoundError` when
+    a Hub tag is neither in the Hugging Face cache nor downloadable (e.g. with `HF_HUB_OFFLINE=1`) or its Hub repo
+    has no `model.safetensors`. timm's own error passes through unchanged when the backbone cannot be built even
+    without weights (a wrong `model_name` or keyword argument).
     """
     if weights is None or weights is False or _LOADING_SAVED_WEIGHTS.get() or _building_on_meta_device():
         return timm.create_model(model_name, pretrained=False, **kwargs)

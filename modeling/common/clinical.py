@@ -125,6 +125,11 @@ def encode_clinical_values(
     """Raw clinical values (any accepted key spelling) -> `ClinicalEncoding` (see the module docstring).
 
     `fill_values` (7 floats, default zeros) replace missing features; `unknown` is `"error"` or `"missing"`.
+
+    Raises `ValueError` for an `unknown` rule other than those two, and, with `unknown="error"`, naming `where` for
+    a present value that cannot be read: a sex other than M/F, an age or weight that is not a number, a T/N/M
+    stage that is not a TNM stage or exceeds its maximum, a smoking history other than yes/1 or no/0 (with
+    `unknown="missing"` such values are filled and listed in `ClinicalEncoding.unknown` instead).
     """
     if unknown not in UNKNOWN_VALUE_RULES:
         raise ValueError(f"unknown must be one of {UNKNOWN_VALUE_RULES}, got {unknown!r}")
@@ -159,7 +164,8 @@ def encode_clinical_values(
 def encode_clinical(raw: dict[str, str], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Raw clinical texts -> (features in [-1, 1], mask) with the fixed default ranges; missing -> 0, mask 0.
 
-    Values that cannot be read are errors, not guesses (the dataset converter's rule).
+    Values that cannot be read are errors, not guesses (the dataset converter's rule): `ValueError` naming `where`,
+    as `encode_clinical_values` with `unknown="error"`.
     """
     encoding = encode_clinical_values(raw, where)
     return encoding.values, encoding.mask

@@ -39,6 +39,11 @@ class CXRClassifierConfig(PretrainedConfig):
         labels (`list[str]`, *optional*): finding names, in output order; defaults to the architecture's dataset
             (`default_labels`). `id2label`/`label2id` are derived from it. `problem_type` is
             `multi_label_classification`: one sigmoid per finding, never a softmax.
+
+    Raises:
+        `ValueError`: at construction (`_validate`, extended by each architecture's config), naming the field: a
+            `loss` not in `loss_types`, an unknown `class_balance_mode`, `class_positive_counts` not of
+            `num_labels` entries, `decision_thresholds` for labels the model does not have, or repeated label names.
     """
 
     default_labels: ClassVar[tuple[str, ...]] = CHESTXRAY14_LABELS

@@ -72,7 +72,10 @@ def read_series_header(path: str | os.PathLike) -> SeriesHeader:
 
 
 def slice_position(dataset: Any, name: str) -> float:
-    """A slice's position (mm) along the series' normal; for axial slices, ImagePositionPatient z."""
+    """A slice's position (mm) along the series' normal; for axial slices, ImagePositionPatient z.
+
+    Raises `ValueError` naming `name` when the slice has no ImagePositionPatient (or not 3 values).
+    """
     position = dataset.get("ImagePositionPatient")
     if position is None or len(position) != 3:
         raise ValueError(f"{name}: no ImagePositionPatient, cannot place the slice in the volume")
@@ -97,8 +100,10 @@ def slice_to_hu(dataset: Any, name: str) -> np.ndarray:
 def read_ct_series(files: Sequence[str | os.PathLike]) -> CTVolume:
     """Read the slices of one CT series into a `CTVolume` (sorted by position, in HU, int16).
 
-    Raises `ValueError` naming the file for unreadable slices, slices of another series or size, and two
-    slices at the same position.
+    Raises `ValueError` when `files` is empty, and naming the file for an unreadable slice (`imaging.read_dicom`),
+    a slice without ImagePositionPatient, a slice of another series or size, two slices at the same position, and
+    pixel data that is missing, cannot be decoded or is not one 2D slice (`slice_to_hu`); `ImportError` without
+    pydicom.
     """
     if not files:
         raise ValueError("no DICOM files given")
@@ -139,7 +144,11 @@ def read_ct_series(files: Sequence[str | os.PathLike]) -> CTVolume:
 
 
 def read_ct_folder(folder: str | os.PathLike) -> CTVolume:
-    """`read_ct_series` on every `*.dcm` file in a folder (names with spaces are fine)."""
+    """`read_ct_series` on every `*.dcm` file in a folder (names with spaces are fine).
+
+    Raises `ValueError` when the folder holds no `.dcm` file, and as `read_ct_series` does; `FileNotFoundError`
+    (from `Path.iterdir`) when the folder does not exist.
+    """
     files = sorted(str(path) for path in Path(folder).iterdir() if path.suffix.lower() == ".dcm")
     if not files:
         raise ValueError(f"'{folder}': no .dcm files")

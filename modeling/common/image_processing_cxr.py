@@ -39,7 +39,8 @@ def _as_size_dict(size: int | Sequence[int] | dict[str, int]) -> dict[str, int]:
 def resize_grey(image: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
     """Resize a grey image [H, W] (float) to [height, width] by stretching, letterboxing or centre-cropping.
 
-    Bilinear with antialiasing, so downsampling a 1024-px radiograph does not alias fine structure.
+    Bilinear with antialiasing, so downsampling a 1024-px radiograph does not alias fine structure. Raises
+    `ValueError` when `mode` is not one of `RESIZE_MODES` (`stretch`, `pad`, `center_crop`).
     """
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
@@ -86,6 +87,11 @@ class CXRImageProcessor(BaseImageProcessor):
         do_normalize (`bool`, defaults to `True`): apply `(x - image_mean) / image_std` per channel.
         image_mean, image_std (`list[float]`, default the model's, e.g. ImageNet's): per-channel statistics (one
             value is repeated to every channel).
+
+    Raises:
+        `ValueError`: at construction (and in `preprocess`, for the values it is given) for a `resize_mode` not in
+            `RESIZE_MODES`, `num_channels` other than 1 or 3, an `image_mean`/`image_std` of neither 1 nor
+            `num_channels` values, a non-positive `image_std`, or a `size` dict without height and width.
     """
 
     model_input_names = ["pixel_values"]
@@ -153,7 +159,12 @@ class CXRImageProcessor(BaseImageProcessor):
         **kwargs: Any,
     ) -> BatchFeature:
         """Turn one input or a batch (a sequence, or a 4D array/tensor) into `pixel_values` float32 [B, C, H, W]
-        (numpy without `return_tensors`, torch with `"pt"`). Raises `ValueError` for unreadable input."""
+        (numpy without `return_tensors`, torch with `"pt"`).
+
+        Raises `TypeError` for a keyword argument it does not take; `ValueError` for an empty batch, for invalid
+        settings (see the class docstring), and for an input `imaging.load_radiograph` cannot read (naming the
+        input and its place in the batch); `ImportError` for a DICOM without pydicom installed.
+        """
         if kwargs:
             raise TypeError(f"{type(self).__name__}.preprocess got unexpected arguments {sorted(kwargs)}")
         size = _as_size_dict(size) if size is not None else self.size

@@ -65,8 +65,11 @@ def load_radiograph(source: Any, *, name: str | None = None) -> np.ndarray:
     `transformers.image_utils.load_image` and the `datasets` Image feature do, so every path gives the same image.
     DICOM: see `dicom_to_unit_float`.
 
-    Raises `ValueError` naming the input for anything that cannot be read this way, and `ImportError` when a
-    DICOM is read without pydicom installed.
+    Raises `ValueError` naming the input for anything that cannot be read this way: an unsupported input type, a
+    path that is not a file, empty or undecodable bytes, an empty array, an unsupported pixel type or channel
+    count, NaN or infinite values, floats outside [0, 1], integers whose bit depth cannot be told (negative or above
+    65535), and a DICOM that `dicom_to_unit_float` refuses; `ImportError` when a DICOM is read without pydicom
+    installed.
     """
     name = name or describe(source)
     if isinstance(source, dict) and ("bytes" in source or "path" in source):

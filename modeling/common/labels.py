@@ -96,7 +96,7 @@ LABEL_SETS: dict[str, tuple[str, ...]] = {
 
 
 def label_maps(labels: tuple[str, ...] | list[str]) -> tuple[dict[int, str], dict[str, int]]:
-    """`(id2label, label2id)` for a list of finding names, in that order."""
+    """`(id2label, label2id)` for a list of finding names, in that order. Raises `ValueError` for a repeated name."""
     if len(set(labels)) != len(labels):
         raise ValueError(f"finding names must be unique, got {list(labels)}")
     id2label = dict(enumerate(labels))

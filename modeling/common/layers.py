@@ -34,7 +34,8 @@ class SpatialAttention(nn.Module):
     """Spatial attention over the channel mean and max maps, at one or several kernel sizes (summed).
 
     CBAM uses a single 7x7 kernel; PMS-CSA uses parallel 3/5/7 kernels to see lesions of several sizes.
-    [B, C, H, W] -> weights [B, 1, H, W] in (0, 1).
+    [B, C, H, W] -> weights [B, 1, H, W] in (0, 1). Raises `ValueError` at construction when `kernel_sizes` is
+    empty or holds an even size.
     """
 
     def __init__(self, kernel_sizes: tuple[int, ...] = (7,)) -> None:
@@ -52,7 +53,9 @@ class CrossAttention(nn.Module):
     """Multi-head attention in which one token set queries another (pre-norm, residual on the queries).
 
     queries [B, Nq, D], context [B, Nk, D] -> ([B, Nq, D], attention weights [B, heads, Nq, Nk] or None).
-    Projections are plain `nn.Linear` layers named q_proj/k_proj/v_proj/out_proj so PEFT can target them.
+    Projections are plain `nn.Linear` layers named q_proj/k_proj/v_proj/out_proj so PEFT can target them. Raises
+    `ValueError` at construction when `dim` is not divisible by `num_heads`. The weights are returned only with
+    `return_weights=True` (otherwise fused `scaled_dot_product_attention` runs).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, attention_dropout: float = 0.0) -> None:

@@ -75,7 +75,9 @@ class CXRPreTrainedMixin:
         )
 
     def multilabel_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The configured loss (`self.criterion`) of [B, num_labels] logits against float multi-hot labels."""
+        """The configured loss (`self.criterion`, in float32) of [B, num_labels] logits against multi-hot labels
+        [B, num_labels] (cast to float; entries equal to -100 are left out). Raises `ValueError` when the labels'
+        shape is not the logits'."""
         if labels.shape != logits.shape:
             raise ValueError(
                 f"labels must be multi-hot floats of shape {tuple(logits.shape)}, got {tuple(labels.shape)}"

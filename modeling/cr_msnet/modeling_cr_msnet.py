@@ -98,6 +98,7 @@ class AdaptiveGate(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, pooled_global: torch.Tensor, pooled_fused: torch.Tensor) -> torch.Tensor:
+        """pooled global and fused vectors, [B, dim] each -> gate [B, dim] in (0, 1)."""
         return torch.sigmoid(self.fc2(self.act(self.fc1(torch.cat([pooled_global, pooled_fused], dim=-1)))))
 
 
@@ -190,6 +191,28 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CRMSNetModelOutput | tuple:
+        """Encode a batch of radiographs into the gated image vector.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (grey repeated to `num_channels`, resized, ImageNet-normalised).
+            output_attentions (`bool`, *optional*, defaults to `False`; `config.output_attentions` is not read):
+                also return the global-to-local attention weights (`cross_attentions`); without it the attention
+                runs as fused `scaled_dot_product_attention` and no weights are formed.
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `CRMSNetModelOutput`, or else
+                the tuple of its non-None fields in field order.
+            kwargs: accepted and ignored (extra batch keys from `Trainer` or a pipeline).
+
+        Returns:
+            `CRMSNetModelOutput`: `pooler_output` [batch, fusion_dim], `last_hidden_state` [batch, N_global,
+            fusion_dim] (N_global = H_g * W_g tokens of the global map), `global_features` [batch, C_g, H_g, W_g],
+            `local_features` [batch, C_l, H_l, W_l], `gate` [batch, fusion_dim] and, with `output_attentions`,
+            `cross_attentions` [batch, num_attention_heads, N_global, N_local].
+
+        Raises:
+            `ValueError`: if `pixel_values` is not a tensor of shape [batch, num_channels, image_size, image_size]
+                (`check_pixel_values`).
+        """
         self.check_pixel_values(pixel_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         global_map = self.global_attention(self.global_backbone.forward_features(pixel_values))  # [B, Cg, h, w]
@@ -234,6 +257,27 @@ class CRMSNetForImageClassification(CRMSNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> CRMSNetImageClassifierOutput | tuple:
+        """Classify a batch of radiographs: one logit per finding, and the loss when `labels` are given.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (see `CRMSNetModel.forward`).
+            labels (`torch.FloatTensor` [batch, num_labels], *optional*): multi-hot targets in [0, 1], one column
+                per finding in `config.id2label` order; an entry equal to -100 is left out of the loss.
+            output_attentions (`bool`, *optional*): also return `cross_attentions` (see `CRMSNetModel.forward`).
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `CRMSNetImageClassifierOutput`,
+                or else the tuple of its non-None fields in field order.
+            kwargs: accepted and ignored.
+
+        Returns:
+            `CRMSNetImageClassifierOutput`: `logits` [batch, num_labels] (a sigmoid gives per-finding
+            probabilities), `gate` [batch, fusion_dim], `cross_attentions` with `output_attentions`, and `loss`
+            (a scalar, the configured `config.loss`, computed in float32) when `labels` are given.
+
+        Raises:
+            `ValueError`: if `pixel_values` has the wrong shape (`check_pixel_values`), or if `labels` is not of
+                shape [batch, num_labels].
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.cr_msnet(pixel_values, output_attentions=output_attentions, return_dict=True)
         logits = self.classifier(self.dropout(features.pooler_output))

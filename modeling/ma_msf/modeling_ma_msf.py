@@ -86,6 +86,8 @@ class MomentumAnchor(nn.Module):
         return super().train(False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The anchor's copy of the online layers on `hidden_states` [B, C_in, h, w] (the trunk's output) ->
+        z_ema [B, C, h, w], with detached weights and BatchNorm in eval mode."""
         # Detached weights: no gradient can reach the anchor even if someone sets requires_grad on it, while the
         # gradient with respect to the input still flows back into the shared trunk.
         weights = {name: param.detach() for name, param in self.layers.named_parameters()}
@@ -201,7 +203,9 @@ class MAMSFPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     def update_anchor(self, momentum: float | None = None) -> None:
         """theta_a <- m * theta_a + (1 - m) * theta_online with m = `momentum` or `config.anchor_momentum`, BN
         buffers copied. Call after every optimizer step (`hf_cxr.callbacks.AnchorUpdateCallback` does it for
-        Trainer). Under torch.distributed call it on every process: it broadcasts rank 0's BN statistics."""
+        Trainer). Under torch.distributed call it on every process: it broadcasts rank 0's BN statistics. Raises
+        `RuntimeError` when an anchor parameter has no online counterpart of the same name (e.g. a PEFT adapter on
+        the anchor's layers but not on the online block's)."""
         for module in self.modules():
             if isinstance(module, MAMSFModel):
                 module._update_anchor(self.config.anchor_momentum if momentum is None else float(momentum))
@@ -266,6 +270,25 @@ class MAMSFModel(MAMSFPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MAMSFModelOutput | tuple:
+        """Encode a batch of radiographs: the online map h, the momentum anchor's map z_ema and their fusion.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (grey repeated to `num_channels`, resized, ImageNet-normalised).
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `MAMSFModelOutput`, or else the
+                tuple of its fields in field order.
+            kwargs: accepted and ignored (extra batch keys from `Trainer` or a pipeline).
+
+        Returns:
+            `MAMSFModelOutput`: `pooler_output` [batch, fusion_dim], `last_hidden_state` [batch, fusion_dim, h, w],
+            `online_features` and `anchor_features` [batch, C, h, w], with C the backbone's `num_features` and
+            h, w the backbone's stride-32 grid (image_size / 32). The anchor receives no gradient; with
+            `config.anchor_stop_gradient` none flows through it into the trunk either.
+
+        Raises:
+            `ValueError`: if `pixel_values` is not a tensor of shape [batch, num_channels, image_size, image_size]
+                (`check_pixel_values`).
+        """
         self.check_pixel_values(pixel_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         backbone = self.backbone
@@ -304,6 +327,29 @@ class MAMSFForImageClassification(MAMSFPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MAMSFImageClassifierOutput | tuple:
+        """Classify a batch of radiographs: one logit per finding, and the loss when `labels` are given.
+
+        Training does not move the momentum anchor: call `update_anchor()` after each optimizer step
+        (`hf_cxr.callbacks.AnchorUpdateCallback` does it for `Trainer`).
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (see `MAMSFModel.forward`).
+            labels (`torch.FloatTensor` [batch, num_labels], *optional*): multi-hot targets in [0, 1], one column
+                per finding in `config.id2label` order; an entry equal to -100 is left out of the loss.
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `MAMSFImageClassifierOutput`, or
+                else the tuple of its non-None fields in field order.
+            kwargs: accepted and ignored.
+
+        Returns:
+            `MAMSFImageClassifierOutput`: `logits` [batch, num_labels] (a sigmoid gives per-finding
+            probabilities) and, when `labels` are given, `loss` (a scalar, the configured `config.loss`, computed
+            in float32).
+
+        Raises:
+            `ValueError`: if `pixel_values` has the wrong shape (`check_pixel_values`), or if `labels` is not of
+                shape [batch, num_labels].
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.ma_msf(pixel_values, return_dict=True)
         logits = self.classifier(self.dropout(features.pooler_output))

@@ -23,7 +23,7 @@ MMCAF_NET_PRESETS: dict[str, dict[str, Any]] = {
         "encoder_depths": [1, 1, 1],
         "cardinality": 4,
         "se_reduction": 4,
-        "attention_reduction": 4,
+        "e3d_msca_reduction": 4,
     },
 }
 
@@ -49,31 +49,44 @@ class MMCAFNetConfig(CXRClassifierConfig):
         cardinality (`int`, defaults to 32): groups of the 3x3x3 grouped conv in each bottleneck.
         bottleneck_ratio (`float`, defaults to 0.5): bottleneck width / block output width.
         se_reduction (`int`, defaults to 16): squeeze-excitation reduction in each bottleneck.
-        attention_reduction (`int`, defaults to 16): MLP reduction of the 3D channel attention (E3D-MSCA CAB).
-        spatial_kernel_size (`int`, defaults to 7): conv size of the 3D spatial attention (SAB).
-        dcfb_expansion (`int`, defaults to 2): 1x1x1 expansion factor of the depthwise multi-scale fusion (DCFB).
+        e3d_msca_reduction (`int`, defaults to 16): MLP reduction of the 3D channel attention block (CAB) of
+            E3D-MSCA, the encoder's efficient 3D multi-scale *convolutional* attention at each pyramid scale.
+        e3d_msca_spatial_kernel_size (`int`, defaults to 7): conv size of E3D-MSCA's 3D spatial attention (SAB).
+        dcfb_expansion (`int`, defaults to 2): 1x1x1 expansion factor of E3D-MSCA's depthwise multi-scale fusion
+            (DCFB).
         dcfb_kernel_sizes (`list[int]`, defaults to `[1, 3, 5]`): parallel depthwise kernels of DCFB (summed).
         pyramid_separable_convs (`bool`, defaults to `True`): the 3x3x3 convs of the pyramid (upsampling, stride-2
             downsampling, BFPU gates) are depthwise + pointwise. Full 3x3x3 convs at 512/1024 channels would add
             about 110M parameters to a 10M-parameter encoder; the paper stresses a low cost but does not say.
         image_dropout (`float`, defaults to 0.0): dropout on the pooled image features before the projection (the
             paper's ablation has a "+drop" variant without a rate).
-        embed_dim (`int`, defaults to 24): image and table embedding width (the finest MSCA scale).
+        embed_dim (`int`, defaults to 24): image and table embedding width (the finest cross-attention scale).
         kan_grid_size (`int`, defaults to 5): B-spline grid intervals of the KAN table encoder.
         kan_spline_order (`int`, defaults to 3): B-spline order (3 = cubic).
         kan_grid_range (`list[float]`, defaults to `[-1.0, 1.0]`): grid domain (the clinical values' range).
-        msca_num_scales (`int`, defaults to 3): MSCA scales; each halves the previous width (24, 12, 6).
-        msca_tokens (`int`, defaults to 3): tokens each side's vector is split into at every scale. With one token
-            per side the softmax over keys is identically 1 and attention reduces to a linear map of the other side;
-            3 tokens (8/4/2 dims at 24/12/6) make it a real attention. Every scale's width must divide by it.
-        msca_num_heads (`list[int]`, defaults to `[2, 2, 1]`): heads per scale (must divide the token width).
-        msca_dropout (`float`, defaults to 0.0): dropout on the cross-attention weights.
+        cross_attention_num_scales (`int`, defaults to 3): scales of the multi-scale *cross* attention fusion (the
+            paper's MSCA fusion module, image <-> table); each halves the previous width (24, 12, 6).
+        cross_attention_tokens (`int`, defaults to 3): tokens each side's vector is split into at every scale. With
+            one token per side the softmax over keys is identically 1 and attention reduces to a linear map of the
+            other side; 3 tokens (8/4/2 dims at 24/12/6) make it a real attention. Every scale's width must divide
+            by it.
+        cross_attention_num_heads (`list[int]`, defaults to `[2, 2, 1]`): heads per scale (must divide the token
+            width).
+        cross_attention_dropout (`float`, defaults to 0.0): dropout on the cross-attention weights.
         bsf_mode (`str`, defaults to `"sum"`): BSF merge, `sum` (x + x s + y + y s, 24-d fused vector) or `concat`
             ([x + x s, y + y s] as the paper's figure draws it, 48-d).
         classification_head (`str`, defaults to `"fused"`): which embedding the returned logits come from: `fused`,
             `image` (stage 1 of the paper's schedule: train the image encoder alone) or `table`.
         frozen_parts (`list[str]`, defaults to `[]`): parts kept frozen *and in eval mode* (no BN drift, no
             dropout) whatever `model.train()` asks: any of `image_encoder`, `table_encoder`, `fusion`.
+
+    Raises:
+        `ValueError`: at construction, naming the field, when a value is out of range or inconsistent: a
+            `problem_type` other than `single_label_classification`, `num_channels` other than 1, encoder lists
+            not of 3 entries, a `cardinality` that does not divide a bottleneck width, an unknown `bsf_mode`,
+            `classification_head` or `frozen_parts` entry, fewer than 2 cross-attention scales, a heads list of
+            the wrong length, tokens or heads that do not divide a scale's width, or a bad KAN grid; plus the
+            shared checks of `CXRClassifierConfig` (e.g. a `loss` not in `loss_types`).
     """
 
     model_type = "mmcaf_net"
@@ -92,8 +105,8 @@ class MMCAFNetConfig(CXRClassifierConfig):
         cardinality: int = 32,
         bottleneck_ratio: float = 0.5,
         se_reduction: int = 16,
-        attention_reduction: int = 16,
-        spatial_kernel_size: int = 7,
+        e3d_msca_reduction: int = 16,
+        e3d_msca_spatial_kernel_size: int = 7,
         dcfb_expansion: int = 2,
         dcfb_kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5),
         pyramid_separable_convs: bool = True,
@@ -102,10 +115,10 @@ class MMCAFNetConfig(CXRClassifierConfig):
         kan_grid_size: int = 5,
         kan_spline_order: int = 3,
         kan_grid_range: list[float] | tuple[float, float] = (-1.0, 1.0),
-        msca_num_scales: int = 3,
-        msca_tokens: int = 3,
-        msca_num_heads: list[int] | tuple[int, ...] = (2, 2, 1),
-        msca_dropout: float = 0.0,
+        cross_attention_num_scales: int = 3,
+        cross_attention_tokens: int = 3,
+        cross_attention_num_heads: list[int] | tuple[int, ...] = (2, 2, 1),
+        cross_attention_dropout: float = 0.0,
         bsf_mode: str = "sum",
         classification_head: str = "fused",
         frozen_parts: list[str] | tuple[str, ...] = (),
@@ -123,8 +136,8 @@ class MMCAFNetConfig(CXRClassifierConfig):
         self.cardinality = cardinality
         self.bottleneck_ratio = bottleneck_ratio
         self.se_reduction = se_reduction
-        self.attention_reduction = attention_reduction
-        self.spatial_kernel_size = spatial_kernel_size
+        self.e3d_msca_reduction = e3d_msca_reduction
+        self.e3d_msca_spatial_kernel_size = e3d_msca_spatial_kernel_size
         self.dcfb_expansion = dcfb_expansion
         self.dcfb_kernel_sizes = list(dcfb_kernel_sizes)
         self.pyramid_separable_convs = pyramid_separable_convs
@@ -133,10 +146,10 @@ class MMCAFNetConfig(CXRClassifierConfig):
         self.kan_grid_size = kan_grid_size
         self.kan_spline_order = kan_spline_order
         self.kan_grid_range = [float(value) for value in kan_grid_range]
-        self.msca_num_scales = msca_num_scales
-        self.msca_tokens = msca_tokens
-        self.msca_num_heads = list(msca_num_heads)
-        self.msca_dropout = msca_dropout
+        self.cross_attention_num_scales = cross_attention_num_scales
+        self.cross_attention_tokens = cross_attention_tokens
+        self.cross_attention_num_heads = list(cross_attention_num_heads)
+        self.cross_attention_dropout = cross_attention_dropout
         self.bsf_mode = bsf_mode
         self.classification_head = classification_head
         self.frozen_parts = list(frozen_parts)
@@ -147,9 +160,9 @@ class MMCAFNetConfig(CXRClassifierConfig):
         super().__init__(image_size=image_size, num_channels=num_channels, loss=loss, **kwargs)
 
     @property
-    def msca_dims(self) -> list[int]:
-        """Vector width at each MSCA scale, finest first: embed_dim, embed_dim / 2, ..."""
-        return [self.embed_dim // 2**scale for scale in range(self.msca_num_scales)]
+    def cross_attention_dims(self) -> list[int]:
+        """Vector width at each cross-attention scale, finest first: embed_dim, embed_dim / 2, ..."""
+        return [self.embed_dim // 2**scale for scale in range(self.cross_attention_num_scales)]
 
     @property
     def fused_dim(self) -> int:
@@ -184,16 +197,19 @@ class MMCAFNetConfig(CXRClassifierConfig):
         bad_parts = sorted(set(self.frozen_parts) - set(FREEZABLE_PARTS))
         if bad_parts:
             self._fail("frozen_parts", f"names unknown parts {bad_parts}; choose from {FREEZABLE_PARTS}")
-        if self.msca_num_scales < 2:
-            self._fail("msca_num_scales", f"must be at least 2 (BSF merges scales), got {self.msca_num_scales}")
-        if len(self.msca_num_heads) != self.msca_num_scales:
-            self._fail("msca_num_heads", f"needs one entry per scale ({self.msca_num_scales})")
-        for dim, heads in zip(self.msca_dims, self.msca_num_heads, strict=True):
-            if dim < 1 or dim % self.msca_tokens or (dim // self.msca_tokens) % heads:
+        if self.cross_attention_num_scales < 2:
+            self._fail(
+                "cross_attention_num_scales",
+                f"must be at least 2 (BSF merges scales), got {self.cross_attention_num_scales}",
+            )
+        if len(self.cross_attention_num_heads) != self.cross_attention_num_scales:
+            self._fail("cross_attention_num_heads", f"needs one entry per scale ({self.cross_attention_num_scales})")
+        for dim, heads in zip(self.cross_attention_dims, self.cross_attention_num_heads, strict=True):
+            if dim < 1 or dim % self.cross_attention_tokens or (dim // self.cross_attention_tokens) % heads:
                 self._fail(
-                    "msca_tokens",
-                    f"({self.msca_tokens}) and msca_num_heads ({heads}) must divide the scale width {dim} "
-                    "(width / tokens / heads an integer)",
+                    "cross_attention_tokens",
+                    f"({self.cross_attention_tokens}) and cross_attention_num_heads ({heads}) must divide the scale "
+                    f"width {dim} (width / tokens / heads an integer)",
                 )
         low, high = self.kan_grid_range
         if not low < high or self.kan_grid_size < 1 or self.kan_spline_order < 0:

@@ -1,11 +1,14 @@
 """MMCAF-Net: a 3D CT window and 7 clinical values -> lung cancer histology (adenocarcinoma vs squamous by default).
 
 Image: a PENet-family 3D ResNeXt-SE encoder gives three scales; a top-down pyramid (upsampling convs) mixes
-coarse context into the finer scales, E3D-MSCA (3D channel attention -> 3D spatial attention -> depthwise
-multi-scale fusion) refines each scale, and a bottom-up pass merges the scales pairwise with the bidirectional
-feedback propagation unit (BFPU); global max pooling and a linear map give a 24-d image embedding. Table: one
-KAN layer (B-splines plus a SiLU base) maps 7 -> 24. Fusion: MSCA, bidirectional image<->table cross attention
-at widths 24, 12, 6 (each scale reduces the previous scale's output), merged coarse-to-fine by BSF.
+coarse context into the finer scales, E3D-MSCA (`E3DMultiScaleConvAttention`, efficient 3D multi-scale
+*convolutional* attention: 3D channel attention -> 3D spatial attention -> depthwise multi-scale fusion) refines
+each scale, and a bottom-up pass merges the scales pairwise with the bidirectional feedback propagation unit
+(BFPU); global max pooling and a linear map give a 24-d image embedding. Table: one KAN layer (B-splines plus a
+SiLU base) maps 7 -> 24. Fusion: the paper's MSCA module (`MultiScaleCrossAttentionFusion`, multi-scale *cross*
+attention), bidirectional image<->table cross attention at widths 24, 12, 6 (each scale reduces the previous
+scale's output), merged coarse-to-fine by BSF. In code and config the two are kept apart by name: `e3d_msca*`
+for the encoder's convolutional attention, `cross_attention*` for the fusion.
 
 Written from the paper's text and hf-cxr's architecture notes; every choice the paper leaves open is a config
 field or is stated in the docstring of the module that makes it.
@@ -34,21 +37,27 @@ from .pretrained import CXRPreTrainedMixin
 
 @dataclass
 class MMCAFNetModelOutput(ModelOutput):
-    """Embeddings of MMCAF-Net.
+    """Embeddings of MMCAF-Net, for `pixel_values` [B, 1, D, H, W] (after "=": the paper preset's shapes on
+    [B, 1, 12, 192, 192]).
 
     Args:
-        fused_embedding (`torch.FloatTensor` [B, fused_dim]): the MSCA + BSF fusion of both modalities.
+        fused_embedding (`torch.FloatTensor` [B, fused_dim]): the multi-scale cross-attention + BSF fusion of both
+            modalities (fused_dim = embed_dim, or 2 * embed_dim with `bsf_mode="concat"`).
         image_embedding (`torch.FloatTensor` [B, embed_dim]): the image encoder's vector alone.
         table_embedding (`torch.FloatTensor` [B, embed_dim]): the KAN table encoder's vector alone.
-        last_hidden_state (`torch.FloatTensor` [B, C3, D3, H3, W3]): the coarsest fused pyramid map (max-pooled into
-            the image embedding).
-        scale_embeddings (`tuple[torch.FloatTensor]`): per MSCA scale, the fused vector [B, d_s] (24, 12, 6).
-        hidden_states (`tuple[torch.FloatTensor]`, *optional*): stem and three encoder stage maps, with
-            `output_hidden_states=True`.
-        pyramid_hidden_states (`tuple[torch.FloatTensor]`, *optional*): the three fused pyramid maps after the
-            bottom-up pass, finest first, with `output_hidden_states=True`.
-        cross_attentions (`tuple[torch.FloatTensor]`, *optional*): per scale, image->table and table->image weights
-            [B, heads, tokens, tokens], with `output_attentions=True`.
+        last_hidden_state (`torch.FloatTensor` [B, C3, D3, H3, W3]): the coarsest fused pyramid map f3 (C3 =
+            encoder_widths[-1]; = [B, 1024, 2, 12, 12]), max-pooled into the image embedding.
+        scale_embeddings (`tuple[torch.FloatTensor]`): per cross-attention scale, finest first, the fused vector
+            f_s [B, d_s] with d_s in `config.cross_attention_dims` (24, 12, 6).
+        hidden_states (`tuple[torch.FloatTensor]`, *optional*): with `output_hidden_states=True`, the stem's map
+            [B, stem_channels, D1, H1, W1] (= [B, 64, 6, 48, 48]) and the three encoder stage maps c1, c2, c3
+            [B, encoder_widths[i], D_i, H_i, W_i] (= 256 x 6 x 48 x 48, 512 x 3 x 24 x 24, 1024 x 2 x 12 x 12).
+        pyramid_hidden_states (`tuple[torch.FloatTensor]`, *optional*): with `output_hidden_states=True`, the three
+            fused pyramid maps f1, f2, f3 after the bottom-up pass, finest first, each of its stage map's shape.
+        cross_attentions (`tuple[torch.FloatTensor]`, *optional*): with `output_attentions=True`, two tensors per
+            cross-attention scale, finest first: image->table then table->image weights, each
+            [B, heads_s, tokens, tokens] (heads_s = `cross_attention_num_heads[s]`, tokens =
+            `cross_attention_tokens`; rows sum to 1).
     """
 
     fused_embedding: torch.FloatTensor | None = None
@@ -66,10 +75,14 @@ class MMCAFNetCTClassifierOutput(ModelOutput):
     """Classification output: raw logits; a softmax over them gives the class probabilities.
 
     Args:
-        loss (`torch.FloatTensor`, *optional*): the configured single-label loss, when `labels` are given.
+        loss (`torch.FloatTensor` scalar, *optional*): the configured single-label loss (`config.loss`, computed in
+            float32), when `labels` are given.
         logits (`torch.FloatTensor` [B, num_labels]): logits of the head `config.classification_head` names.
-        fused_embedding, image_embedding, table_embedding: see `MMCAFNetModelOutput`.
-        cross_attentions (`tuple[torch.FloatTensor]`, *optional*): see `MMCAFNetModelOutput`.
+        fused_embedding (`torch.FloatTensor` [B, fused_dim]): see `MMCAFNetModelOutput`.
+        image_embedding (`torch.FloatTensor` [B, embed_dim]): see `MMCAFNetModelOutput`.
+        table_embedding (`torch.FloatTensor` [B, embed_dim]): see `MMCAFNetModelOutput`.
+        cross_attentions (`tuple[torch.FloatTensor]`, *optional*): with `output_attentions=True`, see
+            `MMCAFNetModelOutput`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -216,16 +229,19 @@ class DepthwiseMultiScaleFusion3D(nn.Module):
         return x + self.project(channel_shuffle(hidden, self.shuffle_groups))
 
 
-class E3DMSCA(nn.Module):
-    """Efficient 3D multi-scale convolutional attention: DCFB(SAB(CAB(x))), shape-preserving."""
+class E3DMultiScaleConvAttention(nn.Module):
+    """E3D-MSCA, efficient 3D multi-scale *convolutional* attention (the image encoder's, one per pyramid scale):
+    DCFB(SAB(CAB(x))), shape-preserving. Not the multi-scale *cross* attention of the fusion
+    (`MultiScaleCrossAttentionFusion`), which the paper calls MSCA."""
 
     def __init__(self, channels: int, config: MMCAFNetConfig) -> None:
         super().__init__()
-        self.channel_attention = ChannelAttention3D(channels, config.attention_reduction)
-        self.spatial_attention = SpatialAttention3D(config.spatial_kernel_size)
+        self.channel_attention = ChannelAttention3D(channels, config.e3d_msca_reduction)
+        self.spatial_attention = SpatialAttention3D(config.e3d_msca_spatial_kernel_size)
         self.multiscale_fusion = DepthwiseMultiScaleFusion3D(channels, config.dcfb_expansion, config.dcfb_kernel_sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, D, H, W] -> the same shape."""
         return self.multiscale_fusion(self.spatial_attention(self.channel_attention(x)))
 
 
@@ -268,6 +284,7 @@ class BFPU(nn.Module):
         self.project = ConvNormAct3D(2 * channels, channels, 1)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a, b [B, C, D, H, W] (the same shape) -> [B, C, D, H, W]."""
         gate = torch.sigmoid(self.conv_a(a) * self.conv_b(b))  # [B, C, D, H, W]
         return self.project(torch.cat([a + gate * a, b + gate * b], dim=1))
 
@@ -310,7 +327,7 @@ class MMCAFNetImageEncoder(nn.Module):
         # top_down[i] brings scale i + 1 to scale i; bottom_up[i] / bfpu[i] bring scale i to scale i + 1.
         separable = config.pyramid_separable_convs
         self.top_down = nn.ModuleList(UpConv3D(widths[i + 1], widths[i], separable) for i in range(2))
-        self.msca = nn.ModuleList(E3DMSCA(width, config) for width in widths)
+        self.e3d_msca = nn.ModuleList(E3DMultiScaleConvAttention(width, config) for width in widths)
         self.bottom_up = nn.ModuleList(
             DownConv3D(widths[i], widths[i + 1], strides[i + 1], separable) for i in range(2)
         )
@@ -321,7 +338,11 @@ class MMCAFNetImageEncoder(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-        """-> (embedding [B, embed_dim], (stem, c1, c2, c3), (f1, f2, f3))."""
+        """`pixel_values` [B, 1, D, H, W] -> (embedding [B, embed_dim], (stem, c1, c2, c3), (f1, f2, f3)).
+
+        The stage maps c_i and the fused maps f_i are [B, encoder_widths[i], D_i, H_i, W_i]; see the class
+        docstring for the paper preset's sizes. Unchecked: `MMCAFNetModel.forward` checks the input.
+        """
         stem = self.stem(pixel_values)
         stage_maps = []
         hidden = stem
@@ -332,7 +353,7 @@ class MMCAFNetImageEncoder(nn.Module):
         p3 = c3
         p2 = c2 + self.top_down[1](p3, c2.shape[2:])
         p1 = c1 + self.top_down[0](p2, c1.shape[2:])
-        m1, m2, m3 = (msca(p) for msca, p in zip(self.msca, (p1, p2, p3), strict=True))
+        m1, m2, m3 = (attention(p) for attention, p in zip(self.e3d_msca, (p1, p2, p3), strict=True))
         f1 = m1
         f2 = self.bfpu[0](m2, self.bottom_up[0](f1, m2.shape[2:]))
         f3 = self.bfpu[1](m3, self.bottom_up[1](f2, m3.shape[2:]))
@@ -386,6 +407,7 @@ class KANLayer(nn.Module):
         return bases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in_features] -> [B, out_features]."""
         base = F.linear(F.silu(x), self.base_weight)  # [B, out]
         spline = torch.einsum("bim,oim->bo", self.b_splines(x), self.spline_weight)  # [B, out]
         return base + spline
@@ -425,8 +447,9 @@ class TokenCrossAttention(nn.Module):
         return query + attended, weights
 
 
-class MSCAScale(nn.Module):
-    """One MSCA scale: the image vector queries the table vector and the table queries the image, in parallel."""
+class CrossAttentionScale(nn.Module):
+    """One scale of the multi-scale cross attention: the image vector queries the table vector and the table
+    queries the image, in parallel."""
 
     def __init__(self, dim: int, tokens: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -434,6 +457,8 @@ class MSCAScale(nn.Module):
         self.table_to_image = TokenCrossAttention(dim, tokens, heads, dropout)
 
     def forward(self, image: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """image, table [B, dim] -> (attended image [B, dim], attended table [B, dim], (image->table weights,
+        table->image weights), each [B, heads, tokens, tokens])."""
         new_image, image_weights = self.image_to_table(image, table)
         new_table, table_weights = self.table_to_image(table, image)
         return new_image, new_table, (image_weights, table_weights)
@@ -452,6 +477,7 @@ class BidirectionalScaleFusion(nn.Module):
         self.proj_b = nn.Linear(dim_b, out_dim)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a [B, dim_a], b [B, dim_b] -> [B, out_dim] (`sum`) or [B, 2 * out_dim] (`concat`)."""
         x, y = self.proj_a(a), self.proj_b(b)  # [B, out_dim]
         importance = torch.softmax(x * y, dim=-1)
         if self.mode == "concat":
@@ -460,7 +486,8 @@ class BidirectionalScaleFusion(nn.Module):
 
 
 class MultiScaleCrossAttentionFusion(nn.Module):
-    """MSCA + BSF: image and table vectors [B, 24] -> fused vector [B, fused_dim].
+    """Multi-scale cross attention (the paper's MSCA fusion) + BSF: image and table vectors [B, 24] -> fused
+    vector [B, fused_dim].
 
     Scale 0 takes the encoders' vectors; scale s > 0 takes Linear reductions (24 -> 12 -> 6, "inverted pyramid")
     of scale s - 1's *attended* vectors, which couples the scales. Each scale's pair is summed into one vector
@@ -469,12 +496,12 @@ class MultiScaleCrossAttentionFusion(nn.Module):
 
     def __init__(self, config: MMCAFNetConfig) -> None:
         super().__init__()
-        dims = config.msca_dims
+        dims = config.cross_attention_dims
         self.reduce_image = nn.ModuleList(nn.Linear(dims[s - 1], dims[s]) for s in range(1, len(dims)))
         self.reduce_table = nn.ModuleList(nn.Linear(dims[s - 1], dims[s]) for s in range(1, len(dims)))
         self.scales = nn.ModuleList(
-            MSCAScale(dim, config.msca_tokens, heads, config.msca_dropout)
-            for dim, heads in zip(dims, config.msca_num_heads, strict=True)
+            CrossAttentionScale(dim, config.cross_attention_tokens, heads, config.cross_attention_dropout)
+            for dim, heads in zip(dims, config.cross_attention_num_heads, strict=True)
         )
         factor = 2 if config.bsf_mode == "concat" else 1
         bsf = []
@@ -485,7 +512,8 @@ class MultiScaleCrossAttentionFusion(nn.Module):
         self.bsf = nn.ModuleList(bsf)
 
     def forward(self, image: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, tuple, tuple]:
-        """-> (fused [B, fused_dim], per-scale vectors f_s, per-scale attention weights)."""
+        """image, table [B, embed_dim] -> (fused [B, fused_dim], per-scale vectors f_s [B, d_s] finest first,
+        per-scale (image->table, table->image) weight pairs, each [B, heads_s, tokens, tokens])."""
         fused_scales, weights = [], []
         for scale, block in enumerate(self.scales):
             if scale > 0:
@@ -535,6 +563,7 @@ class MMCAFNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
 
         The paper's schedule: train the image encoder (`classification_head="image"`), then the fusion with the
         encoders frozen (`set_frozen_parts(["image_encoder", "table_encoder"])`). Saved in `config.frozen_parts`.
+        Raises `ValueError` for a part not in `FREEZABLE_PARTS`.
         """
         for module in self.modules():
             if isinstance(module, MMCAFNetModel):
@@ -543,7 +572,8 @@ class MMCAFNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
 
 
 class MMCAFNetModel(MMCAFNetPreTrainedModel):
-    """Image encoder, KAN table encoder and MSCA/BSF fusion; returns the fused, image-only and table-only vectors."""
+    """Image encoder, KAN table encoder and multi-scale cross-attention/BSF fusion; returns the fused, image-only and
+    table-only vectors."""
 
     def __init__(self, config: MMCAFNetConfig) -> None:
         super().__init__(config)
@@ -584,6 +614,34 @@ class MMCAFNetModel(MMCAFNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MMCAFNetModelOutput | tuple:
+        """Encode a batch of CT windows and clinical vectors: image, table and fused embeddings.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, 1, slices, image_size, image_size]): CT windows as
+                `MMCAFNetProcessor` gives them (HU windowed to [0, 1], then `(x - image_mean) / image_std`, [-1, 1]
+                by default). Any number of slices is accepted (`config.num_slices`, 12, is what the recipe trains
+                on).
+            clinical_values (`torch.FloatTensor` [batch, num_clinical_features]): the 7 clinical features (sex, age,
+                weight, T, N, M stage, smoking) encoded in [-1, 1] by the processor (missing ones filled); cast to
+                the image embedding's dtype.
+            output_hidden_states (`bool`, *optional*, defaults to `config.output_hidden_states`): also return the
+                encoder's stage maps (`hidden_states`) and the fused pyramid maps (`pyramid_hidden_states`).
+            output_attentions (`bool`, *optional*, defaults to `config.output_attentions`): also return the
+                cross-attention weights of every scale (`cross_attentions`).
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `MMCAFNetModelOutput`, or else the
+                tuple of its non-None fields in field order.
+            kwargs: accepted and ignored (extra batch keys such as `clinical_mask` or `series_index`).
+
+        Returns:
+            `MMCAFNetModelOutput`: `fused_embedding` [batch, fused_dim], `image_embedding` and `table_embedding`
+            [batch, embed_dim], `last_hidden_state` [batch, C3, D3, H3, W3], `scale_embeddings` (one [batch, d_s]
+            per scale) and the optional maps and weights; see `MMCAFNetModelOutput` for each shape.
+
+        Raises:
+            `ValueError`: if `pixel_values` is not a tensor of shape [batch, 1, slices, image_size, image_size]
+                (`check_pixel_values`), or if `clinical_values` is None or not of shape
+                [batch, num_clinical_features].
+        """
         self.check_pixel_values(pixel_values)
         expected = (pixel_values.shape[0], self.config.num_clinical_features)
         if clinical_values is None or tuple(clinical_values.shape) != expected:
@@ -636,6 +694,32 @@ class MMCAFNetForCTClassification(MMCAFNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MMCAFNetCTClassifierOutput | tuple:
+        """Classify a batch of CT windows with their clinical vectors: one softmax over `num_labels` classes.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, 1, slices, image_size, image_size]): CT windows as
+                `MMCAFNetProcessor` gives them (see `MMCAFNetModel.forward`).
+            clinical_values (`torch.FloatTensor` [batch, num_clinical_features]): encoded clinical features in
+                [-1, 1] (see `MMCAFNetModel.forward`).
+            labels (`torch.LongTensor` [batch], *optional*): class indices into `config.id2label` (any integer
+                tensor of `batch` elements, e.g. [batch, 1], is flattened); a label equal to -100 is left out of
+                the loss. Not multi-hot: MMCAF-Net is single-label.
+            output_attentions (`bool`, *optional*, defaults to `config.output_attentions`): also return
+                `cross_attentions`.
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `MMCAFNetCTClassifierOutput`, or
+                else the tuple of its non-None fields in field order.
+            kwargs: accepted and ignored (`output_hidden_states` included: this output carries no maps; call
+                `model.mmcaf_net` for them).
+
+        Returns:
+            `MMCAFNetCTClassifierOutput`: `logits` [batch, num_labels] of the head `config.classification_head`
+            names (`fused`, `image` or `table`), the three embeddings, `cross_attentions` with
+            `output_attentions`, and `loss` (a scalar, `config.loss` in float32) when `labels` are given.
+
+        Raises:
+            `ValueError`: if `labels` is floating point or does not hold one label per window, and as
+                `MMCAFNetModel.forward` does (wrong `pixel_values` or `clinical_values` shape).
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.mmcaf_net(pixel_values, clinical_values, output_attentions=output_attentions, return_dict=True)
         head = self.config.classification_head
@@ -667,7 +751,7 @@ class MMCAFNetForCTClassification(MMCAFNetPreTrainedModel):
 
 __all__ = [
     "BFPU",
-    "E3DMSCA",
+    "E3DMultiScaleConvAttention",
     "KANLayer",
     "MMCAFNetCTClassifierOutput",
     "MMCAFNetForCTClassification",

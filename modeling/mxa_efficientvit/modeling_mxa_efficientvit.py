@@ -195,6 +195,7 @@ class MXAMixer(nn.Module):
         self.m.set_input_size(resolution)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C, H, W], the residual included (`parallel`: x + LWA(x) + MXA(x))."""
         if self.fusion == "parallel":
             return x + self.m(x) + self.mxa(x)
         if self.fusion == "alpha":
@@ -309,6 +310,31 @@ class MXAEfficientViTModel(MXAEfficientViTPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MXAEfficientViTModelOutput | tuple:
+        """Encode a batch of radiographs with the EfficientViT backbone (MXA in every attention block).
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (one grey channel by default, resized, intensities scaled to
+                [-1024, 1024]).
+            output_attentions (`bool`, *optional*, defaults to `False`; `config.output_attentions` is not read):
+                with `config.use_mxa`, also return the box each MXA block pooled (`roi_boxes`).
+            output_hidden_states (`bool`, *optional*, defaults to `False`; `config.output_hidden_states` is not
+                read): also return each stage's output map (`hidden_states`).
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `MXAEfficientViTModelOutput`, or
+                else the tuple of its non-None fields in field order.
+            kwargs: accepted and ignored (extra batch keys from `Trainer` or a pipeline).
+
+        Returns:
+            `MXAEfficientViTModelOutput`: `pooler_output` [batch, embed_dim[-1]], `last_hidden_state` [batch,
+            embed_dim[-1], h, w]; with `output_hidden_states`, `hidden_states` (one [batch, embed_dim[i], h_i, w_i]
+            map per stage); with `output_attentions` and `use_mxa`, `roi_boxes` (one [batch, 4] tensor per
+            attention block).
+
+        Raises:
+            `ValueError`: if `pixel_values` is not a tensor of shape [batch, num_channels, image_size, image_size]
+                (`check_pixel_values`), or if the model is in training mode and the batch holds one image
+                (EfficientViT's BatchNorm layers need at least 2 to train; call `model.eval()` for inference).
+        """
         self.check_pixel_values(pixel_values)
         if self.training and pixel_values.shape[0] < 2:
             raise ValueError(
@@ -360,6 +386,31 @@ class MXAEfficientViTForImageClassification(MXAEfficientViTPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MXAEfficientViTImageClassifierOutput | tuple:
+        """Classify a batch of radiographs with both heads, and the loss when `labels` are given.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (see `MXAEfficientViTModel.forward`).
+            labels (`torch.FloatTensor` [batch, num_labels], *optional*): multi-hot targets in [0, 1], one column
+                per finding in `config.id2label` order; an entry equal to -100 is left out of the loss.
+            output_attentions, output_hidden_states (`bool`, *optional*): see `MXAEfficientViTModel.forward`
+                (only `roi_boxes` is passed on to this output).
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a
+                `MXAEfficientViTImageClassifierOutput`, or else the tuple of its non-None fields in field order.
+            kwargs: accepted and ignored.
+
+        Returns:
+            `MXAEfficientViTImageClassifierOutput`: `logits` [batch, num_labels] (the mean of both heads' logits
+            with `config.distillation_head`; a sigmoid gives per-finding probabilities); in training mode also
+            `cls_logits` and (with the distillation head) `distillation_logits`, each [batch, num_labels];
+            `roi_boxes` with `output_attentions`; and, when `labels` are given, `loss` (a scalar, computed in
+            float32: in training mode with the distillation head the mean of both heads' `config.loss`, else the
+            loss of `logits`).
+
+        Raises:
+            `ValueError`: if `labels` is not of shape [batch, num_labels], and as `MXAEfficientViTModel.forward`
+                does (wrong `pixel_values` shape; one image in training mode).
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None and isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
             expected = (pixel_values.shape[0], self.config.num_labels)

@@ -127,8 +127,24 @@ class TorchXRayVisionModel(TorchXRayVisionPreTrainedModel):
     def forward(
         self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs
     ) -> TorchXRayVisionModelOutput | tuple:
-        """`pixel_values` [B, num_channels, image_size, image_size] in [-1024, 1024] (the image processor's output);
-        raises `ValueError` for another shape."""
+        """The backbone's last feature map and its global average for a batch of radiographs.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (one grey channel, centre-cropped and resized, intensities in
+                [-1024, 1024]).
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `TorchXRayVisionModelOutput`, or
+                else the tuple (last_hidden_state, pooler_output).
+            kwargs: accepted and ignored (extra batch keys from `Trainer` or a pipeline).
+
+        Returns:
+            `TorchXRayVisionModelOutput`: `last_hidden_state` [batch, C, h, w] (C = 1024 for DenseNet-121, 2048 for
+            ResNet-50; h, w = image_size / 32) and `pooler_output` [batch, C].
+
+        Raises:
+            `ValueError`: if `pixel_values` is not a tensor of shape [batch, num_channels, image_size, image_size]
+                (`check_pixel_values`).
+        """
         self.check_pixel_values(pixel_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         feature_map = self.feature_map(self.backbone.forward_features(pixel_values))
@@ -156,8 +172,26 @@ class TorchXRayVisionForImageClassification(TorchXRayVisionPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> TorchXRayVisionImageClassifierOutput | tuple:
-        """`pixel_values` [B, num_channels, image_size, image_size] in [-1024, 1024]; `labels` [B, num_labels]
-        multi-hot floats (optional). Returns logits [B, num_labels]."""
+        """Classify a batch of radiographs: one logit per finding, and the loss when `labels` are given.
+
+        Args:
+            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
+                image processor gives them (see `TorchXRayVisionModel.forward`).
+            labels (`torch.FloatTensor` [batch, num_labels], *optional*): multi-hot targets in [0, 1], one column
+                per finding in `config.id2label` order; an entry equal to -100 is left out of the loss.
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a
+                `TorchXRayVisionImageClassifierOutput`, or else the tuple of its non-None fields in field order.
+            kwargs: accepted and ignored.
+
+        Returns:
+            `TorchXRayVisionImageClassifierOutput`: `logits` [batch, num_labels] (torchxrayvision's pre-sigmoid
+            outputs; `operating_point_scores` turns them into its `op_norm` scores) and, when `labels` are given,
+            `loss` (a scalar, the configured `config.loss`, computed in float32).
+
+        Raises:
+            `ValueError`: if `pixel_values` has the wrong shape (`check_pixel_values`), or if `labels` is not of
+                shape [batch, num_labels].
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.torchxrayvision(pixel_values, return_dict=True)
         logits = self.classifier(self.dropout(features.pooler_output))
