@@ -4,6 +4,7 @@ weights, two processes report the same validation AUC as one, and recipes are va
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def train_loss(model, dataset: Path) -> float:
         return model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss.item()
 
 
-def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset, tmp_path) -> None:
+def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset, tmp_path, capsys) -> None:
     """The loss falls, the best validation model is saved, and the CSV and TensorBoard trackers log every step."""
     torch.manual_seed(0)
     before = train_loss(hf_cxr.build_model("cr_msnet", "tiny"), tiny_dataset)  # the run builds the same init
@@ -77,6 +78,9 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     assert metrics["training"]["finished"] and metrics["training"]["step"] == 10
     compute = metrics["training"]["compute"]  # what the model card's compute section reports
     assert compute["processes"] == 1 and compute["batch_size_per_device"] == 5 and compute["wall_seconds"] > 0
+    # On CPU the default is no loader workers; the run measured how much of its step time went to waiting for data.
+    assert compute["dataloader_workers"] == 0 and 0 < compute["data_wait_share"] < 1
+    assert "of step time waiting for data (0 loader workers)" in capsys.readouterr().out
     model = hf_cxr.CRMSNetForImageClassification.from_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file() and (tmp_path / "modeling_cr_msnet.py").is_file()
     final = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
@@ -188,6 +192,40 @@ def test_every_recipe_validates_and_names_its_model(tmp_path) -> None:
         train(run_args(tmp_path, tmp_path / "out", "--model", "nope"))
     with pytest.raises(ValueError, match="apply to CT models"):  # a CT-only key is refused for a 2D model
         train(run_args(tmp_path, tmp_path / "out", "--set", "data.processor={size: 32}"))
+
+
+def test_loader_defaults_follow_the_device_and_the_cores(monkeypatch) -> None:
+    from hf_cxr.training import data
+
+    monkeypatch.setattr(data, "usable_cores", lambda: 16)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert data.default_num_workers(cpu, 1) == 0  # on CPU the model's threads use every core
+    assert data.default_num_workers(gpu, 1) == 8 and data.default_num_workers(gpu, 4) == 3  # 16 / 4 - 1
+    monkeypatch.setattr(data, "usable_cores", lambda: 1)
+    assert data.default_num_workers(gpu, 2) == 0
+    assert data.loader_options(0, cpu) == {"num_workers": 0, "pin_memory": False}
+    assert data.loader_options(3, gpu) == {
+        "num_workers": 3, "pin_memory": True, "persistent_workers": True, "prefetch_factor": data.GPU_PREFETCH_FACTOR,
+    }  # fmt: skip
+
+
+def test_the_data_wait_clock_splits_step_time_and_leaves_out_validation() -> None:
+    from hf_cxr.training.tracking import DataWaitClock
+
+    now = [0.0]
+
+    def loader():
+        for item in range(3):
+            now[0] += 3.0  # the loader's time: waiting
+            yield item
+
+    clock = DataWaitClock(timer=lambda: now[0])
+    assert math.isnan(clock.share)
+    for _ in clock.batches(loader()):
+        now[0] += 1.0  # the step's time: computing
+        with clock.excluded():
+            now[0] += 10.0  # validation: neither
+    assert (clock.waiting, clock.computing, clock.share) == (9.0, 3.0, 0.75)
 
 
 def test_log_with_names_trackers_and_refuses_unknown_ones(tmp_path) -> None:

@@ -40,7 +40,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--stop-after-steps", type=int, default=None,
                         help="leave after N optimizer steps of this invocation (e.g. a preemptible job's slot); "
                         "resume with --resume-from-checkpoint latest")  # fmt: skip
-    parser.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="data-loader worker processes per training process (default: on a GPU, this process's share of the CPU "
+        "cores less one, at most 8; on CPU 0, the model using every core)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--teacher", default=None, help="distillation teacher: local path or Hub id")
     parser.add_argument(

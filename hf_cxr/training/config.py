@@ -380,8 +380,8 @@ class TrainingConfig:
     """Validate every this many steps (None: every epoch of the shortest stage)."""
     stop_after_steps: int | None = None
     """Leave after this many optimizer steps of this invocation (resume with `latest`)."""
-    num_workers: int = 0
-    """Data-loader worker processes."""
+    num_workers: int | None = None
+    """Data-loader worker processes per training process (None: `hf_cxr.training.data.default_num_workers`)."""
     log_with: str = "auto"
     """Comma-separated trackers: csv, tensorboard, wandb, none; auto = csv, plus tensorboard when installed."""
 

@@ -18,12 +18,39 @@ from hf_cxr.data.transforms import AUGMENTATION_SEED, eval_transform, seeded, tr
 from hf_cxr.evaluation.ct_scores import dataset_class_indices
 from hf_cxr.inference.ct import CLINICAL_COLUMNS, ct_input_rows
 from hf_cxr.labels import LABEL_SETS
+from hf_cxr.machine import usable_cores
 from hf_cxr.registry import build_image_processor
 from hf_cxr.training.augment import augmentation_from_recipe, ct_augmentation_from_recipe
 from hf_cxr.training.config import Oversampling, Recipe, SplitFractions, TrainingConfig
 from hf_cxr.training.schedule import stages_from_recipe
 from hf_cxr.training.teacher import Teacher
 from hf_cxr.training.validation import evaluate_ct, evaluate_images
+
+# Batches each DataLoader worker prepares ahead on a GPU (PyTorch's default is 2): enough to ride out a slow image.
+GPU_PREFETCH_FACTOR = 4
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers(device: torch.device, num_processes: int) -> int:
+    """DataLoader workers per training process when `--num-workers` is not given: on a GPU, the process's share of
+    the usable CPU cores less one (the process itself), at most `MAX_DEFAULT_WORKERS`; on CPU 0, since workers
+    would take cores from the model's own threads."""
+    if device.type != "cuda":
+        return 0
+    return max(0, min(MAX_DEFAULT_WORKERS, usable_cores() // max(num_processes, 1) - 1))
+
+
+def loader_options(num_workers: int, device: torch.device) -> dict[str, Any]:
+    """DataLoader settings for `num_workers` workers feeding `device`: pinned memory on a GPU (faster, asynchronous
+    copies), workers kept alive between epochs and validation passes, and `GPU_PREFETCH_FACTOR` batches prefetched
+    per worker on a GPU."""
+    options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
+    if num_workers > 0:
+        options["persistent_workers"] = True
+        if device.type == "cuda":
+            options["prefetch_factor"] = GPU_PREFETCH_FACTOR
+    return options
+
 
 # Recipe `data` keys that describe how the dataset was converted, and the converter setting each must equal.
 CONVERSION_SETTINGS = {"uncertain_labels": "uncertain", "task": "task"}
@@ -263,11 +290,12 @@ def _keep_views(
 
 def image_inputs(
     config: TrainingConfig, model: Any, train_split: datasets.Dataset, validation_split: datasets.Dataset,
-    teacher: Teacher | None,
+    teacher: Teacher | None, device: torch.device,
 ) -> Inputs:  # fmt: skip
     """2D: (image processor, training data per stage, validation loaders, validation scorer): images through
     `train_transform` (and the distillation teacher's processor when it reads other pixels), the abnormal-only
-    stages filtered, AUCs over findings on validation. Sets the model's class counts (for a class-balanced loss)."""
+    stages filtered, AUCs over findings on validation (loaded for `device` with `config.num_workers` workers). Sets
+    the model's class counts (for a class-balanced loss)."""
     recipe = config.recipe
     resize = {"resize_mode": recipe.data.resize_mode} if recipe.data.resize_mode else {}
     processor = build_image_processor(config.model_type, preset=config.built_preset, **resize)
@@ -283,7 +311,7 @@ def image_inputs(
         stage_data.append(TrainingRows(split, transform))
     eval_loader = DataLoader(
         validation_split.with_transform(eval_transform(processor)), batch_size=recipe.optimization.batch_size,
-        num_workers=config.num_workers,
+        **loader_options(config.num_workers, device),
         generator=torch.Generator(),  # starting an epoch draws its worker seed here, not from the global generator
     )  # fmt: skip
     positive_counts, num_samples = _label_counts(train_split)

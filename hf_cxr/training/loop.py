@@ -32,7 +32,14 @@ from hf_cxr.training.checkpoint import (
     save_checkpoint,
 )
 from hf_cxr.training.config import GradientClipping, TrainingConfig
-from hf_cxr.training.data import SeededShuffleSampler, apply_data_section, ct_inputs, image_inputs
+from hf_cxr.training.data import (
+    SeededShuffleSampler,
+    apply_data_section,
+    ct_inputs,
+    default_num_workers,
+    image_inputs,
+    loader_options,
+)
 from hf_cxr.training.schedule import (
     apply_stage,
     build_optimizer,
@@ -42,7 +49,7 @@ from hf_cxr.training.schedule import (
     stages_from_recipe,
 )
 from hf_cxr.training.teacher import build_distillation, load_teacher
-from hf_cxr.training.tracking import compute_summary, print_outputs, tracker_list
+from hf_cxr.training.tracking import DataWaitClock, compute_summary, print_outputs, tracker_list
 from hf_cxr.training.validation import validate_and_keep_best
 
 
@@ -94,22 +101,24 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if ct else None,
     )
 
+    if config.num_workers is None:
+        config.num_workers = default_num_workers(accelerator.device, accelerator.num_processes)
     stages = stages_from_recipe(recipe)
     teacher = load_teacher(recipe.distillation, label_names)
     if ct:
         inputs = ct_inputs(config, model, train_split, validation_split)
     else:
-        inputs = image_inputs(config, model, train_split, validation_split, teacher)
+        inputs = image_inputs(config, model, train_split, validation_split, teacher, accelerator.device)
     processor, stage_data, eval_loaders, scorer = inputs
     recipe.model.preset = preset  # recipe.yaml records the preset built, not the file's
     # Each stage's rows come from a seeded sampler; the loader's own generator (not the global one, which the
     # checkpoint restores) gives each epoch's worker seed, so starting the epoch anew on resume draws nothing.
-    loader_options = {"batch_size": opt.batch_size, "num_workers": config.num_workers, "drop_last": False}
+    options = loader_options(config.num_workers, accelerator.device)
+    options.update(batch_size=opt.batch_size, drop_last=False)
     loaders = [
-        DataLoader(split, sampler=SeededShuffleSampler(len(split), opt.seed), generator=torch.Generator(),
-                   **loader_options)
+        DataLoader(split, sampler=SeededShuffleSampler(len(split), opt.seed), generator=torch.Generator(), **options)
         for split in stage_data
-    ]  # fmt: skip
+    ]
 
     # One optimizer for the whole run; its learning rate comes from `lr_at` (base lr 1.0 x the absolute rate).
     # CT stages freeze and unfreeze parts: every parameter is in it (a frozen one has no gradient and is skipped).
@@ -158,6 +167,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
     keep_best = (accelerator, model, ema, score, processor, progress, recipe, output_dir, ct, run_record, say)
     checkpoint = (output_dir / "checkpoints", config.keep_checkpoints, progress, scheduler, ema)
     model.train()
+    clock = DataWaitClock()
     stage_start = 0
     for index, (stage, loader) in enumerate(zip(stages, loaders, strict=True)):
         stage_end = stage_start + stage.steps
@@ -173,7 +183,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
             loader.set_epoch(epoch + 1000 * index)
             skipped = step_in_epoch * opt.gradient_accumulation_steps
             batches = accelerator.skip_first_batches(loader, skipped) if step_in_epoch else loader
-            for batch in batches:
+            for batch in clock.batches(batches):
                 with accelerator.accumulate(model):
                     loss = _training_loss(model, batch, distiller)
                     accelerator.backward(loss)
@@ -191,10 +201,15 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
                 bar.update(1)
                 accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
                 if progress.step % eval_every == 0 or progress.step == total_steps:
-                    say(f"step {progress.step}/{total_steps}: training loss {loss.item():.4f}")
-                    validate_and_keep_best(*keep_best)
+                    say(
+                        f"step {progress.step}/{total_steps}: training loss {loss.item():.4f}; "
+                        f"{clock.share:.0%} of step time waiting for data ({config.num_workers} loader workers)"
+                    )
+                    with clock.excluded():
+                        validate_and_keep_best(*keep_best)
                 if progress.step % config.checkpointing_steps == 0 or progress.step == total_steps:
-                    save_checkpoint(accelerator, *checkpoint)
+                    with clock.excluded():
+                        save_checkpoint(accelerator, *checkpoint)
                 if config.stop_after_steps is not None and progress.step - start_step >= config.stop_after_steps:
                     stopped_early = progress.step < total_steps
                     if stopped_early and progress.step % config.checkpointing_steps:
@@ -213,7 +228,8 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
                "stages": [{"name": st.name, "steps": st.steps, "exclude_no_finding": st.exclude_no_finding,
                            "learning_rate": st.learning_rate, **st.loss_fields} for st in stages],
                "history": progress.history,
-               "compute": compute_summary(accelerator, opt.batch_size, progress.seconds)}  # fmt: skip
+               "compute": compute_summary(accelerator, opt.batch_size, progress.seconds, clock.share,
+                                          config.num_workers)}  # fmt: skip
     if accelerator.is_main_process and not stopped_early and (output_dir / "metrics.json").is_file():
         best = json.loads((output_dir / "metrics.json").read_text())
         (output_dir / "metrics.json").write_text(strict_json({**best, "training": summary}))

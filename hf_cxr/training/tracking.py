@@ -1,5 +1,5 @@
-"""What a run logs and reports: the CSV tracker, `--log-with` as Accelerate's trackers, the compute summary the model
-card quotes, and where the outputs went."""
+"""What a run logs and reports: the CSV tracker, `--log-with` as Accelerate's trackers, how long steps wait for data,
+the compute summary the model card quotes, and where the outputs went."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import importlib.util
 import json
 import math
 import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +65,64 @@ def tracker_list(log_with: str, logging_dir: Path) -> list[Any] | None:
     return [CSVTracker("run", logging_dir) if name == "csv" else name for name in names]
 
 
-def compute_summary(accelerator: Accelerator, batch_size: int, seconds: float) -> dict[str, Any]:
-    """What the run trained on, for the model card's compute section."""
+class DataWaitClock:
+    """How much of the training steps' time goes to waiting for the next batch from the DataLoader.
+
+    `batches(loader)` yields the loader's batches and times each fetch (waiting) and the time from one batch's arrival
+    to the next fetch (computing: forward, backward, optimizer, logging); whatever runs inside `excluded()`
+    (validation, checkpoints) counts as neither. Host time: on a GPU, the loop's `loss.item()` synchronises each
+    step, so a step's GPU work is in its computing time."""
+
+    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
+        self.timer = timer  # seconds
+        self.waiting = self.computing = 0.0
+        self._arrival: float | None = None
+        self._excluded = 0.0
+
+    def batches(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """The batches of `loader`, timed."""
+        iterator = iter(loader)
+        while True:
+            start = self.timer()
+            if self._arrival is not None:
+                self.computing += start - self._arrival - self._excluded
+            self._excluded = 0.0
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self._arrival = None
+                return
+            self._arrival = self.timer()
+            self.waiting += self._arrival - start
+            yield batch
+
+    @contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Time spent in the block is not step time (validation, checkpoints)."""
+        start = self.timer()
+        try:
+            yield
+        finally:
+            self._excluded += self.timer() - start
+
+    @property
+    def share(self) -> float:
+        """Waiting / (waiting + computing) so far, in [0, 1]; NaN before the first step."""
+        total = self.waiting + self.computing
+        return self.waiting / total if total > 0 else math.nan
+
+
+def compute_summary(accelerator: Accelerator, batch_size: int, seconds: float, data_wait_share: float,
+                    num_workers: int) -> dict[str, Any]:  # fmt: skip
+    """What the run trained on, for the model card's compute section, with the DataLoader workers per process and
+    the share of step time spent waiting for data (`DataWaitClock.share`, this invocation's steps; None without)."""
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} logical cores)"
     return {"device": name, "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
             "batch_size_per_device": batch_size,
             "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-            "wall_seconds": round(seconds, 1)}  # fmt: skip
+            "wall_seconds": round(seconds, 1), "dataloader_workers": num_workers,
+            "data_wait_share": round(data_wait_share, 4) if math.isfinite(data_wait_share) else None}  # fmt: skip
 
 
 def print_outputs(output_dir: Path, summary: dict[str, Any], progress: TrainingProgress) -> None:
