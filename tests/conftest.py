@@ -21,6 +21,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files of only `slow` tests first, then files holding some: pytest-xdist hands out tests in collection order,
+    so the multi-minute runs start at once and the quick tests fill the other workers (which take work from a busy
+    one), rather than one long test starting last and running alone. The order within a file is kept."""
+    some_slow = {item.path for item in items if item.get_closest_marker("slow")}
+    some_quick = {item.path for item in items if not item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.path not in some_slow, item.path in some_quick))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
