@@ -2,7 +2,7 @@
 
 Importing the package registers every architecture with `AutoConfig`, `AutoModel`, its task's Auto class
 (`AutoModelForImageClassification` for the radiograph models, `AutoModelForVideoClassification` for MMCAF-Net's
-CT windows) and `AutoImageProcessor`, and the `"chest-x-ray-classification"` and `"ct-clinical-classification"`
+CT slabs) and `AutoImageProcessor`, and the `"chest-x-ray-classification"` and `"ct-clinical-classification"`
 pipeline tasks. Research use only: these models are not medical devices.
 """
 

@@ -105,8 +105,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         TorchXRayVisionImageProcessor,
         lora_target_modules=("conv1", "conv2", "conv3"),
     ),
-    # 3D CT window [B, 1, D, H, W] + 7 clinical values: not an image classifier (the 2D contract does not apply).
-    # A CT window is a clip of slices, so the classifier sits under AutoModelForVideoClassification, the existing
+    # 3D CT slab [B, 1, D, H, W] + 7 clinical values: not an image classifier (the 2D contract does not apply).
+    # A CT slab is a clip of slices, so the classifier sits under AutoModelForVideoClassification, the existing
     # Auto class whose name a saved auto_map can carry for trust_remote_code loading without hf-cxr. Its processor
     # (a BaseImageProcessor reading DICOM series and clinical records) is also the AutoProcessor.
     "mmcaf_net": Architecture(
@@ -226,7 +226,7 @@ def load_config(source: str | os.PathLike) -> PretrainedConfig:
 def load_model(source: str | os.PathLike, device: str | None = None) -> tuple[PreTrainedModel, BaseImageProcessor]:
     """(task model in eval mode on `device`, its processor) from a saved folder or a cached Hub id: the one loader
     behind `hf-cxr evaluate`, `predict` and `export-onnx`. The Auto class is the architecture's task class (image
-    classification, or video classification for MMCAF-Net's CT windows); hf-cxr's own classes run, never remote
+    classification, or video classification for MMCAF-Net's CT slabs); hf-cxr's own classes run, never remote
     code, and nothing is downloaded. `device` defaults to CUDA when available. Raises what `model_source` and
     `load_config` raise, and `FileNotFoundError` for a model saved without its image processor (a model's inputs are
     not guessed: save one with `processor.save_pretrained(folder)`)."""

@@ -42,8 +42,8 @@ from hf_cxr.inference.ct import CLINICAL_COLUMNS
 AG = ["adenocarcinoma", "squamous_cell_carcinoma"]
 ABEG = ["adenocarcinoma", "small_cell_carcinoma", "large_cell_carcinoma", "squamous_cell_carcinoma"]
 
-# Six patients, 1-2 windows each: [p(A), p(G)] per window; G (index 1) is the positive class.
-WINDOWS = np.array(
+# Six patients, 1-2 slabs each: [p(A), p(G)] per slab; G (index 1) is the positive class.
+SLABS = np.array(
     [
         [0.8, 0.2],  # p1 (G)
         [0.3, 0.7],  # p1
@@ -57,21 +57,21 @@ WINDOWS = np.array(
         [0.65, 0.35],  # p6
     ]
 )
-WINDOW_PATIENTS = ["p1", "p1", "p2", "p2", "p3", "p4", "p4", "p5", "p6", "p6"]
-WINDOW_LABELS = [1, 1, 0, 0, 1, 0, 0, 0, 1, 1]
+SLAB_PATIENTS = ["p1", "p1", "p2", "p2", "p3", "p4", "p4", "p5", "p6", "p6"]
+SLAB_LABELS = [1, 1, 0, 0, 1, 0, 0, 0, 1, 1]
 
 
 # ------------------------------------------------------------------------------------------------ arrays
 
 
 def test_max_aggregation_by_patient_and_binary_numbers_by_hand() -> None:
-    patients = aggregate_by_patient(WINDOWS, WINDOW_LABELS, WINDOW_PATIENTS, "max")
+    patients = aggregate_by_patient(SLABS, SLAB_LABELS, SLAB_PATIENTS, "max")
     assert patients.patient_ids == ["p1", "p2", "p3", "p4", "p5", "p6"]
     assert patients.labels.tolist() == [1, 0, 1, 0, 0, 1]
-    assert patients.windows.tolist() == [2, 2, 1, 2, 1, 2]
+    assert patients.slabs.tolist() == [2, 2, 1, 2, 1, 2]
     assert np.allclose(patients.probabilities[:, 1], [0.7, 0.4, 0.55, 0.6, 0.05, 0.4])
     assert np.allclose(patients.probabilities[:, 0], [0.8, 0.9, 0.45, 0.7, 0.95, 0.65])
-    scores = score_single_label(WINDOWS, WINDOW_LABELS, WINDOW_PATIENTS, AG, n_bootstrap=0)
+    scores = score_single_label(SLABS, SLAB_LABELS, SLAB_PATIENTS, AG, n_bootstrap=0)
     metrics = scores.metrics
     # G scores of the positives {.7, .55, .4} against the negatives {.4, .6, .05}: 6.5 of 9 pairs ordered (a tie 1/2).
     assert metrics["auroc"] == pytest.approx(6.5 / 9)
@@ -85,32 +85,32 @@ def test_max_aggregation_by_patient_and_binary_numbers_by_hand() -> None:
         "f1": 2 / 3,
     }.items():
         assert metrics[f"at_0.5/{key}"] == pytest.approx(expected), key
-    assert scores.positive_class == "squamous_cell_carcinoma" and scores.num_patients == 6 and scores.num_windows == 10
+    assert scores.positive_class == "squamous_cell_carcinoma" and scores.num_patients == 6 and scores.num_slabs == 10
     # Mean instead of max: p1's G score becomes (0.2 + 0.7) / 2, which now falls below 0.5 (a false negative).
-    mean = aggregate_by_patient(WINDOWS, WINDOW_LABELS, WINDOW_PATIENTS, "mean")
+    mean = aggregate_by_patient(SLABS, SLAB_LABELS, SLAB_PATIENTS, "mean")
     assert np.allclose(mean.probabilities[:, 1], [0.45, 0.25, 0.55, 0.45, 0.05, 0.375])
-    mean_scores = score_single_label(WINDOWS, WINDOW_LABELS, WINDOW_PATIENTS, AG, aggregate="mean", n_bootstrap=0)
+    mean_scores = score_single_label(SLABS, SLAB_LABELS, SLAB_PATIENTS, AG, aggregate="mean", n_bootstrap=0)
     assert mean_scores.metrics["at_0.5/sensitivity"] == pytest.approx(1 / 3)
-    # Window order does not matter.
-    order = np.random.default_rng(0).permutation(len(WINDOWS))
+    # Slab order does not matter.
+    order = np.random.default_rng(0).permutation(len(SLABS))
     shuffled = score_single_label(
-        WINDOWS[order], np.asarray(WINDOW_LABELS)[order], np.asarray(WINDOW_PATIENTS)[order], AG, n_bootstrap=0
+        SLABS[order], np.asarray(SLAB_LABELS)[order], np.asarray(SLAB_PATIENTS)[order], AG, n_bootstrap=0
     )
     assert shuffled.metrics == pytest.approx(metrics)
 
 
 def test_binary_metrics_match_sklearn_on_patient_maxima() -> None:
     rng = np.random.default_rng(3)
-    patient_of_window = rng.integers(0, 40, 130)
+    patient_of_slab = rng.integers(0, 40, 130)
     labels_per_patient = rng.random(40) < 0.35
-    g = np.clip(0.25 * labels_per_patient[patient_of_window] + rng.random(130) * 0.75, 0, 1)
-    windows = np.stack([1 - g, g], axis=1)
-    ids = [f"P{index:03d}" for index in patient_of_window]
-    labels = labels_per_patient[patient_of_window].astype(int)
-    scores = score_single_label(windows, labels, ids, AG, threshold=0.62, n_bootstrap=0)
-    present = sorted(set(patient_of_window))
+    g = np.clip(0.25 * labels_per_patient[patient_of_slab] + rng.random(130) * 0.75, 0, 1)
+    slabs = np.stack([1 - g, g], axis=1)
+    ids = [f"P{index:03d}" for index in patient_of_slab]
+    labels = labels_per_patient[patient_of_slab].astype(int)
+    scores = score_single_label(slabs, labels, ids, AG, threshold=0.62, n_bootstrap=0)
+    present = sorted(set(patient_of_slab))
     truth = labels_per_patient[present].astype(int)
-    score = np.array([g[patient_of_window == patient].max() for patient in present])
+    score = np.array([g[patient_of_slab == patient].max() for patient in present])
     assert scores.num_patients == len(present)
     assert scores.metrics["auroc"] == pytest.approx(roc_auc_score(truth, score), abs=1e-12)
     for point, threshold in (("at_0.5", 0.5), ("at_threshold", 0.62)):
@@ -122,8 +122,8 @@ def test_binary_metrics_match_sklearn_on_patient_maxima() -> None:
         assert scores.metrics[f"{point}/ppv"] == pytest.approx(precision_score(truth, predicted))
         assert scores.metrics[f"{point}/npv"] == pytest.approx(precision_score(1 - truth, 1 - predicted))
     # Positive class A instead: AUROC of A's patient maxima.
-    as_a = score_single_label(windows, labels, ids, AG, positive_class="adenocarcinoma", n_bootstrap=0)
-    a_score = np.array([(1 - g)[patient_of_window == patient].max() for patient in present])
+    as_a = score_single_label(slabs, labels, ids, AG, positive_class="adenocarcinoma", n_bootstrap=0)
+    a_score = np.array([(1 - g)[patient_of_slab == patient].max() for patient in present])
     assert as_a.metrics["auroc"] == pytest.approx(roc_auc_score(1 - truth, a_score), abs=1e-12)
 
 
@@ -132,7 +132,7 @@ def test_four_classes_one_vs_rest_match_sklearn() -> None:
     labels = rng.integers(0, 4, 50)
     logits = rng.normal(size=(50, 4)) + 1.2 * np.eye(4)[labels]
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    ids = [f"P{index}" for index in range(50)]  # one window per patient: the aggregation is the identity
+    ids = [f"P{index}" for index in range(50)]  # one slab per patient: the aggregation is the identity
     metrics = score_single_label(probabilities, labels, ids, ABEG, n_bootstrap=0).metrics
     for index, name in enumerate(ABEG):
         assert metrics[f"auroc/{name}"] == pytest.approx(roc_auc_score(labels == index, probabilities[:, index]))
@@ -140,7 +140,7 @@ def test_four_classes_one_vs_rest_match_sklearn() -> None:
     predicted = probabilities.argmax(axis=1)
     assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
     assert metrics["f1_macro"] == pytest.approx(f1_score(labels, predicted, average="macro"))
-    # Max over two windows per patient, then the argmax of the maxima.
+    # Max over two slabs per patient, then the argmax of the maxima.
     second = np.roll(probabilities, 1, axis=1)
     both = score_single_label(np.concatenate([probabilities, second]), np.tile(labels, 2), ids * 2, ABEG, n_bootstrap=0)
     maxima = np.maximum(probabilities, second)
@@ -152,11 +152,11 @@ def test_four_classes_one_vs_rest_match_sklearn() -> None:
 
 def test_inputs_are_checked() -> None:
     with pytest.raises(ValueError, match="different labels"):
-        aggregate_by_patient(WINDOWS[:2], [0, 1], ["p1", "p1"])
+        aggregate_by_patient(SLABS[:2], [0, 1], ["p1", "p1"])
     with pytest.raises(ValueError, match="aggregate"):
-        aggregate_by_patient(WINDOWS, WINDOW_LABELS, WINDOW_PATIENTS, "median")
+        aggregate_by_patient(SLABS, SLAB_LABELS, SLAB_PATIENTS, "median")
     with pytest.raises(ValueError, match="positive class"):
-        score_single_label(WINDOWS, WINDOW_LABELS, WINDOW_PATIENTS, AG, positive_class="large_cell_carcinoma")
+        score_single_label(SLABS, SLAB_LABELS, SLAB_PATIENTS, AG, positive_class="large_cell_carcinoma")
     one_class = single_label_point_metrics(np.array([[0.3, 0.7], [0.6, 0.4]]), np.array([1, 1]), AG, 1)
     assert math.isnan(one_class["auroc"]) and math.isnan(one_class["at_0.5/specificity"])
 
@@ -171,20 +171,20 @@ def test_fewer_patients_give_wider_intervals() -> None:
     rng = np.random.default_rng(11)
     labels = np.array([0, 1] * 6)
     g = np.clip(0.3 * labels + rng.random(12) * 0.7, 0.0, 1.0)
-    small_windows = np.stack([1 - g, g], axis=1)
+    small_slabs = np.stack([1 - g, g], axis=1)
     copies = 8
-    large_windows = np.tile(small_windows, (copies, 1))
+    large_slabs = np.tile(small_slabs, (copies, 1))
     large_labels = np.tile(labels, copies)
     large_ids = [f"copy{copy}-p{index}" for copy in range(copies) for index in range(12)]
-    small = score_single_label(small_windows, labels, [f"p{i}" for i in range(12)], AG, n_bootstrap=400, seed=1)
-    large = score_single_label(large_windows, large_labels, large_ids, AG, n_bootstrap=400, seed=1)
+    small = score_single_label(small_slabs, labels, [f"p{i}" for i in range(12)], AG, n_bootstrap=400, seed=1)
+    large = score_single_label(large_slabs, large_labels, large_ids, AG, n_bootstrap=400, seed=1)
     assert small.metrics["auroc"] == pytest.approx(large.metrics["auroc"])
     for key in ("auroc", "at_0.5/accuracy", "at_0.5/sensitivity"):
         assert _width(small, key) > 1.5 * _width(large, key), key
         assert small.intervals[key].low <= small.metrics[key] <= small.intervals[key].high
-    # A patient's windows move together: duplicating every window of every patient changes nothing.
+    # A patient's slabs move together: duplicating every slab of every patient changes nothing.
     doubled = score_single_label(
-        np.concatenate([small_windows, small_windows]),
+        np.concatenate([small_slabs, small_slabs]),
         np.tile(labels, 2),
         [f"p{i}" for i in range(12)] * 2,
         AG,
@@ -207,7 +207,7 @@ def test_threshold_is_chosen_by_youden_on_patient_scores() -> None:
     only_positive = aggregate_by_patient(np.stack([1 - np.asarray(g), g], axis=1), [1] * len(g), ids, "max")
     fallback = choose_threshold_choice(only_positive, 1, "squamous_cell_carcinoma")
     assert (fallback.value, fallback.method, fallback.reason) == (0.5, "fallback_0.5", "no negatives")
-    # The window maxima matter: with the mean, P1's score (.55) and N1's (.35) change the ranking.
+    # The slab maxima matter: with the mean, P1's score (.55) and N1's (.35) change the ranking.
     mean = aggregate_by_patient(np.stack([1 - np.asarray(g), g], axis=1), labels, ids, "mean")
     assert mean.probabilities[:, 1].tolist() == pytest.approx([0.55, 0.7, 0.475, 0.3, 0.35, 0.2, 0.075])
 
@@ -225,7 +225,7 @@ def test_ct_model_index_needs_thirty_patients_in_every_class(squamous: int, publ
         np.stack([1 - positive, positive], axis=1), labels, [f"p{i}" for i in range(labels.size)], AG, n_bootstrap=20
     )
     context = {"model": "m", "dataset": "d", "split": "test", "threshold_source": None, "num_series": labels.size,
-               "slice_selection": "lesion", "window_stride": None}  # fmt: skip
+               "slice_selection": "lesion", "slab_stride": None}  # fmt: skip
     document = json.loads(json.dumps(single_label_document(scores, context)), parse_constant=_refuse)
     results = eval_results(document, "lung_pet_ct_dx", "Lung-PET-CT-Dx")
     if published:
@@ -280,13 +280,13 @@ def raw_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _tiny_model_folder(folder: Path, **overrides) -> Path:
     torch.manual_seed(0)
     hf_cxr.build_model("mmcaf_net", "tiny", **overrides).save_pretrained(folder)
-    MMCAFNetProcessor(num_slices=4, size=32, slice_selection="sliding", window_stride=2).save_pretrained(folder)
+    MMCAFNetProcessor(num_slices=4, size=32, slice_selection="sliding", slab_stride=2).save_pretrained(folder)
     return folder
 
 
 @torch.no_grad()
 def _expected_patient_scores(model_dir: Path, part: datasets.Dataset) -> dict[str, tuple[int, np.ndarray]]:
-    """Patient -> (class index, max softmax over its windows), computed directly with the processor and model."""
+    """Patient -> (class index, max softmax over its slabs), computed directly with the processor and model."""
     from transformers import AutoModelForVideoClassification, AutoProcessor
 
     model = AutoModelForVideoClassification.from_pretrained(model_dir).eval()
@@ -338,7 +338,7 @@ def test_hf_cxr_evaluate_mmcaf_net_end_to_end(
     assert document["split"] == "test" and document["patient_aggregation"] == "max"
     assert document["num_patients"] == len(set(test["patient_id"])) == len(expected)
     assert document["num_series"] == len(test)
-    assert document["num_windows"] == 2 * len(test)  # 6 slices, windows of 4 every 2 slices
+    assert document["num_slabs"] == 2 * len(test)  # 6 slices, slabs of 4 every 2 slices
     truth = np.array([label for label, _ in expected.values()])
     score = np.array([maxima[1] for _, maxima in expected.values()])
     by_patient = {entry["patient_id"]: entry for entry in document["patients"]}

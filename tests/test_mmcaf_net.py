@@ -307,26 +307,26 @@ def test_processor_reads_real_slices_in_z_order_in_hu() -> None:
     assert hu.shape == (6, 512, 512) and -1100 <= hu.min() < -900 and 200 < hu.max() < 3100
 
 
-def test_lesion_centre_and_sliding_windows() -> None:
+def test_lesion_centre_and_sliding_slabs() -> None:
     processor = tiny_processor(num_slices=3)
     hu, _ = processor.read_dicom_series([str(SERIES_DIR / name) for name in FILES_BY_Z], "fixture")
-    # Boxes on sorted slices 0-4 (1-13 ... 1-09): a 3-slice window centred on slice 2.
+    # Boxes on sorted slices 0-4 (1-13 ... 1-09): a 3-slice slab centred on slice 2.
     from_xml = processor(SERIES_DIR, clinical=CLINICAL, annotations=ANNOTATIONS)
-    assert from_xml["window_start"].tolist() == [1]
-    expected, _ = processor.volume_windows(hu[1:4].astype(np.float32), slice_selection="center")
+    assert from_xml["slab_start"].tolist() == [1]
+    expected, _ = processor.volume_slabs(hu[1:4].astype(np.float32), slice_selection="center")
     assert torch.equal(from_xml["pixel_values"], expected)
-    assert processor(SERIES_DIR, clinical=CLINICAL, lesion_slice_range=(4, 5))["window_start"].tolist() == [3]
-    assert processor(SERIES_DIR, clinical=CLINICAL, lesion_slice_range=(0, 0))["window_start"].tolist() == [0]
-    assert processor(SERIES_DIR, clinical=CLINICAL, slice_selection="center")["window_start"].tolist() == [2]
-    sliding = processor(SERIES_DIR, clinical=CLINICAL, slice_selection="sliding", window_stride=2)
-    assert sliding["window_start"].tolist() == [0, 2, 3] and sliding["series_index"].tolist() == [0, 0, 0]
+    assert processor(SERIES_DIR, clinical=CLINICAL, lesion_slice_range=(4, 5))["slab_start"].tolist() == [3]
+    assert processor(SERIES_DIR, clinical=CLINICAL, lesion_slice_range=(0, 0))["slab_start"].tolist() == [0]
+    assert processor(SERIES_DIR, clinical=CLINICAL, slice_selection="center")["slab_start"].tolist() == [2]
+    sliding = processor(SERIES_DIR, clinical=CLINICAL, slice_selection="sliding", slab_stride=2)
+    assert sliding["slab_start"].tolist() == [0, 2, 3] and sliding["series_index"].tolist() == [0, 0, 0]
     assert torch.equal(sliding["clinical_values"][0], sliding["clinical_values"][2])
 
 
 def test_short_series_is_padded_with_air_and_windowed() -> None:
     processor = tiny_processor(num_slices=8)
     out = processor(SERIES_DIR, clinical=CLINICAL)
-    assert out["pixel_values"].shape == (1, 1, 8, 32, 32) and out["window_start"].tolist() == [-1]
+    assert out["pixel_values"].shape == (1, 1, 8, 32, 32) and out["slab_start"].tolist() == [-1]
     air = ((-1000 - (-600 - 750)) / 1500 - 0.5) / 0.5  # lung window, then (x - 0.5) / 0.5
     for index in (0, 7):
         assert torch.allclose(out["pixel_values"][0, 0, index], torch.full((32, 32), air))
@@ -456,7 +456,7 @@ def test_clinical_encoding_rules_and_saved_statistics(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ pipeline, training
 
 
-def test_pipeline_returns_patient_level_max_over_windows(tmp_path: Path) -> None:
+def test_pipeline_returns_patient_level_max_over_slabs(tmp_path: Path) -> None:
     model = tiny_model().eval()
     processor = tiny_processor(num_slices=3)
     model.save_pretrained(tmp_path)
@@ -464,15 +464,15 @@ def test_pipeline_returns_patient_level_max_over_windows(tmp_path: Path) -> None
     classify = pipeline(hf_cxr.CT_CLINICAL_TASK, model=str(tmp_path))
     assert type(classify) is hf_cxr.CTClinicalClassificationPipeline
     inputs = {"series": str(SERIES_DIR), "clinical": CLINICAL}
-    details = classify(inputs, slice_selection="sliding", window_stride=1, return_details=True)
-    assert details["window_start"] == [0, 1, 2, 3] and details["clinical_missing"] == ["weight"]
-    windows = processor(SERIES_DIR, clinical=CLINICAL, slice_selection="sliding", window_stride=1)
+    details = classify(inputs, slice_selection="sliding", slab_stride=1, return_details=True)
+    assert details["slab_start"] == [0, 1, 2, 3] and details["clinical_missing"] == ["weight"]
+    slabs = processor(SERIES_DIR, clinical=CLINICAL, slice_selection="sliding", slab_stride=1)
     with torch.no_grad():
-        probabilities = torch.softmax(model(windows["pixel_values"], windows["clinical_values"]).logits, dim=-1)
+        probabilities = torch.softmax(model(slabs["pixel_values"], slabs["clinical_values"]).logits, dim=-1)
     scores = {entry["label"]: entry["score"] for entry in details["scores"]}
     for index, label in model.config.id2label.items():
         assert scores[label] == pytest.approx(probabilities[:, index].max().item(), abs=1e-6)
-    mean = classify(inputs, slice_selection="sliding", window_stride=1, aggregate="mean")
+    mean = classify(inputs, slice_selection="sliding", slab_stride=1, aggregate="mean")
     assert sum(entry["score"] for entry in mean) == pytest.approx(1.0, abs=1e-5)
     assert len(classify(inputs)) == 2 and len(classify(inputs, top_k=1)) == 1
     with pytest.raises(ValueError, match="takes a dict"):
@@ -480,7 +480,7 @@ def test_pipeline_returns_patient_level_max_over_windows(tmp_path: Path) -> None
 
 
 class _SyntheticCT(torch.utils.data.Dataset):
-    """Windows whose brightness and first clinical value tell the class (a learnable toy task)."""
+    """Slabs whose brightness and first clinical value tell the class (a learnable toy task)."""
 
     def __init__(self, count: int = 8) -> None:
         generator = torch.Generator().manual_seed(0)

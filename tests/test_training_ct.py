@@ -26,7 +26,7 @@ from hf_cxr.training import add_train_arguments, latest_checkpoint, oversampled_
 from hf_cxr.training.config import Oversampling
 
 PATIENTS = ["A0001", "A0002", "A0003", "A0004", "G0001", "G0002", "G0003", "G0004"]
-# No `data.processor.size`: with `--preset tiny` the window follows the tiny model (12 x 32 x 32), not the recipe.
+# No `data.processor.size`: with `--preset tiny` the slab follows the tiny model (12 x 32 x 32), not the recipe.
 # The fixture is converted with a quarter of the patients in validation and test (the recipe's split is 70/10/20):
 # the recipe must say so, or train.py refuses the dataset.
 TINY = ("--set", "data.oversample_minority.target_count=3",

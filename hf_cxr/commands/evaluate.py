@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
         aggregate=args.aggregate,
         positive_class=args.positive_class,
         slice_selection=args.slice_selection,
-        window_stride=args.window_stride,
+        slab_stride=args.slab_stride,
     )
     document = report.document
     if document.get("evaluation") == "single_label_ct":
@@ -61,9 +61,9 @@ def _print_single_label(document: dict, out_dir: Path, args: argparse.Namespace)
         return f"{entry['value']:.3f}{interval}"
 
     counts = ", ".join(f"{name} {count}" for name, count in document["patients_per_class"].items())
-    print(f"{document['split']}: {document['num_patients']} patients ({counts}), {document['num_windows']} windows")
+    print(f"{document['split']}: {document['num_patients']} patients ({counts}), {document['num_slabs']} slabs")
     if document["task"] == "binary":
-        print(f"positive class {document['positive_class']}, {document['patient_aggregation']} over windows")
+        print(f"positive class {document['positive_class']}, {document['patient_aggregation']} over slabs")
         print(f"AUROC {show('auroc')}, accuracy {show('at_0.5/accuracy')}, F1 {show('at_0.5/f1')} at 0.5")
     else:
         print(f"macro AUROC {show('auroc_macro')}, accuracy {show('accuracy')}, macro F1 {show('f1_macro')}")
@@ -111,7 +111,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--aggregate",
         choices=("max", "mean"),
         default="max",
-        help="patient score per class over its windows and series (default max, as the paper)",
+        help="patient score per class over its slabs and series (default max, as the paper)",
     )
     ct.add_argument(
         "--positive-class",
@@ -122,7 +122,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--slice-selection",
         choices=("lesion", "center", "sliding"),
         default=None,
-        help="CT windows per series (default: the saved processor's setting)",
+        help="CT slabs per series (default: the saved processor's setting)",
     )
-    ct.add_argument("--window-stride", type=int, default=None, help="slices between sliding windows")
+    ct.add_argument("--slab-stride", type=int, default=None, help="slices between sliding slabs")
     parser.set_defaults(func=_run)

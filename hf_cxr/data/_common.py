@@ -350,16 +350,19 @@ def _attempt(convert_item: Callable[[Any], dict[str, Any]], item: Any) -> dict[s
 
 
 def _outcomes(
-    convert_item: Callable[[Any], dict[str, Any]], items: Iterable[Any], pool: ProcessPoolExecutor | None, window: int
+    convert_item: Callable[[Any], dict[str, Any]],
+    items: Iterable[Any],
+    pool: ProcessPoolExecutor | None,
+    max_pending: int,
 ) -> Iterator[dict[str, Any] | _Failure]:
-    """The outcome of every item, in the items' order: in this process, or in `pool` with at most `window` items
+    """The outcome of every item, in the items' order: in this process, or in `pool` with at most `max_pending` items
     submitted and not yet consumed (so results never pile up in memory when writing is the slower side)."""
     if pool is None:
         for item in items:
             yield _attempt(convert_item, item)
         return
     remaining = iter(items)
-    pending: deque[Future] = deque(pool.submit(_attempt, convert_item, item) for item in islice(remaining, window))
+    pending: deque[Future] = deque(pool.submit(_attempt, convert_item, item) for item in islice(remaining, max_pending))
     try:
         while pending:
             outcome = pending.popleft().result()

@@ -4,7 +4,7 @@
   the operating-point metrics and the calibration bins both paths share, cross-dataset finding pairs.
 - `hf_cxr.evaluation.report`: `metrics.json`, `report.md`, ROC and reliability PNGs.
 - `hf_cxr.evaluation.ct_scores`: the numbers of single-label CT models (MMCAF-Net) scored per patient (max over
-  windows), binary or one-vs-rest, with patient-bootstrap intervals.
+  slabs), binary or one-vs-rest, with patient-bootstrap intervals.
 - `hf_cxr.evaluation.ct_report`: their report folder (the same four files).
 - `hf_cxr.evaluation.run`: `evaluate_model`, what `hf-cxr evaluate` runs; it hands a CT model to
   `evaluate_ct_model` (by model type).

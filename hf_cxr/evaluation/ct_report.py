@@ -86,7 +86,7 @@ def single_label_document(scores: SingleLabelScores, context: Mapping[str, Any])
         "positive_class": scores.positive_class,
         "patient_aggregation": scores.aggregate,
         "num_patients": scores.num_patients,
-        "num_windows": scores.num_windows,
+        "num_slabs": scores.num_slabs,
         "patients_per_class": scores.patients_per_class(),
         "threshold": scores.threshold,
         "metrics": {key: with_interval(key) for key in scores.metrics},
@@ -97,13 +97,13 @@ def single_label_document(scores: SingleLabelScores, context: Mapping[str, Any])
             {
                 "patient_id": patient,
                 "label": scores.label_names[int(label)],
-                "windows": int(windows),
+                "slabs": int(slabs),
                 "scores": {name: _number(value) for name, value in zip(scores.label_names, row, strict=True)},
             }
-            for patient, label, windows, row in zip(
+            for patient, label, slabs, row in zip(
                 scores.patients.patient_ids,
                 scores.patients.labels,
-                scores.patients.windows,
+                scores.patients.slabs,
                 scores.patients.probabilities,
                 strict=True,
             )
@@ -123,12 +123,12 @@ def single_label_markdown(document: Mapping[str, Any]) -> str:
         "## Where the numbers come from",
         "",
         f"- Scored split: `{split}`: {document['num_patients']} patients ({counts}), "
-        f"{document['num_series']} CT series, {document['num_windows']} windows.",
-        f"- Windows: `{document['slice_selection']}` slice selection"
-        + (f", stride {document['window_stride']}" if document.get("window_stride") else "")
-        + f"; each window scored with a softmax over {len(document['label_names'])} classes.",
-        f"- Patient level: the **{document['patient_aggregation']}** over all of a patient's windows and series, per "
-        "class (the paper takes the max); every number below counts patients, not windows.",
+        f"{document['num_series']} CT series, {document['num_slabs']} slabs.",
+        f"- Slabs: `{document['slice_selection']}` slice selection"
+        + (f", stride {document['slab_stride']}" if document.get("slab_stride") else "")
+        + f"; each slab scored with a softmax over {len(document['label_names'])} classes.",
+        f"- Patient level: the **{document['patient_aggregation']}** over all of a patient's slabs and series, per "
+        "class (the paper takes the max); every number below counts patients, not slabs.",
     ]
     if document.get("dataset_conversion_note"):
         lines.append(f"- Dataset: {document['dataset_conversion_note']}")
@@ -150,7 +150,7 @@ def single_label_markdown(document: Mapping[str, Any]) -> str:
         )
         if document["patient_aggregation"] == "max":
             lines.append(
-                "- With the max over windows a patient's class scores need not sum to 1, so 0.5 on the positive "
+                "- With the max over slabs a patient's class scores need not sum to 1, so 0.5 on the positive "
                 "class is not the same as the argmax."
             )
     else:
@@ -188,7 +188,7 @@ def single_label_markdown(document: Mapping[str, Any]) -> str:
         "",
         f"![Reliability diagram]({RELIABILITY_NAME})",
         "",
-        "Patient scores are softmax outputs aggregated over windows; with the max they are not calibrated "
+        "Patient scores are softmax outputs aggregated over slabs; with the max they are not calibrated "
         "probabilities, and the reliability diagram shows how far they are on this split.",
         "",
     ]
@@ -209,7 +209,7 @@ def plot_single_label_roc(scores: SingleLabelScores, path: Path) -> None:
         truth = (scores.patients.labels == index).astype(np.float64)
         key = "auroc" if scores.positive_class is not None else f"auroc/{name}"
         draw_roc_panel(axis, name, truth, scores.patients.probabilities[:, index], scores.metrics[key])
-    title = f"Patient-level ROC, {scores.aggregate} over windows, {scores.num_patients} patients"
+    title = f"Patient-level ROC, {scores.aggregate} over slabs, {scores.num_patients} patients"
     headline = "AUROC" if scores.positive_class is not None else "macro AUROC"
     interval = scores.intervals.get("auroc" if scores.positive_class is not None else "auroc_macro")
     if interval is not None and not math.isnan(interval.low):

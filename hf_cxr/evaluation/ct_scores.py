@@ -1,8 +1,8 @@
 """The numbers of the single-label CT evaluation (MMCAF-Net on Lung-PET-CT-Dx), scored per patient as the paper
 reports; `ct_report` writes them out and `run.evaluate_ct_model` goes from a model and a dataset to a report.
 
-A patient can have several CT series and each series several windows; the model scores every window (softmax over
-the classes) and a patient's score per class is the max over all its windows (the paper's rule; `mean` is the
+A patient can have several CT series and each series several slabs; the model scores every slab (softmax over
+the classes) and a patient's score per class is the max over all its slabs (the paper's rule; `mean` is the
 alternative). Only then are the numbers computed, one row per patient:
 
 - two classes (A vs G): AUROC of the positive class's score, and accuracy, F1, sensitivity, specificity, PPV and
@@ -49,20 +49,20 @@ BINARY_METRIC_SOURCES = {"ppv": "precision"}
 
 @dataclass
 class PatientScores:
-    """One row per patient: aggregated class scores [P, K], the class index, the id and how many windows it had."""
+    """One row per patient: aggregated class scores [P, K], the class index, the id and how many slabs it had."""
 
     probabilities: np.ndarray
     labels: np.ndarray
     patient_ids: list[str]
-    windows: np.ndarray
+    slabs: np.ndarray
 
 
 def aggregate_by_patient(
     probabilities: Any, labels: Any, patient_ids: Sequence[Any], aggregate: str = "max"
 ) -> PatientScores:
-    """Reduce window scores [W, K] to patient scores [P, K] (max or mean per class), patients in first-seen order.
+    """Reduce slab scores [S, K] to patient scores [P, K] (max or mean per class), patients in first-seen order.
 
-    Windows of one patient must share its label (a patient has one histology); otherwise `ValueError`.
+    Slabs of one patient must share its label (a patient has one histology); otherwise `ValueError`.
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
@@ -71,10 +71,10 @@ def aggregate_by_patient(
     ids = [str(value) for value in patient_ids]
     if probabilities.ndim != 2 or len(probabilities) != len(labels) or len(labels) != len(ids):
         raise ValueError(
-            f"probabilities {probabilities.shape}, {len(labels)} labels and {len(ids)} patient ids: need [W, K], W, W"
+            f"probabilities {probabilities.shape}, {len(labels)} labels and {len(ids)} patient ids: need [S, K], S, S"
         )
     if len(ids) == 0:
-        raise ValueError("no windows to score")
+        raise ValueError("no slabs to score")
     if not np.isfinite(probabilities).all():
         raise ValueError("probabilities contain NaN or infinity")
     order = list(dict.fromkeys(ids))
@@ -82,16 +82,16 @@ def aggregate_by_patient(
     which = np.asarray([position[patient] for patient in ids])
     patient_probabilities = np.empty((len(order), probabilities.shape[1]))
     patient_labels = np.empty(len(order), dtype=np.int64)
-    windows = np.bincount(which, minlength=len(order))
+    slabs = np.bincount(which, minlength=len(order))
     for index, patient in enumerate(order):
         members = which == index
         found = np.unique(labels[members])
         if found.size != 1:
-            raise ValueError(f"patient {patient!r} has windows with different labels {found.tolist()}")
+            raise ValueError(f"patient {patient!r} has slabs with different labels {found.tolist()}")
         patient_labels[index] = int(found[0])
         rows = probabilities[members]
         patient_probabilities[index] = rows.max(axis=0) if aggregate == "max" else rows.mean(axis=0)
-    return PatientScores(patient_probabilities, patient_labels, order, windows)
+    return PatientScores(patient_probabilities, patient_labels, order, slabs)
 
 
 def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
@@ -163,7 +163,7 @@ class SingleLabelScores:
     metrics: dict[str, float]
     intervals: dict[str, Interval]
     threshold: float | None
-    num_windows: int
+    num_slabs: int
     calibration_error: float
     bootstrap: dict[str, Any] = field(default_factory=dict)
 
@@ -177,8 +177,8 @@ class SingleLabelScores:
 
 
 def score_single_label(
-    window_probabilities: Any,
-    window_labels: Any,
+    slab_probabilities: Any,
+    slab_labels: Any,
     patient_ids: Sequence[Any],
     label_names: Sequence[str],
     positive_class: str | None = None,
@@ -188,17 +188,17 @@ def score_single_label(
     seed: int = 0,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> SingleLabelScores:
-    """All numbers for one split: windows -> patients (`aggregate`), then metrics and patient-bootstrap intervals.
+    """All numbers for one split: slabs -> patients (`aggregate`), then metrics and patient-bootstrap intervals.
 
     `positive_class` (two classes only; default the second class, squamous cell carcinoma for A vs G as in the
     paper) is the class whose score is thresholded. `threshold` is one chosen on another split (never this one).
 
-    `window_probabilities` [W, K] (K = len(label_names)), `window_labels` [W] class indices and `patient_ids` [W].
-    Raises `ValueError` for mismatched shapes, labels outside [0, K), a patient whose windows disagree on the label,
+    `slab_probabilities` [S, K] (K = len(label_names)), `slab_labels` [S] class indices and `patient_ids` [S].
+    Raises `ValueError` for mismatched shapes, labels outside [0, K), a patient whose slabs disagree on the label,
     an unknown positive class, or a positive class or threshold with more than two classes.
     """
     label_names = list(label_names)
-    patients = aggregate_by_patient(window_probabilities, window_labels, patient_ids, aggregate)
+    patients = aggregate_by_patient(slab_probabilities, slab_labels, patient_ids, aggregate)
     if patients.probabilities.shape[1] != len(label_names):
         raise ValueError(f"{patients.probabilities.shape[1]} score columns for {len(label_names)} class names")
     if patients.labels.min() < 0 or patients.labels.max() >= len(label_names):
@@ -234,7 +234,7 @@ def score_single_label(
         metrics=compute(np.arange(len(patients.patient_ids))),
         intervals=intervals,
         threshold=threshold,
-        num_windows=len(patient_ids),
+        num_slabs=len(patient_ids),
         calibration_error=calibration,
         bootstrap={"resamples": n_bootstrap, "seed": seed, "confidence": confidence, "unit": "patient"},
     )

@@ -42,7 +42,7 @@ from hf_cxr.evaluation.scores import (
     shared_findings,
     threshold_choices,
 )
-from hf_cxr.inference.ct import predict_ct_windows
+from hf_cxr.inference.ct import predict_ct_slabs
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, LABEL_SETS
 from hf_cxr.losses import IGNORE_LABEL
 from hf_cxr.registry import is_ct_model, load_config, load_model
@@ -164,7 +164,7 @@ def evaluate_model(
     aggregate: str = "max",
     positive_class: str | None = None,
     slice_selection: str | None = None,
-    window_stride: int | None = None,
+    slab_stride: int | None = None,
 ) -> EvaluationReport | SingleLabelEvaluation:
     """Score `model` (folder or Hub id) on `dataset[split]` and write the report folder `out_dir`.
 
@@ -174,8 +174,8 @@ def evaluate_model(
     fallbacks) into the model folder's config (same label set only).
 
     A single-label CT model (MMCAF-Net, by its config's `model_type`) on a converted Lung-PET-CT-Dx dataset is
-    scored per patient by `evaluate_ct_model`: `aggregate` (max or mean over a patient's windows),
-    `positive_class` (two classes), `slice_selection` and `window_stride` (override the processor's) apply there only.
+    scored per patient by `evaluate_ct_model`: `aggregate` (max or mean over a patient's slabs),
+    `positive_class` (two classes), `slice_selection` and `slab_stride` (override the processor's) apply there only.
     """
     if threshold_split in NO_THRESHOLD_SPLIT:
         threshold_split = None
@@ -212,7 +212,7 @@ def evaluate_model(
             aggregate,
             positive_class,
             slice_selection,
-            window_stride,
+            slab_stride,
             dataset_name=str(dataset) if not isinstance(dataset, datasets.DatasetDict) else "in-memory DatasetDict",
             dataset_conversion=conversion,
         )
@@ -290,7 +290,7 @@ class SingleLabelEvaluation:
     document: dict[str, Any]
     scores: SingleLabelScores
     threshold: float | None
-    window_probabilities: np.ndarray
+    slab_probabilities: np.ndarray
 
 
 def evaluate_ct_model(
@@ -306,13 +306,13 @@ def evaluate_ct_model(
     aggregate: str = "max",
     positive_class: str | None = None,
     slice_selection: str | None = None,
-    window_stride: int | None = None,
+    slab_stride: int | None = None,
     dataset_name: str = "in-memory DatasetDict",
     dataset_conversion: Mapping[str, Any] | None = None,
 ) -> SingleLabelEvaluation:
     """Score a saved CT model on `splits[split]` per patient and write the report folder (`ct_report`).
 
-    Windows are scored by `predict_ct_windows` and reduced to patients by `aggregate` (`max`, the paper's rule, or
+    Slabs are scored by `predict_ct_slabs` and reduced to patients by `aggregate` (`max`, the paper's rule, or
     `mean`); the numbers are `ct_scores.score_single_label`'s. Raises `ValueError` for an unknown `aggregate`, a
     missing split, a threshold split that is the scored one or `test`, a model that is not single-label, or a
     `positive_class` with more than two classes.
@@ -335,18 +335,16 @@ def evaluate_ct_model(
     if positive_class is not None and not binary:
         raise ValueError(f"--positive-class applies to two classes; this model has {len(label_names)}")
 
-    def patient_windows(name: str) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    def patient_slabs(name: str) -> tuple[np.ndarray, np.ndarray, list[str], int]:
         part = splits[name]
         labels = dataset_class_indices(part, label_names)
         patients = part.select_columns(["patient_id"])["patient_id"]
-        window_scores, rows = predict_ct_windows(
-            network, processor, part, batch_size, device, slice_selection, window_stride
-        )
-        return window_scores, labels[rows], [patients[row] for row in rows], len(part)
+        slab_scores, rows = predict_ct_slabs(network, processor, part, batch_size, device, slice_selection, slab_stride)
+        return slab_scores, labels[rows], [patients[row] for row in rows], len(part)
 
     threshold, threshold_source, threshold_method, threshold_note = None, None, None, None
     if threshold_split is not None and binary:
-        scores_v, labels_v, ids_v, _ = patient_windows(threshold_split)
+        scores_v, labels_v, ids_v, _ = patient_slabs(threshold_split)
         positive = positive_class or label_names[1]
         if positive not in label_names:
             raise ValueError(f"positive class {positive!r} is not one of {label_names}")
@@ -365,11 +363,11 @@ def evaluate_ct_model(
             threshold = float(stored[positive])
             threshold_method = "model_config"
             threshold_source = f"the model config's `decision_thresholds` ({threshold:.3f} for {positive})"
-    window_scores, window_labels, window_patients, num_series = patient_windows(split)
+    slab_scores, slab_labels, slab_patients, num_series = patient_slabs(split)
     scores = score_single_label(
-        window_scores,
-        window_labels,
-        window_patients,
+        slab_scores,
+        slab_labels,
+        slab_patients,
         label_names,
         positive_class if binary else None,
         aggregate,
@@ -391,9 +389,7 @@ def evaluate_ct_model(
         "dataset_conversion_note": describe_conversion(dataset_conversion),
         "num_series": num_series,
         "slice_selection": mode,
-        "window_stride": (window_stride or processor.window_stride or processor.num_slices)
-        if mode == "sliding"
-        else None,
+        "slab_stride": (slab_stride or processor.slab_stride or processor.num_slices) if mode == "sliding" else None,
     }
     document = write_single_label_report(out_dir, scores, context)
-    return SingleLabelEvaluation(Path(out_dir), document, scores, threshold, window_scores)
+    return SingleLabelEvaluation(Path(out_dir), document, scores, threshold, slab_scores)

@@ -54,7 +54,7 @@ def _ct_metrics_section(document: Mapping[str, Any], dataset_name: str) -> str:
         "",
         f"Scored per patient on the `{document['split']}` split of {_evaluated(document, dataset_name)}: "
         f"{document['num_patients']} "
-        f"patients ({document['num_windows']} windows; window scores aggregated by "
+        f"patients ({document['num_slabs']} slabs; slab scores aggregated by "
         f"{document['patient_aggregation']}). Intervals: 95 % percentile bootstrap, {bootstrap.get('resamples')} "
         "resamples of patients.",
         "",

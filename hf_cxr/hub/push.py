@@ -26,7 +26,7 @@ MODEL_SUFFIXES = (".safetensors", ".safetensors.index.json", ".py")
 
 
 def _task_auto_class(model_dir: Path) -> Any:
-    """The Auto class of the saved model's task (image classification; video classification for CT windows)."""
+    """The Auto class of the saved model's task (image classification; video classification for CT slabs)."""
     from hf_cxr.registry import ARCHITECTURES
 
     model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")

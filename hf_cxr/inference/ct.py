@@ -1,5 +1,5 @@
-"""CT slab prediction: a converted Lung-PET-CT-Dx split through a CT model (MMCAF-Net) and its processor, window by
-window, as training's validation and `hf-cxr evaluate` both score it."""
+"""CT slab prediction: a converted Lung-PET-CT-Dx split through a CT model (MMCAF-Net) and its processor, slab by
+slab, as training's validation and `hf-cxr evaluate` both score it."""
 
 from __future__ import annotations
 
@@ -28,24 +28,24 @@ def ct_input_rows(split: datasets.Dataset) -> datasets.Dataset:
 
 
 @torch.no_grad()
-def predict_ct_windows(
+def predict_ct_slabs(
     model: torch.nn.Module,
     processor: Any,
     dataset: datasets.Dataset,
     batch_size: int = 8,
     device: str | torch.device | None = None,
     slice_selection: str | None = None,
-    window_stride: int | None = None,
+    slab_stride: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(softmax per window [W, K] float64, dataset row of each window [W] int64): every series of `dataset` cut into
-    windows by the processor (`slice_selection`, `window_stride`: its own settings when None) and scored in batches
-    of `batch_size` windows. `device` defaults to CUDA when available; the model is left in eval mode there. Raises
+    """(softmax per slab [S, K] float64, dataset row of each slab [S] int64): every series of `dataset` cut into
+    slabs by the processor (`slice_selection`, `slab_stride`: its own settings when None) and scored in batches
+    of `batch_size` slabs. `device` defaults to CUDA when available; the model is left in eval mode there. Raises
     `ValueError` for a split without the CT columns or with no rows."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     rows = ct_input_rows(dataset)
-    options = {"slice_selection": slice_selection, "window_stride": window_stride}
-    probabilities, row_of_window = [], []
+    options = {"slice_selection": slice_selection, "slab_stride": slab_stride}
+    probabilities, row_of_slab = [], []
     for row_index in range(len(rows)):
         inputs = processor(rows[row_index], return_tensors="pt", **{k: v for k, v in options.items() if v})
         pixels, clinical = inputs["pixel_values"], inputs["clinical_values"]  # [N, 1, D, H, W], [N, 7]
@@ -55,7 +55,7 @@ def predict_ct_windows(
                 clinical_values=clinical[start : start + batch_size].to(device),
             ).logits
             probabilities.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-        row_of_window.extend([row_index] * len(pixels))
+        row_of_slab.extend([row_index] * len(pixels))
     if not probabilities:
         raise ValueError("the split is empty: nothing to evaluate")
-    return np.concatenate(probabilities).astype(np.float64), np.asarray(row_of_window, dtype=np.int64)
+    return np.concatenate(probabilities).astype(np.float64), np.asarray(row_of_slab, dtype=np.int64)

@@ -7,7 +7,7 @@ Scores are per-finding sigmoids for the multi-label models, as with the standard
 folders (`modeling/common/pipeline_cxr.py`), so that a saved model also runs it as remote code without hf-cxr.
 
 `"ct-clinical-classification"` runs MMCAF-Net on a CT series and a clinical record and returns patient-level
-class scores (max over windows by default).
+class scores (max over slabs by default).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def register_pipeline() -> None:
     PIPELINE_REGISTRY.register_pipeline(
         CXR_TASK, pipeline_class=ChestXRayClassificationPipeline, pt_model=AutoModelForImageClassification
     )
-    # MMCAF-Net: CT series + clinical record -> patient-level scores (max over windows); the class lives beside the
+    # MMCAF-Net: CT series + clinical record -> patient-level scores (max over slabs); the class lives beside the
     # model so that a pipeline saved with `save_pretrained` also runs as remote code.
     PIPELINE_REGISTRY.register_pipeline(
         CT_CLINICAL_TASK, pipeline_class=CTClinicalClassificationPipeline, pt_model=AutoModelForVideoClassification

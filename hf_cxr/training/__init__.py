@@ -8,8 +8,8 @@ optimiser and schedule, augmentation, gradient clipping, model EMA and distillat
 
 What differs by architecture is chosen by `model_type`: the 2D classifiers read images with their image processor
 and are scored by AUCs over findings; MMCAF-Net (3D CT + 7 clinical values) reads converted Lung-PET-CT-Dx rows with
-`MMCAFNetProcessor` (one lesion-centred window per row), trains stage by stage (`classification_head`,
-`frozen_parts`) with SGD and is scored per patient (max over sliding windows: AUROC, or accuracy for four classes).
+`MMCAFNetProcessor` (one lesion-centred slab per row), trains stage by stage (`classification_head`,
+`frozen_parts`) with SGD and is scored per patient (max over sliding slabs: AUROC, or accuracy for four classes).
 
 Checkpoints (`accelerator.save_state`: model, optimiser, scheduler, RNG, EMA, position in the data) are written
 atomically every `checkpointing_steps`; `--resume-from-checkpoint latest` continues the same run and ends with the

@@ -1,5 +1,5 @@
 """Training augmentation from the recipe's `augmentation` section: torchvision v2 transforms of a grey 2D image, and
-the rotation and sharpening of a processed CT window."""
+the rotation and sharpening of a processed CT slab."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 
 from hf_cxr.training.config import AugmentationSection, Rotation, Sharpen
 
-# The augmentation keys a CT window takes; the others are for 2D images.
+# The augmentation keys a CT slab takes; the others are for 2D images.
 CT_AUGMENTATIONS = ("rotate", "sharpen")
 
 
@@ -53,8 +53,8 @@ class _ResizedCrop(torch.nn.Module):
 
 
 def ct_augmentation_from_recipe(section: AugmentationSection) -> torch.nn.Module:
-    """Augmentation of one processed CT window [1, D, H, W] (already windowed and normalised) from the recipe:
-    `rotate` (every slice by the same in-plane angle; the fill is the window's darkest value) and `sharpen` (an
+    """Augmentation of one processed CT slab [1, D, H, W] (already windowed and normalised) from the recipe:
+    `rotate` (every slice by the same in-plane angle; the fill is the slab's darkest value) and `sharpen` (an
     unsharp blend `x + alpha (sharp(x) - x)`, alpha uniform in the given range). Raises `ValueError` for a 2D-only
     augmentation."""
     unsupported = sorted(
@@ -62,12 +62,12 @@ def ct_augmentation_from_recipe(section: AugmentationSection) -> torch.nn.Module
         and getattr(section, name) is not None
     )  # fmt: skip
     if unsupported:
-        raise ValueError(f"augmentation {unsupported} is not supported for CT windows; use rotate and sharpen")
+        raise ValueError(f"augmentation {unsupported} is not supported for CT slabs; use rotate and sharpen")
     return _CTAugmentation(section.rotate, section.sharpen)
 
 
 class _CTAugmentation(torch.nn.Module):
-    """Random axial rotation and sharpening of a [1, D, H, W] window (see `ct_augmentation_from_recipe`)."""
+    """Random axial rotation and sharpening of a [1, D, H, W] slab (see `ct_augmentation_from_recipe`)."""
 
     def __init__(self, rotate: Rotation | None, sharpen: Sharpen | None) -> None:
         super().__init__()
@@ -76,15 +76,15 @@ class _CTAugmentation(torch.nn.Module):
         self.alpha = tuple(float(a) for a in sharpen.alpha) if sharpen is not None else (0.0, 0.0)
         self.sharpen_p = float(sharpen.p) if sharpen is not None and max(self.alpha) > 0 else 0.0
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
+    def forward(self, slab: torch.Tensor) -> torch.Tensor:
         if self.rotate_p and torch.rand(()) < self.rotate_p:
             angle = float(torch.empty(()).uniform_(-self.degrees, self.degrees))
-            window = v2.functional.rotate(window, angle, fill=float(window.min()))
+            slab = v2.functional.rotate(slab, angle, fill=float(slab.min()))
         if self.sharpen_p and torch.rand(()) < self.sharpen_p:
             alpha = float(torch.empty(()).uniform_(*self.alpha))
             kernel = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]]).view(1, 1, 3, 3)
-            slices = window.reshape(-1, 1, *window.shape[-2:])
+            slices = slab.reshape(-1, 1, *slab.shape[-2:])
             sharp = torch.nn.functional.conv2d(torch.nn.functional.pad(slices, (1, 1, 1, 1), mode="replicate"), kernel)
-            low, high = window.min(), window.max()
-            window = (window + alpha * (sharp.reshape(window.shape) - window)).clamp(low, high)
-        return window
+            low, high = slab.min(), slab.max()
+            slab = (slab + alpha * (sharp.reshape(slab.shape) - slab)).clamp(low, high)
+        return slab

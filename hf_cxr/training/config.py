@@ -132,7 +132,7 @@ class Flip:
 
 @dataclass(config=STRICT)
 class Rotation:
-    """A rotation by an angle drawn uniformly from [-degrees, degrees]; CT: every slice of a window by that angle."""
+    """A rotation by an angle drawn uniformly from [-degrees, degrees]; CT: every slice of a slab by that angle."""
 
     degrees: float
     """Largest angle, in degrees."""
@@ -187,13 +187,13 @@ class Sharpen:
     alpha: tuple[float, float]
     """Range of the blend weight."""
     p: float = 1.0
-    """Probability of sharpening a window."""
+    """Probability of sharpening a slab."""
 
 
 @dataclass(config=STRICT)
 class AugmentationSection:
     """`augmentation`: random changes of each training image before the processor resizes and normalises it (2D),
-    or of each processed CT window; None everywhere (the default) trains on the images as they are."""
+    or of each processed CT slab; None everywhere (the default) trains on the images as they are."""
 
     random_resized_crop: RandomResizedCrop | None = None
     """2D: random crop."""
@@ -299,14 +299,14 @@ class DistillationSection:
 
 @dataclass(config=STRICT)
 class PatientLevel:
-    """CT validation: how a patient's windows are cut and their scores combined."""
+    """CT validation: how a patient's slabs are cut and their scores combined."""
 
-    windows: str | None = None
-    """How windows are cut from each series (the processor's `slice_selection`; None: the processor's own)."""
-    window_stride: int | None = None
-    """Slices between sliding windows (None: the processor's)."""
+    slabs: str | None = None
+    """How slabs are cut from each series (the processor's `slice_selection`; None: the processor's own)."""
+    slab_stride: int | None = None
+    """Slices between sliding slabs (None: the processor's)."""
     aggregate: Literal["max", "mean"] = "max"
-    """A patient's score per class: the max (the paper) or the mean over their windows."""
+    """A patient's score per class: the max (the paper) or the mean over their slabs."""
 
 
 @dataclass(config=STRICT)
@@ -319,7 +319,7 @@ class EvaluationSection:
     positive_class: str | None = None
     """CT with two classes: the class whose AUROC is reported."""
     patient_level: PatientLevel = Field(default_factory=PatientLevel)
-    """CT: windows per patient."""
+    """CT: slabs per patient."""
 
 
 @dataclass(config=STRICT)
@@ -416,7 +416,7 @@ def _check_model_path(recipe: Recipe, ct: bool) -> None:
         if used:
             raise ValueError(f"curriculum.{name}: {used} do not apply to {'CT' if ct else '2D'} models")
     if ct and recipe.data.resize_mode:
-        raise ValueError("data.resize_mode applies to 2D models; a CT window's size is data.processor's")
+        raise ValueError("data.resize_mode applies to 2D models; a CT slab's size is data.processor's")
     if ct and recipe.distillation.enabled:
         raise ValueError("distillation is implemented for the 2D classifiers only")
     if not ct:

@@ -105,8 +105,8 @@ class TrainingRows(torch.utils.data.Dataset):
         return self.__getitems__([key])[0]
 
 
-class CTTrainingWindows(torch.utils.data.Dataset):
-    """Training rows of a converted Lung-PET-CT-Dx split as model inputs: one window per row (the processor's
+class CTTrainingSlabs(torch.utils.data.Dataset):
+    """Training rows of a converted Lung-PET-CT-Dx split as model inputs: one slab per row (the processor's
     `slice_selection`, lesion-centred in the recipe), the encoded clinical values and the model's class index.
     `indices` lists the rows to serve (a row repeated by oversampling appears several times)."""
 
@@ -157,7 +157,7 @@ def build_ct_processor(
     model_type: str, preset: str, config: Any, options: dict[str, Any] | None, train_split: datasets.Dataset
 ) -> Any:
     """MMCAF-Net's processor from `data.processor`; `fit_clinical_statistics: train` fits the clinical ranges and fill
-    values on the training split (saved with the model). Raises `ValueError` when its window does not match the
+    values on the training split (saved with the model). Raises `ValueError` when its slab does not match the
     model's input (`image_size`, `num_slices`) or `fit_clinical_statistics` is not `train`."""
     options = dict(options or {})
     fit = options.pop("fit_clinical_statistics", None)
@@ -165,7 +165,7 @@ def build_ct_processor(
     processor = build_image_processor(model_type, preset=preset, **options)
     if processor.size["height"] != config.image_size or processor.num_slices != config.num_slices:
         raise ValueError(
-            f"data.processor gives {processor.num_slices} x {processor.size['height']} windows but the '{preset}' "
+            f"data.processor gives {processor.num_slices} x {processor.size['height']} slabs but the '{preset}' "
             f"model takes {config.num_slices} x {config.image_size}: set data.processor.size / num_slices"
         )
     if fit not in (None, False, "train"):
@@ -326,14 +326,14 @@ def image_inputs(
 def ct_inputs(
     config: TrainingConfig, model: Any, train_split: datasets.Dataset, validation_split: datasets.Dataset
 ) -> Inputs:
-    """CT: (MMCAF-Net processor, training windows per stage, no validation loader, validation scorer): one window
+    """CT: (MMCAF-Net processor, training slabs per stage, no validation loader, validation scorer): one slab
     per converted row (oversampled as `data.oversample_minority` says), patient-level numbers on validation. Sets
     the model's rows per class (for a class-balanced loss); raises `ValueError` when a split holds classes the model
     does not predict."""
     recipe, preset = config.recipe, config.built_preset
     section = recipe.data
     if preset != recipe.model.preset and section.processor:
-        # `--preset tiny` with a paper recipe: the window follows the model; recipe.yaml records what was used.
+        # `--preset tiny` with a paper recipe: the slab follows the model; recipe.yaml records what was used.
         section.processor = {**section.processor, "size": model.config.image_size,
                              "num_slices": model.config.num_slices}  # fmt: skip
     processor = build_ct_processor(config.model_type, preset, model.config, section.processor, train_split)
@@ -343,7 +343,7 @@ def ct_inputs(
     counts = np.bincount(classes[indices], minlength=len(names))  # for a class-balanced loss: rows per class served
     model.config.class_positive_counts, model.config.num_train_samples = counts.tolist(), len(indices)
     augment = ct_augmentation_from_recipe(recipe.augmentation)
-    windows = CTTrainingWindows(train_split, processor, classes, indices, augment)
+    slabs = CTTrainingSlabs(train_split, processor, classes, indices, augment)
     dataset_class_indices(validation_split, names)  # fail before training when validation has other classes
 
     def score(accelerator: Accelerator, scored: Any, loaders: list[DataLoader]) -> dict[str, float]:
@@ -351,4 +351,4 @@ def ct_inputs(
         unwrapped = accelerator.unwrap_model(scored)
         return evaluate_ct(unwrapped, processor, validation_split, recipe.evaluation, accelerator.device)
 
-    return processor, [windows for _ in stages_from_recipe(recipe)], [], score
+    return processor, [slabs for _ in stages_from_recipe(recipe)], [], score

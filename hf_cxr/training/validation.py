@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from hf_cxr.evaluation.ct_scores import dataset_class_indices, score_single_label
 from hf_cxr.evaluation.scores import micro_roc_auc
-from hf_cxr.inference.ct import predict_ct_windows
+from hf_cxr.inference.ct import predict_ct_slabs
 from hf_cxr.metrics import macro_roc_auc, per_class_roc_auc
 from hf_cxr.training.checkpoint import TrainingProgress, save_model
 from hf_cxr.training.config import EvaluationSection, Recipe
@@ -48,21 +48,21 @@ def evaluate_images(accelerator: Accelerator, model: torch.nn.Module, loader: Da
 def evaluate_ct(
     model: Any, processor: Any, split: datasets.Dataset, section: EvaluationSection, device: torch.device | str
 ) -> dict[str, float]:
-    """CT validation: patient-level numbers (`evaluation.patient_level`: windows cut as it says, their scores
-    combined per patient) and the window-level cross-entropy as `loss`; the model is put back in training mode.
+    """CT validation: patient-level numbers (`evaluation.patient_level`: slabs cut as it says, their scores
+    combined per patient) and the slab-level cross-entropy as `loss`; the model is put back in training mode.
     Raises `ValueError` when the split holds classes the model does not predict."""
-    windows = section.patient_level
+    level = section.patient_level
     names = [model.config.id2label[i] for i in sorted(model.config.id2label)]
     try:
-        probabilities, rows = predict_ct_windows(
-            model, processor, split, device=device, slice_selection=windows.windows, window_stride=windows.window_stride
+        probabilities, rows = predict_ct_slabs(
+            model, processor, split, device=device, slice_selection=level.slabs, slab_stride=level.slab_stride
         )
     finally:
         model.train()
     classes = dataset_class_indices(split, names)[rows]
     patients = np.asarray(split.select_columns(["patient_id"])["patient_id"])[rows]
     scores = score_single_label(
-        probabilities, classes, patients.tolist(), names, aggregate=windows.aggregate, n_bootstrap=0,
+        probabilities, classes, patients.tolist(), names, aggregate=level.aggregate, n_bootstrap=0,
         positive_class=section.positive_class if len(names) == 2 else None,
     )  # fmt: skip
     picked = np.clip(probabilities[np.arange(len(rows)), classes], 1e-12, None)

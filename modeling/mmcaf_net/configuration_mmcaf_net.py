@@ -29,7 +29,7 @@ MMCAF_NET_PRESETS: dict[str, dict[str, Any]] = {
 
 
 class MMCAFNetConfig(CXRClassifierConfig):
-    r"""Configuration of an MMCAF-Net model (3D CT window + 7 clinical values -> lung cancer histology).
+    r"""Configuration of an MMCAF-Net model (3D CT slab + 7 clinical values -> lung cancer histology).
 
     Single-label: one softmax over `num_labels` classes, named by histology (`labels`, default A vs G:
     `("adenocarcinoma", "squamous_cell_carcinoma")`; pass `labels=ABEG_LABELS` or `num_labels=4` for A, B, E, G).
@@ -39,7 +39,7 @@ class MMCAFNetConfig(CXRClassifierConfig):
     per-class probability thresholds chosen by evaluation (argmax where absent). Plus:
 
     Args:
-        num_slices (`int`, defaults to 12): slices per CT window (depth D of `pixel_values` [B, 1, D, H, W]).
+        num_slices (`int`, defaults to 12): slices per CT slab (depth D of `pixel_values` [B, 1, D, H, W]).
         num_clinical_features (`int`, defaults to 7): sex, age, weight, T, N, M stage, smoking, in [-1, 1].
         stem_channels (`int`, defaults to 64): width of the 7x7x7 stem conv (stride (1, 2, 2), then max-pool /2).
         encoder_widths (`list[int]`, defaults to `[256, 512, 1024]`): output channels of the three ResNeXt-SE stages
@@ -171,8 +171,8 @@ class MMCAFNetConfig(CXRClassifierConfig):
 
     @property
     def pixel_values_shape(self) -> tuple[int | None, ...]:
-        """The shape of one CT window, `pixel_values[i]`: (num_channels, slices, image_size, image_size). The number of
-        slices is left open (None): the encoder is convolutional over depth, and a processor may cut windows of
+        """The shape of one CT slab, `pixel_values[i]`: (num_channels, slices, image_size, image_size). The number of
+        slices is left open (None): the encoder is convolutional over depth, and a processor may cut slabs of
         another depth than `num_slices` (the one the training recipe uses)."""
         return (self.num_channels, None, self.image_size, self.image_size)
 

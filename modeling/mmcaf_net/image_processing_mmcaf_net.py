@@ -2,10 +2,10 @@
 
 Volume: a DICOM series folder, a list of DICOM files, a numpy/torch volume in HU [Z, H, W], or a Lung-PET-CT-Dx
 dataset row (`volume`, `lesion_slice_range` and the raw clinical columns). Slices are ordered by position
-(`ct.read_ct_series`), converted to HU with slope/intercept, windowed (lung window by default), cut into windows of
+(`ct.read_ct_series`), converted to HU with slope/intercept, windowed (lung window by default), cut into slabs of
 `num_slices` slices (around the lesion when its slice range or annotation UIDs are given, else the centre, or
-sliding windows over the whole series), resized in-plane and centre-cropped, and padded with air (-1000 HU) when
-the series is shorter than a window. Clinical: `clinical.encode_clinical_values` with the statistics stored in this
+sliding slabs over the whole series), resized in-plane and centre-cropped, and padded with air (-1000 HU) when
+the series is shorter than a slab. Clinical: `clinical.encode_clinical_values` with the statistics stored in this
 processor (saved in `preprocessor_config.json`); missing values get the fill value and are reported.
 """
 
@@ -51,14 +51,14 @@ def _is_path(item: Any) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
-def window_starts(num_total: int, num_slices: int, mode: str, lesion: Sequence[int] | None, stride: int) -> list[int]:
-    """First slice index of each window (negative or past the end where the series is padded with air).
+def slab_starts(num_total: int, num_slices: int, mode: str, lesion: Sequence[int] | None, stride: int) -> list[int]:
+    """First slice index of each slab (negative or past the end where the series is padded with air).
 
-    `lesion` (first, last) centres one window on the lesion; otherwise `center` centres one window on the series
-    and `sliding` steps by `stride` from the first slice, the last window ending at the last slice.
+    `lesion` (first, last) centres one slab on the lesion; otherwise `center` centres one slab on the series
+    and `sliding` steps by `stride` from the first slice, the last slab ending at the last slice.
     """
     if num_total <= num_slices:
-        return [-((num_slices - num_total) // 2)]  # one window, air split between both ends
+        return [-((num_slices - num_total) // 2)]  # one slab, air split between both ends
     last_start = num_total - num_slices
     if mode == "sliding" and lesion is None:
         starts = list(range(0, last_start + 1, stride))
@@ -72,7 +72,7 @@ class MMCAFNetProcessor(BaseImageProcessor):
     r"""Turns CT series and clinical records into MMCAF-Net inputs; owns every preprocessing step.
 
     Args:
-        num_slices (`int`, defaults to 12): slices per window (the model's depth D).
+        num_slices (`int`, defaults to 12): slices per slab (the model's depth D).
         size (`int` or `dict`, defaults to 192): in-plane output size after the centre crop.
         resize_size (`int`, *optional*): the shorter side is first resized to this (bilinear, antialiased, in HU);
             defaults to the crop size (a 512x512 slice is then simply resized to 192x192, as in the paper).
@@ -80,10 +80,10 @@ class MMCAFNetProcessor(BaseImageProcessor):
         window_level, window_width (`float`, defaults to -600 and 1500): HU window mapped to [0, 1] (lung window;
             mediastinum would be 40/400).
         image_mean, image_std (`float`, defaults to 0.5): `(x - mean) / std` after windowing ([0, 1] -> [-1, 1]).
-        slice_selection (`str`, defaults to `"lesion"`): `lesion` (one window centred on the lesion slice range when
-            given, else on the series centre; the windowing the paper trains on), `center`, or `sliding` (windows
-            every `window_stride` slices over the whole series; the pipeline takes the max over them).
-        window_stride (`int`, *optional*): sliding-window step; defaults to `num_slices` (no overlap).
+        slice_selection (`str`, defaults to `"lesion"`): `lesion` (one slab centred on the lesion slice range when
+            given, else on the series centre; the slab selection the paper trains on), `center`, or `sliding` (slabs
+            every `slab_stride` slices over the whole series; the pipeline takes the max over them).
+        slab_stride (`int`, *optional*): sliding-slab step; defaults to `num_slices` (no overlap).
         clinical_age_range, clinical_weight_range (`list[float]`, defaults (20, 100) years and (30, 130) kg): ranges
             mapped linearly to [-1, 1]; `fit_clinical_statistics` sets them from a training split.
         clinical_stage_max (`dict`, defaults T 4, N 3, M 1): highest stage number of each TNM part.
@@ -94,7 +94,7 @@ class MMCAFNetProcessor(BaseImageProcessor):
             `ValueError` (`"error"`) or is filled like a missing one and listed in `clinical_unknown` (`"missing"`).
 
     Output (`BatchFeature`): `pixel_values` float32 [N, 1, D, H, W], `clinical_values` float32 [N, 7],
-    `clinical_mask` [N, 7], `series_index` int64 [N] (which input each window comes from), `window_start` int64
+    `clinical_mask` [N, 7], `series_index` int64 [N] (which input each slab comes from), `slab_start` int64
     [N] (first slice; negative when padded), and per input `clinical_missing` / `clinical_unknown` name lists.
     """
 
@@ -111,7 +111,7 @@ class MMCAFNetProcessor(BaseImageProcessor):
         image_mean: float = 0.5,
         image_std: float = 0.5,
         slice_selection: str = "lesion",
-        window_stride: int | None = None,
+        slab_stride: int | None = None,
         clinical_age_range: Sequence[float] = AGE_RANGE,
         clinical_weight_range: Sequence[float] = WEIGHT_RANGE_KG,
         clinical_stage_max: Mapping[str, int] | None = None,
@@ -129,7 +129,7 @@ class MMCAFNetProcessor(BaseImageProcessor):
         self.image_mean = float(image_mean)
         self.image_std = float(image_std)
         self.slice_selection = slice_selection
-        self.window_stride = int(window_stride) if window_stride is not None else None
+        self.slab_stride = int(slab_stride) if slab_stride is not None else None
         self.clinical_age_range = [float(value) for value in clinical_age_range]
         self.clinical_weight_range = [float(value) for value in clinical_weight_range]
         self.clinical_stage_max = {**STAGE_MAX, **dict(clinical_stage_max or {})}
@@ -218,22 +218,22 @@ class MMCAFNetProcessor(BaseImageProcessor):
         top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
         return volume[:, top : top + crop_h, left : left + crop_w]
 
-    def volume_windows(
+    def volume_slabs(
         self,
         hu: np.ndarray,
         lesion: Sequence[int] | None = None,
         slice_selection: str | None = None,
-        window_stride: int | None = None,
+        slab_stride: int | None = None,
     ) -> tuple[torch.Tensor, list[int]]:
-        """HU volume [Z, H, W] -> (windows float32 [N, 1, D, size, size] normalised, their first slice indices)."""
+        """HU volume [Z, H, W] -> (slabs float32 [N, 1, D, size, size] normalised, their first slice indices)."""
         mode = slice_selection or self.slice_selection
         if mode not in SLICE_SELECTIONS:
             raise ValueError(f"slice_selection must be one of {SLICE_SELECTIONS}, got {mode!r}")
-        stride = window_stride or self.window_stride or self.num_slices
+        stride = slab_stride or self.slab_stride or self.num_slices
         lesion = lesion if mode == "lesion" else None
-        starts = window_starts(hu.shape[0], self.num_slices, mode, lesion, stride)
+        starts = slab_starts(hu.shape[0], self.num_slices, mode, lesion, stride)
         volume = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))
-        windows = []
+        slabs = []
         for start in starts:
             picked = volume[max(start, 0) : start + self.num_slices]
             before = max(-start, 0)
@@ -242,8 +242,8 @@ class MMCAFNetProcessor(BaseImageProcessor):
             resized = self._resize(picked)
             low = self.window_level - self.window_width / 2
             unit = ((resized - low) / self.window_width).clamp_(0.0, 1.0)
-            windows.append(((unit - self.image_mean) / self.image_std)[None])
-        return torch.stack(windows), starts
+            slabs.append(((unit - self.image_mean) / self.image_std)[None])
+        return torch.stack(slabs), starts
 
     @staticmethod
     def lesion_range_from_uids(sop_instance_uids: Sequence[str], annotated: Iterable[str]) -> tuple[int, int] | None:
@@ -334,7 +334,7 @@ class MMCAFNetProcessor(BaseImageProcessor):
         lesion_slice_range: Any = None,
         annotations: Any = None,
         slice_selection: str | None = None,
-        window_stride: int | None = None,
+        slab_stride: int | None = None,
         return_tensors: str | None = "pt",
         **kwargs: Any,
     ) -> BatchFeature:
@@ -387,7 +387,7 @@ class MMCAFNetProcessor(BaseImageProcessor):
                 if _is_path(item_annotations):
                     item_annotations = [path.stem for path in Path(item_annotations).glob("*.xml")]
                 lesion = self.lesion_range_from_uids(uids, item_annotations)
-            windows, window_first = self.volume_windows(hu, lesion, slice_selection, window_stride)
+            slabs, slab_first = self.volume_slabs(hu, lesion, slice_selection, slab_stride)
             values, mask, missing, unknown = self._clinical_for(item_clinical, index)
             if missing or unknown:
                 logger.warning(
@@ -398,12 +398,12 @@ class MMCAFNetProcessor(BaseImageProcessor):
                     missing,
                     unknown,
                 )
-            pixel_values.append(windows)
-            count = windows.shape[0]
+            pixel_values.append(slabs)
+            count = slabs.shape[0]
             clinical_values.append(torch.tensor([values] * count, dtype=torch.float32))
             clinical_mask.append(torch.tensor([mask] * count, dtype=torch.float32))
             series_index.append(torch.full((count,), index, dtype=torch.long))
-            starts.append(torch.tensor(window_first, dtype=torch.long))
+            starts.append(torch.tensor(slab_first, dtype=torch.long))
             missing_report.append(missing)
             unknown_report.append(unknown)
         data: dict[str, Any] = {
@@ -411,7 +411,7 @@ class MMCAFNetProcessor(BaseImageProcessor):
             "clinical_values": torch.cat(clinical_values),
             "clinical_mask": torch.cat(clinical_mask),
             "series_index": torch.cat(series_index),
-            "window_start": torch.cat(starts),
+            "slab_start": torch.cat(starts),
         }
         if return_tensors == "np":
             data = {key: value.numpy() for key, value in data.items()}
@@ -422,4 +422,4 @@ class MMCAFNetProcessor(BaseImageProcessor):
         return BatchFeature(data=data, tensor_type=None)
 
 
-__all__ = ["MMCAFNetProcessor", "window_starts"]
+__all__ = ["MMCAFNetProcessor", "slab_starts"]

@@ -1,4 +1,4 @@
-"""MMCAF-Net: a 3D CT window and 7 clinical values -> lung cancer histology (adenocarcinoma vs squamous by default).
+"""MMCAF-Net: a 3D CT slab and 7 clinical values -> lung cancer histology (adenocarcinoma vs squamous by default).
 
 Image: a PENet-family 3D ResNeXt-SE encoder gives three scales; a top-down pyramid (upsampling convs) mixes
 coarse context into the finer scales, E3D-MSCA (`E3DMultiScaleConvAttention`, efficient 3D multi-scale
@@ -614,10 +614,10 @@ class MMCAFNetModel(MMCAFNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MMCAFNetModelOutput | tuple:
-        """Encode a batch of CT windows and clinical vectors: image, table and fused embeddings.
+        """Encode a batch of CT slabs and clinical vectors: image, table and fused embeddings.
 
         Args:
-            pixel_values (`torch.FloatTensor` [batch, 1, slices, image_size, image_size]): CT windows as
+            pixel_values (`torch.FloatTensor` [batch, 1, slices, image_size, image_size]): CT slabs as
                 `MMCAFNetProcessor` gives them (HU windowed to [0, 1], then `(x - image_mean) / image_std`, [-1, 1]
                 by default). Any number of slices is accepted (`config.num_slices`, 12, is what the recipe trains
                 on).
@@ -694,10 +694,10 @@ class MMCAFNetForCTClassification(MMCAFNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MMCAFNetCTClassifierOutput | tuple:
-        """Classify a batch of CT windows with their clinical vectors: one softmax over `num_labels` classes.
+        """Classify a batch of CT slabs with their clinical vectors: one softmax over `num_labels` classes.
 
         Args:
-            pixel_values (`torch.FloatTensor` [batch, 1, slices, image_size, image_size]): CT windows as
+            pixel_values (`torch.FloatTensor` [batch, 1, slices, image_size, image_size]): CT slabs as
                 `MMCAFNetProcessor` gives them (see `MMCAFNetModel.forward`).
             clinical_values (`torch.FloatTensor` [batch, num_clinical_features]): encoded clinical features in
                 [-1, 1] (see `MMCAFNetModel.forward`).
@@ -717,7 +717,7 @@ class MMCAFNetForCTClassification(MMCAFNetPreTrainedModel):
             `output_attentions`, and `loss` (a scalar, `config.loss` in float32) when `labels` are given.
 
         Raises:
-            `ValueError`: if `labels` is floating point or does not hold one label per window, and as
+            `ValueError`: if `labels` is floating point or does not hold one label per slab, and as
                 `MMCAFNetModel.forward` does (wrong `pixel_values` or `clinical_values` shape).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict

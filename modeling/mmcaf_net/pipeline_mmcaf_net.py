@@ -2,7 +2,7 @@
 
 `pipeline(task, model=folder)({"series": path, "clinical": {...}})` runs the model's `MMCAFNetProcessor` on the
 input (so DICOM folders, file lists, HU volumes and dataset rows are read at full precision), the model on every
-window, and reduces the per-window softmax probabilities to one score per class with the max over windows (the
+slab, and reduces the per-slab softmax probabilities to one score per class with the max over slabs (the
 paper's patient-level rule; `aggregate="mean"` is the alternative). With the max the scores need not sum to 1.
 """
 
@@ -21,9 +21,9 @@ AGGREGATIONS = ("max", "mean")
 class CTClinicalClassificationPipeline(Pipeline):
     """Classify a patient from a CT series and a clinical record (see the module docstring).
 
-    Call arguments: `aggregate` (`"max"` or `"mean"` over windows), `top_k` (default every class),
-    `slice_selection` / `window_stride` (override the processor's, e.g. `"sliding"`), `return_details` (return a
-    dict with `scores`, `window_scores`, `window_start`, `clinical_missing` and `clinical_unknown`).
+    Call arguments: `aggregate` (`"max"` or `"mean"` over slabs), `top_k` (default every class),
+    `slice_selection` / `slab_stride` (override the processor's, e.g. `"sliding"`), `return_details` (return a
+    dict with `scores`, `slab_scores`, `slab_start`, `clinical_missing` and `clinical_unknown`).
     """
 
     _load_processor = False
@@ -37,11 +37,11 @@ class CTClinicalClassificationPipeline(Pipeline):
         aggregate: str | None = None,
         top_k: int | None = None,
         slice_selection: str | None = None,
-        window_stride: int | None = None,
+        slab_stride: int | None = None,
         return_details: bool | None = None,
         **kwargs: Any,
     ) -> tuple[dict, dict, dict]:
-        preprocess = {"slice_selection": slice_selection, "window_stride": window_stride}
+        preprocess = {"slice_selection": slice_selection, "slab_stride": slab_stride}
         aggregate = aggregate or "max"
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
@@ -58,7 +58,7 @@ class CTClinicalClassificationPipeline(Pipeline):
         return {
             "pixel_values": processed["pixel_values"].to(self.dtype),
             "clinical_values": processed["clinical_values"].to(self.dtype),
-            "window_start": processed["window_start"],
+            "slab_start": processed["slab_start"],
             "clinical_missing": processed["clinical_missing"][0],
             "clinical_unknown": processed["clinical_unknown"][0],
         }
@@ -66,8 +66,8 @@ class CTClinicalClassificationPipeline(Pipeline):
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
         outputs = self.model(pixel_values=model_inputs["pixel_values"], clinical_values=model_inputs["clinical_values"])
         return {
-            "logits": outputs.logits,  # [windows, num_labels]
-            **{key: model_inputs[key] for key in ("window_start", "clinical_missing", "clinical_unknown")},
+            "logits": outputs.logits,  # [slabs, num_labels]
+            **{key: model_inputs[key] for key in ("slab_start", "clinical_missing", "clinical_unknown")},
         }
 
     def postprocess(
@@ -77,8 +77,8 @@ class CTClinicalClassificationPipeline(Pipeline):
         top_k: int | None = None,
         return_details: bool = False,
     ) -> Any:
-        window_scores = torch.softmax(model_outputs["logits"].float(), dim=-1)  # [windows, num_labels]
-        patient = window_scores.amax(dim=0) if aggregate == "max" else window_scores.mean(dim=0)
+        slab_scores = torch.softmax(model_outputs["logits"].float(), dim=-1)  # [slabs, num_labels]
+        patient = slab_scores.amax(dim=0) if aggregate == "max" else slab_scores.mean(dim=0)
         id2label = self.model.config.id2label
         scores = sorted(
             ({"label": id2label[index], "score": float(score)} for index, score in enumerate(patient.tolist())),
@@ -89,8 +89,8 @@ class CTClinicalClassificationPipeline(Pipeline):
             return scores
         return {
             "scores": scores,
-            "window_scores": window_scores.tolist(),
-            "window_start": model_outputs["window_start"].tolist(),
+            "slab_scores": slab_scores.tolist(),
+            "slab_start": model_outputs["slab_start"].tolist(),
             "clinical_missing": model_outputs["clinical_missing"],
             "clinical_unknown": model_outputs["clinical_unknown"],
         }
