@@ -103,9 +103,13 @@ def test_tiny_run_returns_sane_numbers_and_same_run_ratios() -> None:
         assert ratio.train_ratio == pytest.approx(expected)
     stages = {(stage.stage, stage.workers) for stage in result.data_path}
     assert ("dataset + DataLoader", 0) in stages and ("PNG decode (PIL)", 0) in stages
+    assert ("dataset + DataLoader + augmentation", 0) in stages  # as training reads: the MA-MSF recipe's augmentation
+    augmented = next(stage for stage in result.data_path if stage.stage == "dataset + DataLoader + augmentation")
+    assert "ma_msf_chestxray14 recipe's augmentation" in augmented.detail
     assert all(stage.images == 8 and stage.images_per_second > 0 for stage in result.data_path)
     text = speed_report.format_markdown(result)
     assert "| tiny 64px | ma_msf (tiny) | model |" in text
+    assert "(dataset + DataLoader + augmentation): the" in text  # the verdict is on the training reader
     assert "the model is the bottleneck" in text or "the loader is the bottleneck" in text
     assert result.machine["threads"] == 1 and result.settings["batch_size"] == 2
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hf_cxr.benchmarks.data_path import EVAL_LOADER, TRAIN_LOADER
+
 if TYPE_CHECKING:
     from hf_cxr.benchmarks.speed import BenchmarkResult
 
@@ -82,8 +84,12 @@ def format_markdown(result: BenchmarkResult) -> str:
 
 
 def bottleneck_lines(result: BenchmarkResult) -> list[str]:
-    """Which of loader and model limits training at the largest preset measured, per model."""
-    loaders = [stage for stage in result.data_path if stage.stage == "dataset + DataLoader"]
+    """Which of loader and model limits training at the largest preset measured, per model: the model's training
+    rate against the fastest loader that reads as training does (with augmentation; without it when only that was
+    measured)."""
+    stages = {stage.stage for stage in result.data_path}
+    reading = TRAIN_LOADER if TRAIN_LOADER in stages else EVAL_LOADER
+    loaders = [stage for stage in result.data_path if stage.stage == reading]
     if not loaders:
         return []
     best = max(loaders, key=lambda stage: stage.images_per_second)
@@ -96,6 +102,7 @@ def bottleneck_lines(result: BenchmarkResult) -> list[str]:
         limit = "the loader" if best.images_per_second < entry.train_images_per_second else "the model"
         lines.append(
             f"- {entry.name}: trains at {entry.train_images_per_second:.1f} img/s; the loader gives "
-            f"{best.images_per_second:.1f} img/s with {best.workers} worker(s): {limit} is the bottleneck."
+            f"{best.images_per_second:.1f} img/s with {best.workers} worker(s) ({best.stage}): {limit} is the "
+            "bottleneck."
         )
     return lines
