@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 import hf_cxr
-from hf_cxr.benchmarks.model_speed import image_model_types
 from hf_cxr.inference.onnx_export import OnnxExportError, export_onnx, locate_failing_module
+from hf_cxr.registry import IMAGE_MODEL_TYPES
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install 'hf-cxr[onnx]'")
 pytest.importorskip("onnx", reason="onnx not installed: pip install 'hf-cxr[onnx]'")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", image_model_types())
+@pytest.mark.parametrize("model_type", IMAGE_MODEL_TYPES)
 def test_tiny_preset_exports_and_matches_pytorch(model_type: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = hf_cxr.build_model(model_type, "tiny")

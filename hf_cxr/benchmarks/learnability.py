@@ -48,12 +48,12 @@ from hf_cxr.benchmarks.lesions import (
     no_finding_images,
     resize_square,
 )
-from hf_cxr.benchmarks.model_speed import classifier_logits, classifier_loss, image_model_types
+from hf_cxr.benchmarks.model_speed import classifier_logits, classifier_loss
 from hf_cxr.benchmarks.speed import machine_description
 from hf_cxr.callbacks import update_model_anchor
 from hf_cxr.metrics import per_class_roc_auc
 from hf_cxr.modeling.common.image_processing_cxr import CXRImageProcessor
-from hf_cxr.registry import ARCHITECTURES, build_config, build_image_processor, build_model
+from hf_cxr.registry import ARCHITECTURES, IMAGE_MODEL_TYPES, build_config, build_image_processor, build_model
 
 # Config fields the benchmark gives every hf-cxr model itself (its input and its findings): not `model_config`'s.
 BENCHMARK_CONFIG_FIELDS = ("image_size", "num_channels", "labels", "num_labels", "id2label", "label2id")
@@ -246,8 +246,8 @@ def run_learnability(
     result so far after each model, to save partial results.
     """
     for name in models:
-        if name not in image_model_types():
-            raise ValueError(f"models: {name!r} is not a 2D hf-cxr architecture; choose from {image_model_types()}")
+        if name not in IMAGE_MODEL_TYPES:
+            raise ValueError(f"models: {name!r} is not a 2D hf-cxr architecture; choose from {list(IMAGE_MODEL_TYPES)}")
         _check_model_config(name, settings)
     if settings.model_config and not models:
         raise ValueError("model_config: no hf-cxr model is trained in this run, so nothing would use it")

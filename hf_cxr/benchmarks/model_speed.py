@@ -15,11 +15,10 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import nn
 
 from hf_cxr.benchmarks.timing import count_flops, interleaved_rates, paired_ratio, parameter_count, peak_memory_bytes
-from hf_cxr.registry import ARCHITECTURES, build_config, build_model
+from hf_cxr.registry import build_config, build_model
 
 DEFAULT_BASELINES = ("densenet121", "efficientvit_m4", "efficientvit_m5", "efficientnetv2_s")
 
@@ -101,15 +100,6 @@ def backbone_specs(model_type: str, config: Any) -> list[tuple[str, dict[str, An
             )
         ]
     return []
-
-
-def image_model_types() -> list[str]:
-    """The 2D image classifiers (MMCAF-Net takes CT volumes plus a clinical table: not comparable here)."""
-    return [
-        name
-        for name, arch in ARCHITECTURES.items()
-        if arch.task_auto_class is transformers.AutoModelForImageClassification
-    ]
 
 
 def _timm_model(name: str, num_labels: int, in_chans: int, **kwargs: Any) -> nn.Module:

@@ -36,11 +36,11 @@ from hf_cxr.benchmarks.model_speed import (
     EntryResult,
     RatioResult,
     build_groups,
-    image_model_types,
     measure_group,
 )
 from hf_cxr.benchmarks.timing import gpu_peak_bf16_tflops
 from hf_cxr.machine import cpu_name, default_threads
+from hf_cxr.registry import IMAGE_MODEL_TYPES
 
 
 @dataclass
@@ -99,7 +99,7 @@ def run_benchmark(
     Defaults: CUDA when available (batch 64, 3 warm-up steps for `torch.compile`), else CPU (batch 2, one warm-up
     step, `default_threads()` threads).
     """
-    model_types = list(model_types) if model_types else image_model_types()
+    model_types = list(model_types) if model_types else list(IMAGE_MODEL_TYPES)
     resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = resolved.type == "cuda"
     batch_size = batch_size or (64 if cuda else 2)

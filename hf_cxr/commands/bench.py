@@ -23,9 +23,10 @@ from hf_cxr.benchmarks.learnability import (
 )
 from hf_cxr.benchmarks.learnability import format_markdown as format_learnability
 from hf_cxr.benchmarks.lesions import no_finding_images_from_dataset
-from hf_cxr.benchmarks.model_speed import DEFAULT_BASELINES, image_model_types
+from hf_cxr.benchmarks.model_speed import DEFAULT_BASELINES
 from hf_cxr.benchmarks.speed import run_benchmark
 from hf_cxr.benchmarks.speed_report import format_markdown
+from hf_cxr.registry import IMAGE_MODEL_TYPES
 from hf_cxr.training.config import apply_assignments
 
 # Options of the learnability benchmark alone (all default to None or False): refused without --learnability.
@@ -176,7 +177,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--models",
         nargs="*",
-        choices=image_model_types(),
+        choices=IMAGE_MODEL_TYPES,
         default=None,
         help="architectures (default: all 2D; none with --learnability: the baseline alone)",
     )

@@ -8,12 +8,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from hf_cxr.registry import ARCHITECTURES
 from hf_cxr.training.config import Recipe, TrainingConfig, apply_assignments, apply_overrides, load_recipe
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `train.py` / `hf-cxr train` command line; flags override the recipe."""
-    parser.add_argument("--model", required=True, help="model_type: cr_msnet, ma_msf, mxa_efficientvit, mmcaf_net")
+    parser.add_argument("--model", required=True, help=f"model_type: {', '.join(sorted(ARCHITECTURES))}")
     parser.add_argument("--preset", default=None, help="paper (the published configuration) or tiny")
     parser.add_argument("--dataset", required=True, help="a converted dataset folder (hf-cxr convert) or a Hub id")
     parser.add_argument("--output-dir", required=True, help="the final model, checkpoints and logs go here")
