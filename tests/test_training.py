@@ -80,7 +80,8 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     assert compute["processes"] == 1 and compute["batch_size_per_device"] == 5 and compute["wall_seconds"] > 0
     # On CPU the default is no loader workers; the run measured how much of its step time went to waiting for data.
     assert compute["dataloader_workers"] == 0 and 0 < compute["data_wait_share"] < 1
-    assert "of step time waiting for data (0 loader workers)" in capsys.readouterr().out
+    assert "of step time waiting for data (0 loader workers, augmentation on cpu)" in capsys.readouterr().out
+    assert metrics["run"]["augment_on"] == "cpu"  # auto, on a CPU
     model = hf_cxr.CRMSNetForImageClassification.from_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file() and (tmp_path / "modeling_cr_msnet.py").is_file()
     final = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
@@ -140,6 +141,26 @@ def test_killed_run_resumes_to_the_same_weights_at_any_step(tiny_dataset, tmp_pa
     ]
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert len(config["class_positive_counts"]) == 14 and config["num_train_samples"] == 10
+
+
+def test_augmenting_on_the_device_trains_the_same_weights_as_in_the_loader(tiny_dataset, tmp_path) -> None:
+    """Every 2D augmentation step, run in the data loader's workers (`--augment-on cpu`) or batched after the batch
+    reached the training device (`device`; the CPU here): the same images, so the same weights after 3 steps."""
+    augmentation = ("augmentation.random_resized_crop={scale: [0.6, 1.0], p: 0.9}",
+                    "augmentation.horizontal_flip={p: 0.5}", "augmentation.rotate={degrees: 10, p: 0.5}",
+                    "augmentation.affine={translate: [0.1, 0.1], scale: [0.9, 1.1], shear: 5, p: 0.5}",
+                    "augmentation.elastic={alpha: 30.0, sigma: 5.0, p: 0.5}",
+                    "augmentation.gaussian_blur={kernel_size: 3, sigma: [0.1, 1.0], p: 0.5}")  # fmt: skip
+    common = ["--max-steps", "3", "--seed", "1"] + [part for item in augmentation for part in ("--set", item)]
+    weights = {}
+    for where, workers in (("cpu", "1"), ("device", "0")):
+        train(run_args(tiny_dataset, tmp_path / where, *common, "--augment-on", where, "--num-workers", workers))
+        weights[where] = load_file(str(tmp_path / where / "model.safetensors"))
+        assert json.loads((tmp_path / where / "metrics.json").read_text())["run"]["augment_on"] == where
+    assert all(torch.equal(weights["cpu"][key], weights["device"][key]) for key in weights["cpu"])
+    train(run_args(tiny_dataset, tmp_path / "plain", "--max-steps", "3", "--seed", "1"))  # the augmentation mattered
+    plain = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert any(not torch.equal(plain[key], weights["cpu"][key]) for key in plain)
 
 
 # Two gloo processes on the CPU. `accelerate launch --cpu --num_processes 2` starts ONE process (it expects mpirun

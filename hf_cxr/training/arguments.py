@@ -48,6 +48,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="data-loader worker processes per training process (default: on a GPU, this process's share of the CPU "
         "cores less one, at most 8; on CPU 0, the model using every core)",
     )
+    parser.add_argument(
+        "--augment-on",
+        choices=("auto", "cpu", "device"),
+        default="auto",
+        help="2D: run the recipe's augmentation in the data loader (cpu) or batched on the training device (device); "
+        "default auto: device on a GPU, else cpu",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--teacher", default=None, help="distillation teacher: local path or Hub id")
     parser.add_argument(
@@ -105,7 +112,7 @@ def config_from_arguments(args: argparse.Namespace) -> TrainingConfig:
         resume_from_checkpoint=args.resume_from_checkpoint, overwrite_output_dir=args.overwrite_output_dir,
         compile=args.compile, checkpointing_steps=args.checkpointing_steps, keep_checkpoints=args.keep_checkpoints,
         eval_steps=args.eval_steps, stop_after_steps=args.stop_after_steps, num_workers=args.num_workers,
-        log_with=args.log_with,
+        augment_on=args.augment_on, log_with=args.log_with,
     )  # fmt: skip
     config.check()
     return config

@@ -192,8 +192,9 @@ class Sharpen:
 
 @dataclass(config=STRICT)
 class AugmentationSection:
-    """`augmentation`: random changes of each training image before the processor resizes and normalises it (2D),
-    or of each processed CT slab; None everywhere (the default) trains on the images as they are."""
+    """`augmentation`: random changes of each training image, read at the model's size and before normalisation
+    (2D: `hf_cxr.training.augment.RadiographAugmentation`, in the loader or on the device, see `augment_on`), or of
+    each processed CT slab; None everywhere (the default) trains on the images as they are."""
 
     random_resized_crop: RandomResizedCrop | None = None
     """2D: random crop."""
@@ -382,6 +383,9 @@ class TrainingConfig:
     """Leave after this many optimizer steps of this invocation (resume with `latest`)."""
     num_workers: int | None = None
     """Data-loader worker processes per training process (None: `hf_cxr.training.data.default_num_workers`)."""
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
+    """2D: where the recipe's augmentation runs: `cpu` (in the data loader), `device` (batched on the training
+    device; the loader only reads and collates), `auto` (device on a GPU, else cpu). Same images either way."""
     log_with: str = "auto"
     """Comma-separated trackers: csv, tensorboard, wandb, none; auto = csv, plus tensorboard when installed."""
 

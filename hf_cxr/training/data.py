@@ -5,7 +5,7 @@ and validates on."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -14,13 +14,13 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from hf_cxr.data._common import read_conversion_report
-from hf_cxr.data.transforms import AUGMENTATION_SEED, eval_transform, seeded, train_transform
+from hf_cxr.data.transforms import AUGMENTATION_SEED, eval_transform, seeded
 from hf_cxr.evaluation.ct_scores import dataset_class_indices
 from hf_cxr.inference.ct import CLINICAL_COLUMNS, ct_input_rows
 from hf_cxr.labels import LABEL_SETS
 from hf_cxr.machine import usable_cores
 from hf_cxr.registry import build_image_processor
-from hf_cxr.training.augment import augmentation_from_recipe, ct_augmentation_from_recipe
+from hf_cxr.training.augment import RadiographAugmentation, augmentation_from_recipe, ct_augmentation_from_recipe
 from hf_cxr.training.config import Oversampling, Recipe, SplitFractions, TrainingConfig
 from hf_cxr.training.schedule import stages_from_recipe
 from hf_cxr.training.teacher import Teacher
@@ -55,8 +55,21 @@ def loader_options(num_workers: int, device: torch.device) -> dict[str, Any]:
 # Recipe `data` keys that describe how the dataset was converted, and the converter setting each must equal.
 CONVERSION_SETTINGS = {"uncertain_labels": "uncertain", "task": "task"}
 VIEWS = ("frontal", "lateral")
-# What an architecture's path gives the loop: (processor, training data per stage, validation loaders, scorer).
-Inputs = tuple[Any, list[Any], list[DataLoader], Callable[[Accelerator, Any, list[DataLoader]], dict[str, float]]]
+
+
+class Inputs(NamedTuple):
+    """What an architecture's path gives the training loop."""
+
+    processor: Any
+    """The image processor saved with the model."""
+    stage_data: list[Any]
+    """The training dataset of each curriculum stage."""
+    eval_loaders: list[DataLoader]
+    """Validation loaders (prepared by Accelerate with the model)."""
+    scorer: Callable[[Accelerator, Any, list[DataLoader]], dict[str, float]]
+    """Validation numbers of the model."""
+    finish_batch: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    """Applied by the loop to each training batch once it is on the training device (augmentation there)."""
 
 
 class SeededShuffleSampler(torch.utils.data.Sampler):
@@ -85,24 +98,59 @@ class SeededShuffleSampler(torch.utils.data.Sampler):
         return iter(zip(order.tolist(), seeds.tolist(), strict=True))
 
 
-class TrainingRows(torch.utils.data.Dataset):
-    """A 2D training split read through `transform` (`train_transform`) in batches of the (row, augmentation seed)
-    keys `SeededShuffleSampler` yields; the seeds reach the transform as its `AUGMENTATION_SEED` column."""
+class TrainingImages(torch.utils.data.Dataset):
+    """A 2D training split read in batches of the (row, augmentation seed) keys `SeededShuffleSampler` yields.
 
-    def __init__(self, split: datasets.Dataset, transform: Callable[[dict[str, Any]], dict[str, torch.Tensor]]) -> None:
-        self.split, self.transform = split, transform
+    Each image is read as grey at the model's size (`processor.grey_pixel_values`). With `augment_on="cpu"` the
+    batch is augmented and normalised here, in the DataLoader's workers (`finish_images`); with `"device"` it leaves
+    as `grey_pixel_values` [1, H, W] with its `augmentation_seed`, and the training loop finishes it on the
+    training device (`finish_images` again, on the whole batch there). Same seeds, same images, either way.
+    """
+
+    def __init__(
+        self, split: datasets.Dataset, processor: Any, augmentation: RadiographAugmentation, augment_on: str,
+        teacher_processor: Any | None = None,
+    ) -> None:  # fmt: skip
+        if augment_on not in ("cpu", "device"):
+            raise ValueError(f"augment_on must be 'cpu' or 'device', got {augment_on!r}")
+        self.split, self.processor, self.augmentation = split, processor, augmentation
+        self.augment_on, self.teacher_processor = augment_on, teacher_processor
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
         batch = self.split[[row for row, _ in keys]]
-        batch[AUGMENTATION_SEED] = [seed for _, seed in keys]
-        output = self.transform(batch)
+        output = {
+            "grey_pixel_values": self.processor.grey_pixel_values(batch["image"]),
+            AUGMENTATION_SEED: torch.tensor([seed for _, seed in keys], dtype=torch.int64),
+            "labels": torch.as_tensor(np.asarray(batch["labels"], dtype=np.float32)),
+        }
+        if self.augment_on == "cpu":
+            output = finish_images(output, self.processor, self.augmentation, self.teacher_processor)
         return [{name: value[index] for name, value in output.items()} for index in range(len(keys))]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         return self.__getitems__([key])[0]
+
+
+@torch.no_grad()
+def finish_images(
+    batch: dict[str, torch.Tensor], processor: Any, augmentation: RadiographAugmentation,
+    teacher_processor: Any | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A batch of `TrainingImages` made model inputs where it is (CPU or the training device): `grey_pixel_values`
+    [B, 1, H, W] augmented with each row's `augmentation_seed`, clamped to [0, 1] and normalised by the processor
+    (`pixel_values` [B, C, H, W]); with `teacher_processor` the augmented images also go through it
+    (`teacher_pixel_values`, on the batch's device). Other keys pass unchanged."""
+    batch = dict(batch)
+    grey, seeds = batch.pop("grey_pixel_values"), batch.pop(AUGMENTATION_SEED)
+    augmented = augmentation(grey, seeds.tolist()).clamp_(0.0, 1.0)
+    batch["pixel_values"] = processor.normalize_grey(augmented)
+    if teacher_processor is not None:
+        teacher_pixels = teacher_processor(list(augmented), return_tensors="pt")["pixel_values"]
+        batch["teacher_pixel_values"] = teacher_pixels.to(grey.device)
+    return batch
 
 
 class CTTrainingSlabs(torch.utils.data.Dataset):
@@ -288,27 +336,35 @@ def _keep_views(
     return split.select([index for index, view in enumerate(found) if view in wanted])
 
 
+def resolve_augment_on(augment_on: str, device: torch.device) -> str:
+    """Where 2D training augments (`TrainingConfig.augment_on`): `auto` is `device` on a GPU (batched there, the
+    CPU workers only read and collate) and `cpu` elsewhere."""
+    if augment_on == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return augment_on
+
+
 def image_inputs(
     config: TrainingConfig, model: Any, train_split: datasets.Dataset, validation_split: datasets.Dataset,
     teacher: Teacher | None, device: torch.device,
 ) -> Inputs:  # fmt: skip
-    """2D: (image processor, training data per stage, validation loaders, validation scorer): images through
-    `train_transform` (and the distillation teacher's processor when it reads other pixels), the abnormal-only
-    stages filtered, AUCs over findings on validation (loaded for `device` with `config.num_workers` workers). Sets
-    the model's class counts (for a class-balanced loss)."""
+    """2D: the image processor, `TrainingImages` per stage (augmented where `config.augment_on` resolves to; the
+    abnormal-only stages filtered; the distillation teacher's processor applied when it reads other pixels),
+    validation over the findings' AUCs (loaded for `device` with `config.num_workers` workers) and the batch
+    finishing for augmentation on the device. Sets the model's class counts (for a class-balanced loss)."""
     recipe = config.recipe
     resize = {"resize_mode": recipe.data.resize_mode} if recipe.data.resize_mode else {}
     processor = build_image_processor(config.model_type, preset=config.built_preset, **resize)
     teacher_processor = teacher.processor if teacher is not None and not teacher.reads(processor) else None
-    augment = augmentation_from_recipe(recipe.augmentation)
+    augmentation = augmentation_from_recipe(recipe.augmentation)
+    augment_on = resolve_augment_on(config.augment_on, device)
     stage_data = []
     for stage in stages_from_recipe(recipe):
         split = train_split
         if stage.exclude_no_finding:
             keep = [i for i, empty in enumerate(_no_finding_mask(split)) if not empty]
             split = split.select(keep)
-        transform = train_transform(processor, augmentation=augment, teacher_processor=teacher_processor)
-        stage_data.append(TrainingRows(split, transform))
+        stage_data.append(TrainingImages(split, processor, augmentation, augment_on, teacher_processor))
     eval_loader = DataLoader(
         validation_split.with_transform(eval_transform(processor)), batch_size=recipe.optimization.batch_size,
         **loader_options(config.num_workers, device),
@@ -320,7 +376,12 @@ def image_inputs(
     def score(accelerator: Accelerator, scored: Any, loaders: list[DataLoader]) -> dict[str, float]:
         return evaluate_images(accelerator, scored, loaders[0], accelerator.unwrap_model(scored).config.id2label)
 
-    return processor, stage_data, [eval_loader], score
+    def finish_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "grey_pixel_values" not in batch:
+            return batch
+        return finish_images(batch, processor, augmentation, teacher_processor)
+
+    return Inputs(processor, stage_data, [eval_loader], score, finish_batch)
 
 
 def ct_inputs(
@@ -351,4 +412,4 @@ def ct_inputs(
         unwrapped = accelerator.unwrap_model(scored)
         return evaluate_ct(unwrapped, processor, validation_split, recipe.evaluation, accelerator.device)
 
-    return processor, [slabs for _ in stages_from_recipe(recipe)], [], score
+    return Inputs(processor, [slabs for _ in stages_from_recipe(recipe)], [], score, lambda batch: batch)

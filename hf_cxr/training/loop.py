@@ -39,6 +39,7 @@ from hf_cxr.training.data import (
     default_num_workers,
     image_inputs,
     loader_options,
+    resolve_augment_on,
 )
 from hf_cxr.training.schedule import (
     apply_stage,
@@ -109,7 +110,9 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
         inputs = ct_inputs(config, model, train_split, validation_split)
     else:
         inputs = image_inputs(config, model, train_split, validation_split, teacher, accelerator.device)
-    processor, stage_data, eval_loaders, scorer = inputs
+    processor, stage_data, eval_loaders, scorer, finish_batch = inputs
+    if not ct:
+        run_record["augment_on"] = resolve_augment_on(config.augment_on, accelerator.device)
     recipe.model.preset = preset  # recipe.yaml records the preset built, not the file's
     # Each stage's rows come from a seeded sampler; the loader's own generator (not the global one, which the
     # checkpoint restores) gives each epoch's worker seed, so starting the epoch anew on resume draws nothing.
@@ -168,6 +171,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
     checkpoint = (output_dir / "checkpoints", config.keep_checkpoints, progress, scheduler, ema)
     model.train()
     clock = DataWaitClock()
+    feeding = f"{config.num_workers} loader workers" + ("" if ct else f", augmentation on {run_record['augment_on']}")
     stage_start = 0
     for index, (stage, loader) in enumerate(zip(stages, loaders, strict=True)):
         stage_end = stage_start + stage.steps
@@ -185,7 +189,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
             batches = accelerator.skip_first_batches(loader, skipped) if step_in_epoch else loader
             for batch in clock.batches(batches):
                 with accelerator.accumulate(model):
-                    loss = _training_loss(model, batch, distiller)
+                    loss = _training_loss(model, finish_batch(batch), distiller)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         _clip(accelerator, parameters, opt.gradient_clipping)
@@ -203,7 +207,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
                 if progress.step % eval_every == 0 or progress.step == total_steps:
                     say(
                         f"step {progress.step}/{total_steps}: training loss {loss.item():.4f}; "
-                        f"{clock.share:.0%} of step time waiting for data ({config.num_workers} loader workers)"
+                        f"{clock.share:.0%} of step time waiting for data ({feeding})"
                     )
                     with clock.excluded():
                         validate_and_keep_best(*keep_best)

@@ -176,19 +176,52 @@ class CXRImageProcessor(BaseImageProcessor):
         std = list(image_std) if image_std is not None else self.image_std
         self._check(resize_mode, num_channels, mean, std)
 
+        grey = self.grey_pixel_values(images, size=size, resize_mode=resize_mode, do_rescale=do_rescale)
+        pixel_values = self.normalize_grey(grey, num_channels, do_normalize, mean, std)
+        data = {"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()}
+        return BatchFeature(data=data, tensor_type=None)
+
+    def grey_pixel_values(
+        self,
+        images: Any,
+        size: int | dict[str, int] | None = None,
+        resize_mode: str | None = None,
+        do_rescale: bool | None = None,
+    ) -> torch.Tensor:
+        """The first half of `preprocess`: the inputs read as grey and resized, float32 [B, 1, H, W] in [0, 1]
+        (what training augments before `normalize_grey`). Raises `ValueError` as `preprocess` does."""
+        size = _as_size_dict(size) if size is not None else self.size
+        resize_mode = resize_mode or self.resize_mode
+        do_rescale = self.do_rescale if do_rescale is None else do_rescale
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         batch = _as_batch(images)
         if not batch:
             raise ValueError("no images given")
-        pixel_values = torch.empty(len(batch), num_channels, size["height"], size["width"], dtype=torch.float32)
+        grey = torch.empty(len(batch), 1, size["height"], size["width"], dtype=torch.float32)
         for index, image in enumerate(batch):
-            grey = torch.from_numpy(np.ascontiguousarray(self.to_grey(image, index, do_rescale)))
-            pixel_values[index] = resize_grey(grey, size["height"], size["width"], resize_mode)
-        if do_normalize:
-            mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-            std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-            pixel_values = (pixel_values - mean_t) / std_t
-        data = {"pixel_values": pixel_values if return_tensors == "pt" else pixel_values.numpy()}
-        return BatchFeature(data=data, tensor_type=None)
+            pixels = torch.from_numpy(np.ascontiguousarray(self.to_grey(image, index, do_rescale)))
+            grey[index, 0] = resize_grey(pixels, size["height"], size["width"], resize_mode)
+        return grey
+
+    def normalize_grey(
+        self,
+        grey: torch.Tensor,
+        num_channels: int | None = None,
+        do_normalize: bool | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+    ) -> torch.Tensor:
+        """The second half of `preprocess`: grey [B, 1, H, W] in [0, 1] (on any device) repeated to `num_channels`
+        and, with `do_normalize`, normalised per channel, `(x - mean) / std`, in one multiply-add: float32
+        [B, C, H, W]. Arguments left None take the processor's."""
+        num_channels = num_channels or self.num_channels
+        if not (self.do_normalize if do_normalize is None else do_normalize):
+            return grey.expand(-1, num_channels, -1, -1).contiguous()
+        mean = torch.tensor(list(image_mean or self.image_mean), dtype=torch.float32, device=grey.device)
+        std = torch.tensor(list(image_std or self.image_std), dtype=torch.float32, device=grey.device)
+        scale, shift = (1.0 / std).expand(num_channels), (-mean / std).expand(num_channels)
+        return torch.addcmul(shift.view(1, -1, 1, 1), grey, scale.view(1, -1, 1, 1))
 
     def __call__(self, images: Any, **kwargs: Any) -> BatchFeature:
         return self.preprocess(images, **kwargs)
