@@ -15,9 +15,11 @@ Four sections (`--sections`), each printing Markdown tables:
   names), N and 2N images, each in a fresh process: the rate at the margin, N / (t(2N) - t(N)), leaves out start-up
   (imports, table reading, forking workers); per `--num-proc`, beside the naive pipeline measured in the same run
   (one process), with the main process's peak memory. Repeats alternate the settings, so load changes hit all.
-- `read`: reading + collating at 224 px (the cr_msnet paper processor through `with_transform(eval_transform)`,
-  batches of 32, one torch thread) from datasets stored at `--read-size` px in png and raw, with the time split
-  into formatting + decoding and the processor.
+- `read`: reading + collating at 224 px (the cr_msnet paper processor, batches of 32, one torch thread) from
+  datasets stored at `--read-size` px in png and raw: as evaluation reads (`eval_transform`), as training reads
+  with the MXA-EfficientViT recipe's augmentation (in the loader, or only read for augmentation on the device)
+  beside the reader before issue 18 (torchvision's transforms per image at the stored size), with the time split
+  into formatting + decoding, the processor and the batched augmentation.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_convert.py --images 150 --num-proc 1 2 --repeats 3
 """
@@ -367,17 +369,25 @@ def _batch(dataset: Any, batch_size: int, first: int) -> Any:
 
 
 def reading(images_512: list[Path], size: int, repeats: int, batch_size: int = 32) -> list[tuple[str, float, float]]:
-    """Images/s (one core) of reading + collating at 224 px from datasets stored at `size` px in png and raw:
-    (what, png, raw)."""
+    """Images/s (one core) of reading + collating at 224 px from datasets stored at `size` px in png and raw, as
+    evaluation reads (`eval_transform`) and as training reads (`TrainingImages` with the MXA-EfficientViT recipe's
+    augmentation, the heaviest: in the loader, or only read for the device), beside the reader before issue 18
+    (torchvision's transforms image by image at the stored size, then the processor): (what, png, raw)."""
     import datasets
     import torch
     from hf_cxr.modeling.cr_msnet import CRMSNetImageProcessor
+    from torch.utils.data import default_collate
 
     from hf_cxr.data import convert_chestxray14
-    from hf_cxr.data.transforms import eval_transform
+    from hf_cxr.data.transforms import eval_transform, train_transform
+    from hf_cxr.training.augment import augmentation_from_recipe, per_image_augmentation
+    from hf_cxr.training.config import load_recipe
+    from hf_cxr.training.data import TrainingImages, finish_images
 
     torch.set_num_threads(1)
     processor = CRMSNetImageProcessor(size=224)
+    section = load_recipe("mxa_efficientvit_chexpert").augmentation
+    augmentation = augmentation_from_recipe(section)
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         make_tree(Path(tmp) / "source", len(images_512), images_512)
@@ -388,6 +398,8 @@ def reading(images_512: list[Path], size: int, repeats: int, batch_size: int = 3
                 convert_chestxray14(Path(tmp) / "source", out, image_size=size, image_format=image_format)
             splits[image_format] = datasets.concatenate_datasets(list(datasets.load_from_disk(str(out)).values()))
         arrays = [np.asarray(image) for image in splits["png"]["image"]]
+        grey = [processor.grey_pixel_values(arrays[first : first + batch_size])
+                for first in range(0, len(arrays), batch_size)]  # fmt: skip
 
         def decode_only(batch: dict[str, list[Any]]) -> dict[str, list[np.ndarray]]:
             return {"n": [np.asarray(image) for image in batch["image"]]}
@@ -395,17 +407,36 @@ def reading(images_512: list[Path], size: int, repeats: int, batch_size: int = 3
         def processor_only(first: int) -> Any:
             return processor(arrays[first : first + batch_size], return_tensors="pt")
 
+        def augmentation_only(first: int) -> Any:
+            batch = grey[first // batch_size]
+            seeds = torch.arange(first, first + len(batch))
+            return finish_images({"grey_pixel_values": batch, "augmentation_seed": seeds}, processor, augmentation)
+
+        def training_reader(dataset: TrainingImages, first: int) -> Any:
+            keys = [(row, row) for row in range(first, min(first + batch_size, len(dataset)))]
+            return default_collate(dataset.__getitems__(keys))
+
         for _ in range(repeats):
             for image_format, split in splits.items():
                 rates = results.setdefault(image_format, {})
-                for what, readable in (
-                    ("read + collate", split.with_transform(eval_transform(processor))),
-                    ("format + decode only", split.with_transform(decode_only)),
-                ):
-                    batches = partial(_batch, readable, batch_size)
-                    rates.setdefault(what, []).append(pass_rate(batches, len(split), batch_size))
+                evaluation = split.with_transform(eval_transform(processor))
+                before = split.with_transform(train_transform(processor, augmentation=per_image_augmentation(section)))
+                for what, read in (
+                    ("read + collate (eval_transform)", partial(_batch, evaluation, batch_size)),
+                    ("format + decode only", partial(_batch, split.with_transform(decode_only), batch_size)),
+                    ("training: read + collate grey for the device (TrainingImages, device)",
+                     partial(training_reader, TrainingImages(split, processor, augmentation, "device"))),
+                    ("training: read + augment + collate in the loader (TrainingImages, cpu)",
+                     partial(training_reader, TrainingImages(split, processor, augmentation, "cpu"))),
+                    ("before: torchvision per image at stored size + processor (train_transform)",
+                     partial(_batch, before, batch_size)),
+                ):  # fmt: skip
+                    rates.setdefault(what, []).append(pass_rate(read, len(split), batch_size))
                 rates.setdefault("processor only (decoded arrays)", []).append(
                     pass_rate(processor_only, len(split), batch_size)
+                )
+                rates.setdefault("augmentation + normalisation only, batched (finish_images)", []).append(
+                    pass_rate(augmentation_only, len(split), batch_size)
                 )
         sizes = {name: sum(f.stat().st_size for f in (Path(tmp) / name).rglob("*.arrow")) / 2**20 for name in splits}
     rows = [(what, statistics.median(results["png"][what]), statistics.median(results["raw"][what]))

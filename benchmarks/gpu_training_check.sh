@@ -66,6 +66,22 @@ step cr_msnet_tiny_fsdp_1process python -m accelerate.commands.launch --num_proc
 step ma_msf_tiny_fsdp_1process python -m accelerate.commands.launch --num_processes 1 --use_fsdp \
   --mixed_precision bf16 training_scripts/train.py --model ma_msf --preset tiny "${COMMON[@]}" \
   --output-dir "$WORK/fsdp-ma-msf"
+# The MXA-EfficientViT recipe's augmentation (every 2D step) batched on the GPU (`auto` there) and, for comparison, in
+# the loader; the log's "waiting for data" lines give the share of step time spent on the loader.
+MXA_AUGMENTATION=(--set "augmentation.random_resized_crop={scale: [0.8, 1.0], ratio: [0.75, 1.3333], p: 1.0}"
+  --set "augmentation.horizontal_flip={p: 0.5}" --set "augmentation.rotate={degrees: 10, p: 0.5}"
+  --set "augmentation.affine={translate: [0.05, 0.05], scale: [0.95, 1.05], shear: 0, p: 0.5}"
+  --set "augmentation.elastic={alpha: 30.0, sigma: 5.0, p: 0.2}"
+  --set "augmentation.gaussian_blur={kernel_size: 3, sigma: [0.1, 1.0], p: 0.2}")
+for where in device cpu; do
+  step "mxa_efficientvit_paper_bf16_augment_on_$where" "${TRAIN[@]}" --model mxa_efficientvit --preset paper \
+    "${COMMON[@]}" --output-dir "$WORK/augment-$where" --mixed-precision bf16 --augment-on "$where" \
+    "${MXA_AUGMENTATION[@]}"
+done
+# Training images/s of the three paper presets (bf16, channels-last) and the loader's rate on this machine's cores,
+# in the loader and with the augmentation on the GPU, with the verdict on which is the bottleneck.
+step bench_paper_presets_bf16 python -m hf_cxr.cli bench --presets paper --baselines densenet121 \
+  --data-workers 0 4 8 --out "$(dirname "$RESULTS")/gpu_bench_paper.md"
 # The training tests (CPU-sized, tiny presets, MMCAF-Net's stages included), now with CUDA visible: Accelerate picks
 # the GPU. The kill-and-resume equality tests are left out: non-deterministic CUDA kernels make resumed weights differ.
 step pytest_training_on_cuda python -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_training_ct.py \

@@ -13,39 +13,12 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import ks_2samp
-from torchvision.transforms import InterpolationMode, v2
 
-from hf_cxr.training.augment import RadiographAugmentation, augmentation_from_recipe
+from hf_cxr.training.augment import RadiographAugmentation, augmentation_from_recipe, per_image_augmentation
 from hf_cxr.training.config import parse_recipe
 
 SAMPLES = 400
 HEIGHT, WIDTH = 64, 96
-
-
-def torchvision_reference(section: Any) -> v2.Compose:
-    """The recipe's augmentation in torchvision v2 terms, for one image: what each recipe key means."""
-    steps: list[Any] = []
-
-    def maybe(transform: Any, p: float) -> Any:
-        return transform if p >= 1.0 else v2.RandomApply([transform], p=p)
-
-    bilinear = InterpolationMode.BILINEAR
-    if crop := section.random_resized_crop:
-        resized = v2.RandomResizedCrop((HEIGHT, WIDTH), scale=tuple(crop.scale), ratio=tuple(crop.ratio))
-        steps.append(maybe(resized, crop.p))
-    if flip := section.horizontal_flip:
-        steps.append(v2.RandomHorizontalFlip(p=flip.p))
-    if rotate := section.rotate:
-        steps.append(maybe(v2.RandomRotation(rotate.degrees, interpolation=bilinear), rotate.p))
-    if affine := section.affine:
-        transform = v2.RandomAffine(degrees=0, translate=tuple(affine.translate), scale=tuple(affine.scale),
-                                    shear=affine.shear or None, interpolation=bilinear)  # fmt: skip
-        steps.append(maybe(transform, affine.p))
-    if elastic := section.elastic:
-        steps.append(maybe(v2.ElasticTransform(alpha=elastic.alpha, sigma=elastic.sigma), elastic.p))
-    if blur := section.gaussian_blur:
-        steps.append(maybe(v2.GaussianBlur(blur.kernel_size, sigma=tuple(blur.sigma)), blur.p))
-    return v2.Compose(steps)
 
 
 def radiograph_like() -> torch.Tensor:
@@ -82,7 +55,7 @@ def statistics(images: torch.Tensor) -> dict[str, np.ndarray]:
 
 def reference_samples(section: Any) -> torch.Tensor:
     torch.manual_seed(0)
-    reference = torchvision_reference(section)
+    reference = per_image_augmentation(section)
     image = radiograph_like()[0]
     return torch.stack([reference(image) for _ in range(SAMPLES)])
 

@@ -106,6 +106,7 @@ def test_tiny_run_returns_sane_numbers_and_same_run_ratios() -> None:
     assert ("dataset + DataLoader + augmentation", 0) in stages  # as training reads: the MA-MSF recipe's augmentation
     augmented = next(stage for stage in result.data_path if stage.stage == "dataset + DataLoader + augmentation")
     assert "ma_msf_chestxray14 recipe's augmentation" in augmented.detail
+    assert ("dataset + DataLoader, augmentation on the device", 0) in stages  # batched after the loader, on the CPU
     assert all(stage.images == 8 and stage.images_per_second > 0 for stage in result.data_path)
     text = speed_report.format_markdown(result)
     assert "| tiny 64px | ma_msf (tiny) | model |" in text

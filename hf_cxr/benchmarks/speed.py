@@ -156,7 +156,9 @@ def run_benchmark(
         if data_path:
             if progress:
                 progress("measuring the data path")
-            data = measure_data_path(model_types[0], presets[-1], data_workers, data_images, repeats=repeats)
+            data = measure_data_path(
+                model_types[0], presets[-1], data_workers, data_images, repeats=repeats, device=resolved
+            )
     finally:
         torch.set_num_threads(previous_threads)
     machine["load_average_1min_after"] = os.getloadavg()[0]

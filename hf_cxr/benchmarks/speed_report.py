@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hf_cxr.benchmarks.data_path import EVAL_LOADER, TRAIN_LOADER
+from hf_cxr.benchmarks.data_path import DEVICE_LOADER, EVAL_LOADER, TRAIN_LOADER
 
 if TYPE_CHECKING:
     from hf_cxr.benchmarks.speed import BenchmarkResult
@@ -85,10 +85,12 @@ def format_markdown(result: BenchmarkResult) -> str:
 
 def bottleneck_lines(result: BenchmarkResult) -> list[str]:
     """Which of loader and model limits training at the largest preset measured, per model: the model's training
-    rate against the fastest loader that reads as training does (with augmentation; without it when only that was
-    measured)."""
+    rate against the fastest loader that reads as training does on the bench's device (`--augment-on auto`: the
+    augmentation batched on a GPU, in the loader on a CPU; without augmentation when only that was measured)."""
     stages = {stage.stage for stage in result.data_path}
-    reading = TRAIN_LOADER if TRAIN_LOADER in stages else EVAL_LOADER
+    on_gpu = str(result.settings.get("device", "cpu")).startswith("cuda")
+    preferred = [DEVICE_LOADER, TRAIN_LOADER] if on_gpu else [TRAIN_LOADER, DEVICE_LOADER]
+    reading = next((stage for stage in (*preferred, EVAL_LOADER) if stage in stages), EVAL_LOADER)
     loaders = [stage for stage in result.data_path if stage.stage == reading]
     if not loaders:
         return []

@@ -25,6 +25,44 @@ _SLOT = {name: 2 * _CROP_TRIES + index for index, name in enumerate(_SLOTS)}
 _DRAWS = 2 * _CROP_TRIES + len(_SLOTS)
 
 
+def per_image_augmentation(section: AugmentationSection) -> v2.Compose:
+    """The recipe's 2D augmentation as torchvision v2 transforms of one grey [1, H, W] image (each drawing its
+    parameters from torch's global generator; rotation and affine bilinear): the definition `RadiographAugmentation`
+    follows, and what `hf_cxr.data.train_transform(processor, augmentation=...)` takes for a `Trainer` run."""
+    steps: list[Any] = []
+
+    def maybe(transform: Any, p: float) -> Any:
+        return transform if p >= 1.0 else v2.RandomApply([transform], p=p)
+
+    bilinear = v2.InterpolationMode.BILINEAR
+    if crop := _active(section.random_resized_crop):
+        steps.append(maybe(_ResizedCrop(tuple(crop.scale), tuple(crop.ratio)), crop.p))
+    if section.horizontal_flip and section.horizontal_flip.p > 0:
+        steps.append(v2.RandomHorizontalFlip(p=section.horizontal_flip.p))
+    if rotate := _active(section.rotate):
+        steps.append(maybe(v2.RandomRotation(rotate.degrees, interpolation=bilinear), rotate.p))
+    if affine := _active(section.affine):
+        transform = v2.RandomAffine(degrees=0, translate=tuple(affine.translate), scale=tuple(affine.scale),
+                                    shear=affine.shear or None, interpolation=bilinear)  # fmt: skip
+        steps.append(maybe(transform, affine.p))
+    if elastic := _active(section.elastic):
+        steps.append(maybe(v2.ElasticTransform(alpha=elastic.alpha, sigma=elastic.sigma), elastic.p))
+    if blur := _active(section.gaussian_blur):
+        steps.append(maybe(v2.GaussianBlur(blur.kernel_size, sigma=tuple(blur.sigma)), blur.p))
+    return v2.Compose(steps)
+
+
+class _ResizedCrop(torch.nn.Module):
+    """torchvision's RandomResizedCrop back to the input's own size."""
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float]) -> None:
+        super().__init__()
+        self.scale, self.ratio = scale, ratio
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return v2.RandomResizedCrop(tuple(image.shape[-2:]), scale=self.scale, ratio=self.ratio)(image)
+
+
 def augmentation_from_recipe(section: AugmentationSection) -> RadiographAugmentation:
     """The recipe's 2D augmentation as a `RadiographAugmentation` (an entry with `p` 0 is left out)."""
     return RadiographAugmentation(section)
@@ -110,15 +148,19 @@ class RadiographAugmentation(torch.nn.Module):
 
         def undo(p: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
             # forward: p_out = matrix p_in + shift  ->  p_in = matrix^-1 (p_out - shift); matrix [B, 2, 2]
-            inverse = torch.linalg.inv(matrix).to(device=device, dtype=torch.float32)
-            p = p - shift.to(device=device, dtype=torch.float32)[:, None, None, :]
-            return torch.einsum("bij,bhwj->bhwi", inverse, p)
+            inverse = torch.linalg.inv(matrix).to(device=device, dtype=torch.float32)[:, None, None]  # [B, 1, 1, 2, 2]
+            shift = shift.to(device=device, dtype=torch.float32)[:, None, None, :]
+            x, y = p[..., 0] - shift[..., 0], p[..., 1] - shift[..., 1]
+            return torch.stack((inverse[..., 0, 0] * x + inverse[..., 0, 1] * y,
+                                inverse[..., 1, 0] * x + inverse[..., 1, 1] * y), dim=-1)  # fmt: skip
 
         if self.elastic is not None:
-            applied = draws[:, _SLOT["elastic_p"]] < self.elastic.p
-            if applied.any():
-                points = points + self._elastic_displacement(applied, seeds, height, width, device)
-                inside *= within(points)
+            deformed = (draws[:, _SLOT["elastic_p"]] < self.elastic.p).nonzero().flatten().tolist()
+            if deformed:
+                field = self._elastic_displacement([seeds[i] for i in deformed], height, width, device)
+                moved = points[deformed] + field
+                points[deformed] = moved
+                inside[deformed] = within(moved)
         if self.affine is not None:
             matrix, shift = self._affine(draws, height, width)
             points = undo(points, matrix, shift)
@@ -194,16 +236,13 @@ class RadiographAugmentation(torch.nn.Module):
         matrix = torch.where(applied[:, None, None], matrix, identity)
         return matrix, torch.where(applied[:, None], shift, 0.0)
 
-    def _elastic_displacement(
-        self, applied: torch.Tensor, seeds: list[int], height: int, width: int, device: torch.device
-    ) -> torch.Tensor:
-        """ElasticTransform's field [B, H, W, 2] in pixels (zero for images without it): uniform noise in [-1, 1]
-        per axis, blurred by a Gaussian of `sigma` (kernel int(8 sigma + 1), odd), times alpha / size."""
+    def _elastic_displacement(self, seeds: list[int], height: int, width: int, device: torch.device) -> torch.Tensor:
+        """ElasticTransform's field [N, H, W, 2] in pixels for the images of `seeds`: uniform noise in [-1, 1] per
+        axis, blurred by a Gaussian of `sigma` (kernel int(8 sigma + 1), odd), times alpha / size."""
         sigma, alpha = float(self.elastic.sigma), float(self.elastic.alpha)
-        field = torch.zeros(len(seeds), 2, height, width, device=device)
-        for index in applied.nonzero().flatten().tolist():
-            generator = torch.Generator(device=device).manual_seed(seeds[index] ^ 0x5EED)
-            field[index] = torch.rand(2, height, width, generator=generator, device=device) * 2 - 1
+        noise = [torch.rand(2, height, width, device=device, generator=torch.Generator(device).manual_seed(s ^ 0x5EED))
+                 for s in seeds]  # fmt: skip
+        field = torch.stack(noise) * 2 - 1
         if sigma > 0:
             size = int(8 * sigma + 1)
             size += 1 - size % 2
