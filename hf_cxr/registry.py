@@ -24,31 +24,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
-from hf_cxr.modeling.cr_msnet import (
-    CRMSNetConfig,
-    CRMSNetForImageClassification,
-    CRMSNetImageProcessor,
-    CRMSNetModel,
-)
-from hf_cxr.modeling.ma_msf import MAMSFConfig, MAMSFForImageClassification, MAMSFImageProcessor, MAMSFModel
-from hf_cxr.modeling.mmcaf_net import (
-    MMCAFNetConfig,
-    MMCAFNetForCTClassification,
-    MMCAFNetModel,
-    MMCAFNetProcessor,
-)
-from hf_cxr.modeling.mxa_efficientvit import (
-    MXAEfficientViTConfig,
-    MXAEfficientViTForImageClassification,
-    MXAEfficientViTImageProcessor,
-    MXAEfficientViTModel,
-)
-from hf_cxr.modeling.torchxrayvision import (
-    TorchXRayVisionConfig,
-    TorchXRayVisionForImageClassification,
-    TorchXRayVisionImageProcessor,
-    TorchXRayVisionModel,
-)
+from hf_cxr.modeling import cr_msnet, ma_msf, mmcaf_net, mxa_efficientvit, torchxrayvision
 
 
 @dataclass(frozen=True)
@@ -72,37 +48,37 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "cr_msnet": Architecture(
-        CRMSNetConfig,
-        CRMSNetModel,
-        CRMSNetForImageClassification,
-        CRMSNetImageProcessor,
+        cr_msnet.CRMSNetConfig,
+        cr_msnet.CRMSNetModel,
+        cr_msnet.CRMSNetForImageClassification,
+        cr_msnet.CRMSNetImageProcessor,
         lora_target_modules=("q_proj", "k_proj", "v_proj", "out_proj", "global_proj", "local_proj"),
     ),
     # LoRA on the backbone's pointwise convs and the fusion convs; the momentum anchor (conv_head + bn2) is left
     # out so that it stays an EMA of the online block, never a trainable adapter.
     "ma_msf": Architecture(
-        MAMSFConfig,
-        MAMSFModel,
-        MAMSFForImageClassification,
-        MAMSFImageProcessor,
+        ma_msf.MAMSFConfig,
+        ma_msf.MAMSFModel,
+        ma_msf.MAMSFForImageClassification,
+        ma_msf.MAMSFImageProcessor,
         lora_target_modules=("conv_pw", "conv_pwl", "conv"),
     ),
     # LoRA on the cascaded group attention: per-head query/key/value convs (up to 4 heads) and the output
     # projection; both heads live in `classifier` (modules_to_save).
     "mxa_efficientvit": Architecture(
-        MXAEfficientViTConfig,
-        MXAEfficientViTModel,
-        MXAEfficientViTForImageClassification,
-        MXAEfficientViTImageProcessor,
+        mxa_efficientvit.MXAEfficientViTConfig,
+        mxa_efficientvit.MXAEfficientViTModel,
+        mxa_efficientvit.MXAEfficientViTForImageClassification,
+        mxa_efficientvit.MXAEfficientViTImageProcessor,
         lora_target_modules=("qkvs.0.conv", "qkvs.1.conv", "qkvs.2.conv", "qkvs.3.conv", "proj.1.conv"),
     ),
     # torchxrayvision's DenseNet-121 / ResNet-50 (weights imported by `hf-cxr import-torchxrayvision`). LoRA on the
     # convolutions of the dense layers (conv1 1x1, conv2 3x3) or of the ResNet bottlenecks (conv1..conv3).
     "torchxrayvision": Architecture(
-        TorchXRayVisionConfig,
-        TorchXRayVisionModel,
-        TorchXRayVisionForImageClassification,
-        TorchXRayVisionImageProcessor,
+        torchxrayvision.TorchXRayVisionConfig,
+        torchxrayvision.TorchXRayVisionModel,
+        torchxrayvision.TorchXRayVisionForImageClassification,
+        torchxrayvision.TorchXRayVisionImageProcessor,
         lora_target_modules=("conv1", "conv2", "conv3"),
     ),
     # 3D CT slab [B, 1, D, H, W] + 7 clinical values: not an image classifier (the 2D contract does not apply).
@@ -110,10 +86,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Auto class whose name a saved auto_map can carry for trust_remote_code loading without hf-cxr. Its processor
     # (a BaseImageProcessor reading DICOM series and clinical records) is also the AutoProcessor.
     "mmcaf_net": Architecture(
-        MMCAFNetConfig,
-        MMCAFNetModel,
-        MMCAFNetForCTClassification,
-        MMCAFNetProcessor,
+        mmcaf_net.MMCAFNetConfig,
+        mmcaf_net.MMCAFNetModel,
+        mmcaf_net.MMCAFNetForCTClassification,
+        mmcaf_net.MMCAFNetProcessor,
         task_auto_class=AutoModelForVideoClassification,
         lora_target_modules=("q_proj", "k_proj", "v_proj", "proj_a", "proj_b"),
         input_kind="ct",
@@ -150,7 +126,7 @@ def register_architectures() -> None:
         arch.base_model_class.register_for_auto_class("AutoModel")
         arch.task_model_class.register_for_auto_class(arch.task_auto_class.__name__)
         arch.image_processor_class.register_for_auto_class("AutoImageProcessor")
-    AutoProcessor.register(MMCAFNetConfig, MMCAFNetProcessor, exist_ok=True)
+    AutoProcessor.register(mmcaf_net.MMCAFNetConfig, mmcaf_net.MMCAFNetProcessor, exist_ok=True)
 
 
 def _register_no_video_processor(config_class: type) -> None:

@@ -26,6 +26,7 @@ from hf_cxr.benchmarks.lesions import no_finding_images_from_dataset
 from hf_cxr.benchmarks.model_speed import DEFAULT_BASELINES
 from hf_cxr.benchmarks.speed import run_benchmark
 from hf_cxr.benchmarks.speed_report import format_markdown
+from hf_cxr.commands import at_least
 from hf_cxr.registry import IMAGE_MODEL_TYPES
 from hf_cxr.training.config import apply_assignments
 
@@ -37,13 +38,6 @@ LEARNABILITY_ONLY = ("small", "image_size", "lesion_sizes_mm", "lesion_contrasts
 SPEED_ONLY = ("repeats", "warmup", "iterations", "threads", "no_train", "compile", "no_channels_last", "fp32",
               "peak_tflops", "no_data", "data_workers", "data_images")  # fmt: skip
 DEFAULT_MAX_BACKGROUNDS = 2000
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return number
 
 
 def _write(text: str, payload: dict, out: str | None, quiet: bool = False) -> None:
@@ -192,13 +186,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"timm model names measured beside the models (default: {' '.join(DEFAULT_BASELINES)}; "
         f"--learnability: {DEFAULT_BASELINE})",
     )
-    parser.add_argument("--batch-size", type=_positive, default=None, help="default: 2 on CPU, 64 on CUDA")
-    parser.add_argument("--repeats", type=_positive, default=None, help="timed repeats, medians reported (default 3)")
-    parser.add_argument("--warmup", type=_positive, default=None, help="warm-up steps (default: 1 on CPU, 3 on CUDA)")
-    parser.add_argument("--iterations", type=_positive, default=None, help="steps per timed repeat (default 1)")
+    parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: 2 on CPU, 64 on CUDA")
+    parser.add_argument("--repeats", type=at_least(1), default=None, help="timed repeats, medians reported (default 3)")
+    parser.add_argument("--warmup", type=at_least(1), default=None, help="warm-up steps (default: 1 on CPU, 3 on CUDA)")
+    parser.add_argument("--iterations", type=at_least(1), default=None, help="steps per timed repeat (default 1)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument(
-        "--threads", type=_positive, default=None, help="CPU threads (default: the cores not busy, by load average)"
+        "--threads", type=at_least(1), default=None, help="CPU threads (default: the cores not busy, by load average)"
     )
     parser.add_argument("--no-train", action="store_true", help="inference only")
     parser.add_argument("--compile", action="store_true", help="torch.compile every network (CUDA mostly)")
@@ -212,7 +206,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--data-workers", nargs="+", type=int, default=None, help="DataLoader worker counts (default 0 2)"
     )
     parser.add_argument(
-        "--data-images", type=_positive, default=None, help="bundled PNGs read in the data path (default 200)"
+        "--data-images", type=at_least(1), default=None, help="bundled PNGs read in the data path (default 200)"
     )
     parser.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
     learn = parser.add_argument_group(
@@ -224,18 +218,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     learn.add_argument("--learnability", action="store_true", help="run the learnability benchmark instead")
     learn.add_argument("--small", action="store_true", help="CPU-minutes settings (64 px, few steps): a smoke run")
-    learn.add_argument("--image-size", type=_positive, default=None, help="px (default 128, --small 64)")
+    learn.add_argument("--image-size", type=at_least(1), default=None, help="px (default 128, --small 64)")
     learn.add_argument("--lesion-sizes-mm", nargs="+", type=float, default=None, help="nodule diameters of the grid")
     learn.add_argument("--lesion-contrasts", nargs="+", type=float, default=None, help="nodule contrasts of the grid")
-    learn.add_argument("--checkpoints", nargs="+", type=_positive, default=None, help="steps at which to score")
+    learn.add_argument("--checkpoints", nargs="+", type=at_least(1), default=None, help="steps at which to score")
     for kind, default in (("opacity", "40 80"), ("effusion", "12 30; --small 25 40")):
         learn.add_argument(
             f"--{kind}-mm", nargs=2, type=float, default=None, metavar=("LOW", "HIGH"),
             help=f"{kind} size range in mm (default {default}); at least 2 px (opacity) or 3 px (effusion)",
         )  # fmt: skip
     learn.add_argument("--learning-rate", type=float, default=None)
-    learn.add_argument("--train-samples", type=_positive, default=None, help="inserted training images")
-    learn.add_argument("--test-samples", type=_positive, default=None, help="inserted test images per grid cell")
+    learn.add_argument("--train-samples", type=at_least(1), default=None, help="inserted training images")
+    learn.add_argument("--test-samples", type=at_least(1), default=None, help="inserted test images per grid cell")
     learn.add_argument("--seed", type=int, default=None)
     learn.add_argument(
         "--backgrounds", default=None, metavar="DATASET_DIR",
@@ -243,10 +237,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "images become the backgrounds instead of the bundled sample's 67",
     )  # fmt: skip
     learn.add_argument(
-        "--max-backgrounds", type=_positive, default=None, help=f"at most this many (default {DEFAULT_MAX_BACKGROUNDS})"
+        "--max-backgrounds", type=at_least(1), help=f"at most this many (default {DEFAULT_MAX_BACKGROUNDS})"
     )
     learn.add_argument(
-        "--budget", type=_positive, default=None,
+        "--budget", type=at_least(1), default=None,
         help="train every model for this many steps (one of the checkpoints) instead of calibrating on the baseline; "
         "with `--baselines` and no name, no baseline is trained",
     )  # fmt: skip

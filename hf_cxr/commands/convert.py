@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hf_cxr.commands import at_least
 from hf_cxr.data._common import IMAGE_FORMATS
 from hf_cxr.data.chestxray14 import DEFAULT_IMAGE_SIZE as NIH_SIZE
 from hf_cxr.data.chestxray14 import DEFAULT_VALIDATION_FRACTION, convert_chestxray14
@@ -16,20 +17,7 @@ from hf_cxr.data.lung_pet_ct_dx import DEFAULT_FRACTIONS, TASKS, convert_lung_pe
 
 def _image_size(text: str) -> int | None:
     """A positive size, or 0 / 'original' to keep the images' own size."""
-    if text.lower() in ("0", "original", "none"):
-        return None
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"image size must be positive, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    """A positive integer (a number of processes)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+    return None if text.lower() in ("0", "original", "none") else at_least(1)(text)
 
 
 def _common(parser: argparse.ArgumentParser, image_size: int | None = None, seed: bool = True) -> None:
@@ -52,7 +40,7 @@ def _common(parser: argparse.ArgumentParser, image_size: int | None = None, seed
         )
     parser.add_argument(
         "--num-proc",
-        type=_positive,
+        type=at_least(1),
         default=None,
         help="worker processes that read, resize and encode (default: all in the main process)",
     )

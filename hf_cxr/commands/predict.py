@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from hf_cxr.commands import at_least
 from hf_cxr.inference.predict import format_results, predict, results_to_json
 from hf_cxr.registry import is_ct_model, load_model
 
@@ -22,13 +23,6 @@ def _threshold(value: str) -> str | float:
         raise argparse.ArgumentTypeError(f"expected 'per-class' or a probability, got {value!r}") from None
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"a threshold must lie in [0, 1], got {value}")
-    return number
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {value}")
     return number
 
 
@@ -73,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="'per-class' (config.decision_thresholds, else 0.5) or one probability for every finding",
     )
     parser.add_argument("--json", action="store_true", help="print the documented JSON object instead of text")
-    parser.add_argument("--top-k", type=_positive_int, default=3, help="findings to draw heatmaps for (default 3)")
+    parser.add_argument("--top-k", type=at_least(0), default=3, help="findings to draw heatmaps for (default 3)")
     parser.add_argument("--layer", default=None, help="Grad-CAM module name instead of the architecture's default")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.set_defaults(func=run)
