@@ -142,7 +142,7 @@ def make_tree(root: Path, count: int, images: Sequence[Path]) -> None:
 
 def stages(fullres: list[Path], size: int, repeats: int) -> list[tuple[str, float]]:
     """Median ms per image of each step and pipeline, on the 1024-px originals stored at `size` px."""
-    from hf_cxr.data._common import PNG_OPTIONS, downsize, encode_radiograph
+    from hf_cxr.data.storage import PNG_OPTIONS, downsize, encode_radiograph
     from hf_cxr.imaging import load_radiograph
 
     datas = [path.read_bytes() for path in fullres]
@@ -208,8 +208,8 @@ def writing_ms(small: list[Image.Image], repeats: int, count: int = 400) -> floa
     (`Dataset.from_generator` + `save_to_disk`), at the margin: (t(2n) - t(n)) / n."""
     import datasets
 
-    from hf_cxr.data._common import PNG_OPTIONS
     from hf_cxr.data.chestxray14 import FEATURES
+    from hf_cxr.data.storage import PNG_OPTIONS
 
     datasets.disable_progress_bars()
     encoded = []
@@ -245,7 +245,7 @@ def writing_ms(small: list[Image.Image], repeats: int, count: int = 400) -> floa
 
 def pixel_differences(fullres: list[Path], images_512: list[Path]) -> list[dict[str, Any]]:
     """Each resize option against the earlier conversion's output, in 8-bit levels."""
-    from hf_cxr.data._common import downsize, encode_radiograph
+    from hf_cxr.data.storage import downsize, encode_radiograph
 
     def reduce_then_float(path: Path, size: int) -> np.ndarray:
         image = Image.open(path).convert("F")

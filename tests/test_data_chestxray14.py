@@ -25,8 +25,9 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 
 from hf_cxr.data import BadFileError, MissingFilesError, PatientLeakError, convert_chestxray14
-from hf_cxr.data._common import encode_radiograph, size_category, strict_json
+from hf_cxr.data._common import size_category, strict_json
 from hf_cxr.data.chestxray14 import parse_finding_labels, read_nih_bboxes, read_nih_table
+from hf_cxr.data.storage import encode_radiograph
 from hf_cxr.data.transforms import eval_transform, train_transform
 from hf_cxr.imaging import load_radiograph
 from hf_cxr.labels import CHESTXRAY14_LABELS

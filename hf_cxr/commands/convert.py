@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from hf_cxr.commands import at_least
-from hf_cxr.data._common import IMAGE_FORMATS
 from hf_cxr.data.chestxray14 import DEFAULT_IMAGE_SIZE as NIH_SIZE
 from hf_cxr.data.chestxray14 import DEFAULT_VALIDATION_FRACTION, convert_chestxray14
 from hf_cxr.data.chexpert import DEFAULT_IMAGE_SIZE as CHEXPERT_SIZE
 from hf_cxr.data.chexpert import UNCERTAIN_POLICIES, convert_chexpert
 from hf_cxr.data.lung_pet_ct_dx import DEFAULT_FRACTIONS, TASKS, convert_lung_pet_ct_dx
+from hf_cxr.data.storage import IMAGE_FORMATS
 
 
 def _image_size(text: str) -> int | None:

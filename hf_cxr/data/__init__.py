@@ -6,10 +6,11 @@
 Transforms for training and evaluation with a model's image processor are in `hf_cxr.data.transforms`.
 """
 
-from hf_cxr.data._common import IMAGE_FORMATS, BadFileError, ConversionResult, MissingFilesError, PatientLeakError
+from hf_cxr.data._common import BadFileError, ConversionResult, MissingFilesError, PatientLeakError
 from hf_cxr.data.chestxray14 import convert_chestxray14
 from hf_cxr.data.chexpert import convert_chexpert
 from hf_cxr.data.lung_pet_ct_dx import convert_lung_pet_ct_dx
+from hf_cxr.data.storage import IMAGE_FORMATS
 from hf_cxr.data.transforms import eval_transform, train_transform
 
 __all__ = [

@@ -25,25 +25,21 @@ import datasets
 import numpy as np
 
 from hf_cxr.data._common import (
-    RESEARCH_USE,
     ConversionResult,
+    DatasetSource,
     MissingFilesError,
-    add_storage_section,
-    check_image_format,
     check_num_proc,
     check_out_dir,
     check_patients_disjoint,
-    default_out_dir,
     generate_dataset_dict,
-    image_storage_text,
     list_message,
     markdown_table,
     render_card,
     size_category,
     skipped_section,
     split_by_patient,
-    stored_image,
 )
+from hf_cxr.data.storage import add_storage_section, check_image_format, image_storage_text, stored_image
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_NO_FINDING
 
 TABLE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
@@ -68,6 +64,7 @@ CITATION = (
     "3462-3471."
 )
 LICENSE = "NIH Clinical Center: released for unrestricted use, with attribution (link, acknowledgement, citation)"
+SOURCE = DatasetSource("chestxray14", "NIH ChestX-ray14 converted by hf-cxr.", HOMEPAGE, CITATION, LICENSE)
 
 FEATURES = datasets.Features(
     {
@@ -373,9 +370,7 @@ def _summarize(
         left_out=left_out,
         skipped_section=skipped_section(skipped),
         labels=", ".join(f"`{name}`" for name in CHESTXRAY14_LABELS),
-        citation=CITATION,
-        homepage=HOMEPAGE,
-        research_use=RESEARCH_USE,
+        **SOURCE.card_fields(),
     )
     return report, add_storage_section(card, storage)
 
@@ -423,7 +418,7 @@ def convert_chestxray14(
 
     `image_size`: the stored shorter side in px (None keeps NIH's 1024 px); store at the size a recipe trains at
     plus its augmentation's crop margin (e.g. 256 for 224-px training). `image_format`: "png" (portable, the
-    default) or "raw" (uncompressed image files, faster to read; see `hf_cxr.data._common.IMAGE_FORMATS`); both are
+    default) or "raw" (uncompressed image files, faster to read; see `hf_cxr.data.storage.IMAGE_FORMATS`); both are
     read by `datasets.Image` without being told. `num_proc`: worker processes that read and resize images (None or
     1: in this process). `skip_bad` skips unreadable images instead of failing, listing each one in the card and
     `skipped_files.txt`. `split_protocol`: "official" (NIH's test list is `test`; train/validation divide the
@@ -508,18 +503,12 @@ def convert_chestxray14(
         "skip_bad": skip_bad,
         "table": table_path.name,
     }
-    info = datasets.DatasetInfo(
-        description="NIH ChestX-ray14 converted by hf-cxr. " + RESEARCH_USE,
-        citation=CITATION,
-        homepage=HOMEPAGE,
-        license=LICENSE,
-    )
     return generate_dataset_dict(
-        out_dir if out_dir is not None else default_out_dir("chestxray14"),
+        SOURCE.out_dir(out_dir),
         items,
         partial(_example, image_size=image_size, image_format=image_format),
         FEATURES,
-        info,
+        SOURCE.info(),
         num_proc=num_proc,
         writer_batch_size=200,
         summarize=lambda dataset, skipped: _summarize(dataset, skipped, settings, left_out),

@@ -24,23 +24,19 @@ import datasets
 import numpy as np
 
 from hf_cxr.data._common import (
-    RESEARCH_USE,
     ConversionResult,
+    DatasetSource,
     MissingFilesError,
-    add_storage_section,
-    check_image_format,
     check_num_proc,
     check_out_dir,
     check_patients_disjoint,
-    default_out_dir,
     generate_dataset_dict,
-    image_storage_text,
     markdown_table,
     render_card,
     size_category,
     skipped_section,
-    stored_image,
 )
+from hf_cxr.data.storage import add_storage_section, check_image_format, image_storage_text, stored_image
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL
 
@@ -55,6 +51,7 @@ CITATION = (
     "Expert Comparison. AAAI 2019, 33(01):590-597."
 )
 LICENSE = "Stanford University School of Medicine CheXpert Dataset Research Use Agreement (no redistribution)"
+SOURCE = DatasetSource("chexpert", "CheXpert converted locally by hf-cxr.", HOMEPAGE, CITATION, LICENSE)
 
 FEATURES = datasets.Features(
     {
@@ -250,10 +247,7 @@ def _summarize(
         laterals_dropped=laterals_dropped,
         skipped_section=skipped_section(skipped),
         labels=", ".join(f"`{name}`" for name in CHEXPERT_LABELS),
-        citation=CITATION,
-        homepage=HOMEPAGE,
-        license=LICENSE,
-        research_use=RESEARCH_USE,
+        **SOURCE.card_fields(),
     )
     return report, add_storage_section(card, storage)
 
@@ -352,18 +346,12 @@ def convert_chexpert(
         "image_format": image_format,
         "skip_bad": skip_bad,
     }
-    info = datasets.DatasetInfo(
-        description="CheXpert converted locally by hf-cxr. " + RESEARCH_USE,
-        citation=CITATION,
-        homepage=HOMEPAGE,
-        license=LICENSE,
-    )
     return generate_dataset_dict(
-        out_dir if out_dir is not None else default_out_dir("chexpert"),
+        SOURCE.out_dir(out_dir),
         items,
         partial(_example, image_size=image_size, image_format=image_format, uncertain=uncertain),
         FEATURES,
-        info,
+        SOURCE.info(),
         num_proc=num_proc,
         writer_batch_size=200,
         summarize=lambda dataset, skipped: _summarize(dataset, skipped, settings, laterals_dropped),

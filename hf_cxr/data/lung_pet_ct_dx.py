@@ -27,13 +27,12 @@ from xml.etree import ElementTree
 import datasets
 
 from hf_cxr.data._common import (
-    RESEARCH_USE,
     BadFileError,
     ConversionResult,
+    DatasetSource,
     check_num_proc,
     check_out_dir,
     check_patients_disjoint,
-    default_out_dir,
     generate_dataset_dict,
     list_message,
     markdown_table,
@@ -78,6 +77,7 @@ CITATION = (
     "(Lung-PET-CT-Dx). The Cancer Imaging Archive (2020). https://doi.org/10.7937/TCIA.2020.NNC2-0461"
 )
 LICENSE = "cc-by-4.0 (TCIA data usage policy: do not attempt to re-identify subjects)"
+SOURCE = DatasetSource("lung_pet_ct_dx", "Lung-PET-CT-Dx CT series converted by hf-cxr.", HOMEPAGE, CITATION, LICENSE)
 
 
 def features_for(task: str) -> datasets.Features:
@@ -347,9 +347,7 @@ def _summarize(
         annotation_matched=matched,
         clinical_features=", ".join(f"`{name}`" for name in CLINICAL_FEATURE_NAMES),
         skipped_section=skipped_section(skipped),
-        citation=CITATION,
-        homepage=HOMEPAGE,
-        research_use=RESEARCH_USE,
+        **SOURCE.card_fields(),
     )
     return report, card
 
@@ -481,18 +479,12 @@ def convert_lung_pet_ct_dx(
     check_patients_disjoint({split: [item.patient_id for item in items] for split, items in split_items.items()})
 
     settings = {"task": task, "seed": seed, "fractions": fractions, "skip_bad": skip_bad}
-    info = datasets.DatasetInfo(
-        description="Lung-PET-CT-Dx CT series converted by hf-cxr. " + RESEARCH_USE,
-        citation=CITATION,
-        homepage=HOMEPAGE,
-        license=LICENSE,
-    )
     return generate_dataset_dict(
-        out_dir if out_dir is not None else default_out_dir("lung_pet_ct_dx"),
+        SOURCE.out_dir(out_dir),
         split_items,
         partial(_example, task=task),
         features_for(task),
-        info,
+        SOURCE.info(),
         num_proc=num_proc,
         writer_batch_size=2,
         summarize=lambda dataset, skipped: _summarize(
