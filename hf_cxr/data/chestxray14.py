@@ -34,12 +34,13 @@ from hf_cxr.data._common import (
     generate_dataset_dict,
     list_message,
     markdown_table,
-    render_card,
-    size_category,
-    skipped_section,
     split_by_patient,
 )
-from hf_cxr.data.storage import add_storage_section, check_image_format, image_storage_text, stored_image
+from hf_cxr.data.storage import (
+    check_image_format,
+    render_image_dataset_card,
+    stored_image,
+)
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_NO_FINDING
 
 TABLE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
@@ -355,24 +356,12 @@ def _summarize(
         )
     else:
         box_text = "none of the converted images has a box in the box list"
-    storage = image_storage_text(settings["image_size"], settings["image_format"])
-    card = render_card(
-        "dataset_chestxray14.md",
-        _FALLBACK_CARD,
-        counts_table=table,
-        total_images=total,
-        size_category=size_category(total),
-        table_name=settings.get("table", "the Data_Entry table"),
-        boxes_description=box_text,
-        image_size=settings["image_size"] or "original",
-        image_storage=storage,
-        splits_description=_splits_description(settings),
-        left_out=left_out,
-        skipped_section=skipped_section(skipped),
-        labels=", ".join(f"`{name}`" for name in CHESTXRAY14_LABELS),
-        **SOURCE.card_fields(),
-    )
-    return report, add_storage_section(card, storage)
+    card = render_image_dataset_card(
+        SOURCE, "dataset_chestxray14.md", _FALLBACK_CARD, settings, total, skipped, CHESTXRAY14_LABELS,
+        counts_table=table, table_name=settings.get("table", "the Data_Entry table"), boxes_description=box_text,
+        splits_description=_splits_description(settings), left_out=left_out,
+    )  # fmt: skip
+    return report, card
 
 
 _FALLBACK_CARD = """---

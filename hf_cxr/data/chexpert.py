@@ -32,11 +32,12 @@ from hf_cxr.data._common import (
     check_patients_disjoint,
     generate_dataset_dict,
     markdown_table,
-    render_card,
-    size_category,
-    skipped_section,
 )
-from hf_cxr.data.storage import add_storage_section, check_image_format, image_storage_text, stored_image
+from hf_cxr.data.storage import (
+    check_image_format,
+    render_image_dataset_card,
+    stored_image,
+)
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
 from hf_cxr.losses import IGNORE_LABEL
 
@@ -233,23 +234,13 @@ def _summarize(
     print(f"CheXpert conversion (uncertain={settings['uncertain']}):\n{table}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in the card)")
-    storage = image_storage_text(settings["image_size"], settings["image_format"])
-    card = render_card(
-        "dataset_chexpert.md",
-        _FALLBACK_CARD,
-        counts_table=table,
-        total_images=sum(count["images"] for count in counts.values()),
-        size_category=size_category(sum(count["images"] for count in counts.values())),
-        image_size=settings["image_size"] or "original",
-        image_storage=storage,
-        uncertain=settings["uncertain"],
+    total = sum(count["images"] for count in counts.values())
+    card = render_image_dataset_card(
+        SOURCE, "dataset_chexpert.md", _FALLBACK_CARD, settings, total, skipped, CHEXPERT_LABELS,
+        counts_table=table, uncertain=settings["uncertain"], laterals_dropped=laterals_dropped,
         frontal_only="yes" if settings["frontal_only"] else "no",
-        laterals_dropped=laterals_dropped,
-        skipped_section=skipped_section(skipped),
-        labels=", ".join(f"`{name}`" for name in CHEXPERT_LABELS),
-        **SOURCE.card_fields(),
-    )
-    return report, add_storage_section(card, storage)
+    )  # fmt: skip
+    return report, card
 
 
 _FALLBACK_CARD = """---

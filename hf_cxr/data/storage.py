@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hf_cxr.data._common import BadFileError
+from hf_cxr.data._common import BadFileError, DatasetSource, render_card, size_category, skipped_section
 from hf_cxr.imaging import exif_orientation, load_radiograph
 
 # `image_format` of a conversion. Both store the `image` column as `datasets.Image()`, so every reader (`datasets`,
@@ -183,3 +185,18 @@ def add_storage_section(card: str, text: str) -> str:
     """`card` with the image storage stated: the card templates may place it (`$image_storage`); otherwise it is
     appended as its own section."""
     return card if text in card else card.rstrip("\n") + f"\n\n## Image storage\n\n{text}\n"
+
+
+def render_image_dataset_card(
+    source: DatasetSource, template_name: str, fallback: str, settings: Mapping[str, Any], total: int,
+    skipped: Sequence[Mapping[str, str]], labels: Sequence[str], **fields: Any,
+) -> str:  # fmt: skip
+    """A converted radiograph dataset's card: `fields` plus what every such card states (image count and size
+    category, stored size and format, skipped files, the label names, the source's provenance), with the storage
+    section added."""
+    storage = image_storage_text(settings["image_size"], settings["image_format"])
+    card = render_card(template_name, fallback, total_images=total, size_category=size_category(total),
+                       image_size=settings["image_size"] or "original", image_storage=storage,
+                       skipped_section=skipped_section(skipped), labels=", ".join(f"`{name}`" for name in labels),
+                       **source.card_fields(), **fields)  # fmt: skip
+    return add_storage_section(card, storage)
