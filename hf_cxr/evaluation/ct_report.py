@@ -29,6 +29,7 @@ from hf_cxr.evaluation.report import (
     SINGLE_LABEL_CT,
     _format,
     _number,
+    dataset_and_interval_lines,
     draw_roc_panel,
     plot_reliability_pairs,
 )
@@ -130,15 +131,10 @@ def single_label_markdown(document: Mapping[str, Any]) -> str:
         f"- Patient level: the **{document['patient_aggregation']}** over all of a patient's slabs and series, per "
         "class (the paper takes the max); every number below counts patients, not slabs.",
     ]
-    if document.get("dataset_conversion_note"):
-        lines.append(f"- Dataset: {document['dataset_conversion_note']}")
-    if bootstrap.get("resamples"):
-        lines.append(
-            f"- 95 % intervals: percentile bootstrap, {bootstrap['resamples']} resamples of patients "
-            f"(seed {bootstrap['seed']}), on the `{split}` split."
-        )
-    else:
-        lines.append("- No confidence intervals (bootstrap disabled): the numbers below cannot be judged alone.")
+    lines += dataset_and_interval_lines(
+        document, split, f"{bootstrap.get('resamples')} resamples of patients",
+        "- No confidence intervals (bootstrap disabled): the numbers below cannot be judged alone.",
+    )  # fmt: skip
     if document["task"] == "binary":
         lines.append(
             f"- Positive class: `{document['positive_class']}` (sensitivity, PPV and F1 are about it); AUROC uses "

@@ -90,6 +90,19 @@ def model_index_exclusions(document: Mapping[str, Any]) -> tuple[str | None, dic
     return None, excluded
 
 
+def dataset_and_interval_lines(document: dict[str, Any], split: str, resampled: str, without: str) -> list[str]:
+    """The report's lines on how the dataset was converted and on the 95 % intervals (`resampled`: what the
+    bootstrap resampled; `without`: the line when it did not run), for the multi-label and the CT reports."""
+    lines = [f"- Dataset: {document['dataset_conversion_note']}"] if document.get("dataset_conversion_note") else []
+    bootstrap = document.get("bootstrap") or {}
+    if bootstrap.get("resamples"):
+        lines.append(f"- 95 % intervals: percentile bootstrap, {resampled} (seed {bootstrap['seed']}), on the "
+                     f"`{split}` split.")  # fmt: skip
+    else:
+        lines.append(without)
+    return lines
+
+
 def describe_bootstrap(bootstrap: Mapping[str, Any]) -> str:
     """'N resamples by patient', saying so when resampling patients is the same as resampling images."""
     text = f"{bootstrap.get('resamples')} resamples by {bootstrap.get('unit')}"
@@ -249,15 +262,8 @@ def markdown_report(document: dict[str, Any]) -> str:
         f"- Thresholds (`at_threshold` columns): {describe_thresholds(document)}."
         " Thresholds are never chosen on the scored split.",
     ]
-    if document.get("dataset_conversion_note"):
-        lines.append(f"- Dataset: {document['dataset_conversion_note']}")
-    if bootstrap.get("resamples"):
-        lines.append(
-            f"- 95 % intervals: percentile bootstrap, {describe_bootstrap(bootstrap)} "
-            f"(seed {bootstrap['seed']}), on the `{split}` split."
-        )
-    else:
-        lines.append("- No confidence intervals (bootstrap disabled).")
+    resampled = describe_bootstrap(bootstrap) if bootstrap.get("resamples") else ""
+    lines += dataset_and_interval_lines(document, split, resampled, "- No confidence intervals (bootstrap disabled).")
     if document.get("cross_dataset"):
         pairs = ", ".join(f"{model} -> {data}" for model, data in document["finding_map"].items())
         lines.append(
