@@ -16,14 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from hf_cxr.data._common import strict_json
 from hf_cxr.evaluation.ct_scores import BINARY_METRICS, SingleLabelScores
 from hf_cxr.evaluation.report import (
     ECE_TITLE,
     FEW_POSITIVES,
-    METRICS_NAME,
     RELIABILITY_NAME,
-    REPORT_NAME,
     RESEARCH_USE,
     ROC_NAME,
     SINGLE_LABEL_CT,
@@ -32,6 +29,7 @@ from hf_cxr.evaluation.report import (
     dataset_and_interval_lines,
     draw_roc_panel,
     plot_reliability_pairs,
+    write_documents,
 )
 from hf_cxr.evaluation.scores import AT_CHOSEN, AT_HALF, FALLBACK
 
@@ -220,11 +218,8 @@ def write_single_label_report(
     out_dir: str | os.PathLike[str], scores: SingleLabelScores, context: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Write `metrics.json`, `report.md`, the ROC and the reliability PNGs into `out_dir`; returns the document."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     document = single_label_document(scores, context)
-    (out_dir / METRICS_NAME).write_text(strict_json(document), encoding="utf-8")
-    (out_dir / REPORT_NAME).write_text(single_label_markdown(document), encoding="utf-8")
+    out_dir = write_documents(out_dir, document, single_label_markdown(document))
     plot_single_label_roc(scores, out_dir / ROC_NAME)
     if scores.positive_class is not None:
         index = scores.label_names.index(scores.positive_class)

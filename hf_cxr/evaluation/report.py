@@ -422,6 +422,16 @@ def plot_reliability_pairs(
     plt.close(figure)
 
 
+def write_documents(out_dir: str | os.PathLike[str], document: dict[str, Any], markdown: str) -> Path:
+    """Create `out_dir` and write the metrics document (`metrics.json`, strict JSON) and the Markdown report
+    (`report.md`) into it; returns the folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METRICS_NAME).write_text(strict_json(document), encoding="utf-8")
+    (out_dir / REPORT_NAME).write_text(markdown, encoding="utf-8")
+    return out_dir
+
+
 def write_report(
     out_dir: str | os.PathLike[str],
     scores: Scores,
@@ -430,11 +440,8 @@ def write_report(
     context: dict[str, Any],
 ) -> dict[str, Any]:
     """Write the four report files into `out_dir` (created); returns the metrics document."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     document = metrics_document(scores, context)
-    (out_dir / METRICS_NAME).write_text(strict_json(document), encoding="utf-8")
-    (out_dir / REPORT_NAME).write_text(markdown_report(document), encoding="utf-8")
+    out_dir = write_documents(out_dir, document, markdown_report(document))
     plot_roc_curves(probabilities, targets, scores, out_dir / ROC_NAME)
     plot_reliability(probabilities, targets, scores, out_dir / RELIABILITY_NAME)
     return document
