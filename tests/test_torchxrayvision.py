@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -446,3 +447,26 @@ def test_a_teacher_must_be_named_and_reads_its_own_pixels(imported: Path, tmp_pa
     expected = teacher.processor(batch["image"], return_tensors="pt")["pixel_values"]
     assert torch.equal(output["teacher_pixel_values"], expected)
     assert not torch.equal(output["teacher_pixel_values"], output["pixel_values"])
+
+    # hf-cxr train's reader: with such a teacher each image is augmented at its stored size and both processors read
+    # that image (a flip here, exact): the teacher's centre crop of the flipped tall image, not of the student's
+    # stretched square. Augmenting on the device cannot do that and is refused.
+    from hf_cxr.training.augment import augmentation_from_recipe
+    from hf_cxr.training.config import parse_recipe
+    from hf_cxr.training.data import TrainingImages
+
+    features = datasets.Features({"image": datasets.Image(), "labels": datasets.List(datasets.Value("float32"))})
+    rows = datasets.Dataset.from_dict({"image": batch["image"], "labels": [[0.0] * 14] * 2}, features=features)
+    flip = augmentation_from_recipe(parse_recipe({"augmentation": {"horizontal_flip": {"p": 1.0}}}).augmentation)
+    reader = TrainingImages(rows, student, flip, "cpu", teacher.processor)
+    items = reader.__getitems__([(0, 5), (1, 6)])
+    flipped = [image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for image in batch["image"]]
+    expected = teacher.processor(flipped, return_tensors="pt")["pixel_values"]
+    # both in [-1024, 1024], where one 8-bit level is 8: 0.01 is float rounding of the resampled flip
+    torch.testing.assert_close(torch.stack([item["teacher_pixel_values"] for item in items]), expected,
+                               rtol=0, atol=0.01)  # fmt: skip
+    student_expected = student(flipped, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(torch.stack([item["pixel_values"] for item in items]), student_expected,
+                               rtol=0, atol=0.01)  # fmt: skip
+    with pytest.raises(ValueError, match="augmentation on the device cannot serve a distillation teacher"):
+        TrainingImages(rows, student, flip, "device", teacher.processor)

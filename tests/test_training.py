@@ -80,8 +80,8 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     assert compute["processes"] == 1 and compute["batch_size_per_device"] == 5 and compute["wall_seconds"] > 0
     # On CPU the default is no loader workers; the run measured how much of its step time went to waiting for data.
     assert compute["dataloader_workers"] == 0 and 0 < compute["data_wait_share"] < 1
-    assert "of step time waiting for data (0 loader workers, augmentation on cpu)" in capsys.readouterr().out
-    assert metrics["run"]["augment_on"] == "cpu"  # auto, on a CPU
+    assert "of step time waiting for data (0 loader workers, no augmentation)" in capsys.readouterr().out
+    assert metrics["run"]["augment_on"] == compute["augment_on"] == "none"  # this run's recipe augments nothing
     model = hf_cxr.CRMSNetForImageClassification.from_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file() and (tmp_path / "modeling_cr_msnet.py").is_file()
     final = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
@@ -156,7 +156,8 @@ def test_augmenting_on_the_device_trains_the_same_weights_as_in_the_loader(tiny_
     for where, workers in (("cpu", "1"), ("device", "0")):
         train(run_args(tiny_dataset, tmp_path / where, *common, "--augment-on", where, "--num-workers", workers))
         weights[where] = load_file(str(tmp_path / where / "model.safetensors"))
-        assert json.loads((tmp_path / where / "metrics.json").read_text())["run"]["augment_on"] == where
+        metrics = json.loads((tmp_path / where / "metrics.json").read_text())
+        assert metrics["run"]["augment_on"] == metrics["training"]["compute"]["augment_on"] == where
     assert all(torch.equal(weights["cpu"][key], weights["device"][key]) for key in weights["cpu"])
     train(run_args(tiny_dataset, tmp_path / "plain", "--max-steps", "3", "--seed", "1"))  # the augmentation mattered
     plain = load_file(str(tmp_path / "plain" / "model.safetensors"))

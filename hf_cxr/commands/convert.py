@@ -29,7 +29,7 @@ def _common(parser: argparse.ArgumentParser, image_size: int | None = None, seed
             type=_image_size,
             default=image_size,
             help=f"stored shorter side in px (default {image_size}; 0 keeps the original size); for training, the "
-            "size the recipe trains at plus its crop margin (e.g. 256 for 224)",
+            "size the recipe trains at (e.g. 224): training reads images at the model's size before augmenting",
         )
         parser.add_argument(
             "--image-format",

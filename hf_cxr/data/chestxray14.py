@@ -406,7 +406,7 @@ def convert_chestxray14(
     with `.out_dir`, `.skipped` and `.report`. `out_dir` None writes to a fresh folder in the `datasets` cache.
 
     `image_size`: the stored shorter side in px (None keeps NIH's 1024 px); store at the size a recipe trains at
-    plus its augmentation's crop margin (e.g. 256 for 224-px training). `image_format`: "png" (portable, the
+    (e.g. 224): training reads each image at the model's size before augmenting it. `image_format`: "png" (portable, the
     default) or "raw" (uncompressed image files, faster to read; see `hf_cxr.data.storage.IMAGE_FORMATS`); both are
     read by `datasets.Image` without being told. `num_proc`: worker processes that read and resize images (None or
     1: in this process). `skip_bad` skips unreadable images instead of failing, listing each one in the card and

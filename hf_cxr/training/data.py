@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from hf_cxr.data._common import read_conversion_report
 from hf_cxr.data.transforms import AUGMENTATION_SEED, eval_transform, seeded
 from hf_cxr.evaluation.ct_scores import dataset_class_indices
+from hf_cxr.imaging import load_radiograph
 from hf_cxr.inference.ct import CLINICAL_COLUMNS, ct_input_rows
 from hf_cxr.labels import LABEL_SETS
 from hf_cxr.machine import usable_cores
@@ -70,6 +71,8 @@ class Inputs(NamedTuple):
     """Validation numbers of the model."""
     finish_batch: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
     """Applied by the loop to each training batch once it is on the training device (augmentation there)."""
+    augment_on: str | None
+    """2D: where augmentation runs (`cpu`, `device` or `none`, see `resolve_augment_on`); None for CT."""
 
 
 class SeededShuffleSampler(torch.utils.data.Sampler):
@@ -105,6 +108,12 @@ class TrainingImages(torch.utils.data.Dataset):
     batch is augmented and normalised here, in the DataLoader's workers (`finish_images`); with `"device"` it leaves
     as `grey_pixel_values` [1, H, W] with its `augmentation_seed`, and the training loop finishes it on the
     training device (`finish_images` again, on the whole batch there). Same seeds, same images, either way.
+
+    With `teacher_processor` (a distillation teacher that reads other pixels than the student, e.g.
+    torchxrayvision's centre crop where the student stretches) each image is augmented at its stored size, here,
+    and both processors read that one augmented image (`teacher_pixel_values`): resizing first would hand the
+    teacher the student's stretched image. Raises `ValueError` for `augment_on` other than `cpu`/`device`, or
+    `device` with a teacher processor.
     """
 
     def __init__(
@@ -113,6 +122,9 @@ class TrainingImages(torch.utils.data.Dataset):
     ) -> None:  # fmt: skip
         if augment_on not in ("cpu", "device"):
             raise ValueError(f"augment_on must be 'cpu' or 'device', got {augment_on!r}")
+        if augment_on == "device" and teacher_processor is not None:
+            raise ValueError("augmentation on the device cannot serve a distillation teacher that reads other "
+                             "pixels than the student (augmented at their stored size): use cpu")  # fmt: skip
         self.split, self.processor, self.augmentation = split, processor, augmentation
         self.augment_on, self.teacher_processor = augment_on, teacher_processor
 
@@ -121,14 +133,31 @@ class TrainingImages(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
         batch = self.split[[row for row, _ in keys]]
-        output = {
-            "grey_pixel_values": self.processor.grey_pixel_values(batch["image"]),
-            AUGMENTATION_SEED: torch.tensor([seed for _, seed in keys], dtype=torch.int64),
-            "labels": torch.as_tensor(np.asarray(batch["labels"], dtype=np.float32)),
-        }
-        if self.augment_on == "cpu":
-            output = finish_images(output, self.processor, self.augmentation, self.teacher_processor)
+        seeds = [seed for _, seed in keys]
+        labels = torch.as_tensor(np.asarray(batch["labels"], dtype=np.float32))
+        if self.teacher_processor is not None:
+            output = self._with_teacher(batch["image"], seeds, labels)
+        else:
+            output = {
+                "grey_pixel_values": self.processor.grey_pixel_values(batch["image"]),
+                AUGMENTATION_SEED: torch.tensor(seeds, dtype=torch.int64),
+                "labels": labels,
+            }
+            if self.augment_on == "cpu":
+                output = finish_images(output, self.processor, self.augmentation)
         return [{name: value[index] for name, value in output.items()} for index in range(len(keys))]
+
+    @torch.no_grad()
+    def _with_teacher(self, images: list[Any], seeds: list[int], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        augmented = []
+        for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
+            grey = torch.from_numpy(load_radiograph(image, name=f"image[{index}]"))[None, None]  # stored size
+            augmented.append(self.augmentation(grey, [seed])[0].clamp_(0.0, 1.0))
+        return {
+            "pixel_values": self.processor(augmented, return_tensors="pt")["pixel_values"],
+            "teacher_pixel_values": self.teacher_processor(augmented, return_tensors="pt")["pixel_values"],
+            "labels": labels,
+        }
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         return self.__getitems__([key])[0]
@@ -136,20 +165,15 @@ class TrainingImages(torch.utils.data.Dataset):
 
 @torch.no_grad()
 def finish_images(
-    batch: dict[str, torch.Tensor], processor: Any, augmentation: RadiographAugmentation,
-    teacher_processor: Any | None = None,
-) -> dict[str, torch.Tensor]:  # fmt: skip
+    batch: dict[str, torch.Tensor], processor: Any, augmentation: RadiographAugmentation
+) -> dict[str, torch.Tensor]:
     """A batch of `TrainingImages` made model inputs where it is (CPU or the training device): `grey_pixel_values`
     [B, 1, H, W] augmented with each row's `augmentation_seed`, clamped to [0, 1] and normalised by the processor
-    (`pixel_values` [B, C, H, W]); with `teacher_processor` the augmented images also go through it
-    (`teacher_pixel_values`, on the batch's device). Other keys pass unchanged."""
+    (`pixel_values` [B, C, H, W]). Other keys pass unchanged."""
     batch = dict(batch)
     grey, seeds = batch.pop("grey_pixel_values"), batch.pop(AUGMENTATION_SEED)
     augmented = augmentation(grey, seeds.tolist()).clamp_(0.0, 1.0)
     batch["pixel_values"] = processor.normalize_grey(augmented)
-    if teacher_processor is not None:
-        teacher_pixels = teacher_processor(list(augmented), return_tensors="pt")["pixel_values"]
-        batch["teacher_pixel_values"] = teacher_pixels.to(grey.device)
     return batch
 
 
@@ -262,8 +286,8 @@ def apply_data_section(
         section.dataset = converted
     if converted in LABEL_SETS and list(LABEL_SETS[converted]) != list(label_names):
         raise ValueError(f"'{dataset}' is a converted {converted} dataset (its labels are {converted}'s findings) but "
-                         f"the model predicts {list(label_names)}; build it with {converted}'s labels (the recipe's "
-                         "model.overrides.labels)")  # fmt: skip
+                         f"the model predicts {list(label_names)}; build it with {converted}'s labels (--set "
+                         f"model.overrides.labels={converted}, or the recipe's model.overrides.labels)")  # fmt: skip
     if section.labels:
         if section.labels not in LABEL_SETS:
             refuse("labels", section.labels, f"hf-cxr knows the label sets {sorted(LABEL_SETS)}", "name one")
@@ -336,11 +360,16 @@ def _keep_views(
     return split.select([index for index, view in enumerate(found) if view in wanted])
 
 
-def resolve_augment_on(augment_on: str, device: torch.device) -> str:
-    """Where 2D training augments (`TrainingConfig.augment_on`): `auto` is `device` on a GPU (batched there, the
-    CPU workers only read and collate) and `cpu` elsewhere."""
+def resolve_augment_on(
+    augment_on: str, device: torch.device, augmentation: RadiographAugmentation, teacher_processor: Any | None = None
+) -> str:
+    """Where 2D training augments (`TrainingConfig.augment_on`): `none` when the recipe has no augmentation; `auto`
+    is `device` on a GPU (batched there, the CPU workers only read and collate) and `cpu` elsewhere, and `cpu`
+    whenever a distillation teacher reads its own pixels (see `TrainingImages`)."""
+    if augmentation.is_identity:
+        return "none"
     if augment_on == "auto":
-        return "device" if device.type == "cuda" else "cpu"
+        return "device" if device.type == "cuda" and teacher_processor is None else "cpu"
     return augment_on
 
 
@@ -357,14 +386,15 @@ def image_inputs(
     processor = build_image_processor(config.model_type, preset=config.built_preset, **resize)
     teacher_processor = teacher.processor if teacher is not None and not teacher.reads(processor) else None
     augmentation = augmentation_from_recipe(recipe.augmentation)
-    augment_on = resolve_augment_on(config.augment_on, device)
+    augment_on = resolve_augment_on(config.augment_on, device, augmentation, teacher_processor)
+    loader_side = "cpu" if augment_on == "none" else augment_on  # identity: read and normalised in the loader
     stage_data = []
     for stage in stages_from_recipe(recipe):
         split = train_split
         if stage.exclude_no_finding:
             keep = [i for i, empty in enumerate(_no_finding_mask(split)) if not empty]
             split = split.select(keep)
-        stage_data.append(TrainingImages(split, processor, augmentation, augment_on, teacher_processor))
+        stage_data.append(TrainingImages(split, processor, augmentation, loader_side, teacher_processor))
     eval_loader = DataLoader(
         validation_split.with_transform(eval_transform(processor)), batch_size=recipe.optimization.batch_size,
         **loader_options(config.num_workers, device),
@@ -377,11 +407,9 @@ def image_inputs(
         return evaluate_images(accelerator, scored, loaders[0], accelerator.unwrap_model(scored).config.id2label)
 
     def finish_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if "grey_pixel_values" not in batch:
-            return batch
-        return finish_images(batch, processor, augmentation, teacher_processor)
+        return finish_images(batch, processor, augmentation) if "grey_pixel_values" in batch else batch
 
-    return Inputs(processor, stage_data, [eval_loader], score, finish_batch)
+    return Inputs(processor, stage_data, [eval_loader], score, finish_batch, augment_on)
 
 
 def ct_inputs(
@@ -412,4 +440,4 @@ def ct_inputs(
         unwrapped = accelerator.unwrap_model(scored)
         return evaluate_ct(unwrapped, processor, validation_split, recipe.evaluation, accelerator.device)
 
-    return Inputs(processor, [slabs for _ in stages_from_recipe(recipe)], [], score, lambda batch: batch)
+    return Inputs(processor, [slabs for _ in stages_from_recipe(recipe)], [], score, lambda batch: batch, None)

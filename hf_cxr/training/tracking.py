@@ -113,16 +113,18 @@ class DataWaitClock:
 
 
 def compute_summary(accelerator: Accelerator, batch_size: int, seconds: float, data_wait_share: float,
-                    num_workers: int) -> dict[str, Any]:  # fmt: skip
-    """What the run trained on, for the model card's compute section, with the DataLoader workers per process and
-    the share of step time spent waiting for data (`DataWaitClock.share`, this invocation's steps; None without)."""
+                    num_workers: int, augment_on: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """What the run trained on, for the model card's compute section, with the DataLoader workers per process, the
+    share of step time spent waiting for data (`DataWaitClock.share`, this invocation's steps; None without) and
+    where the 2D augmentation ran (`cpu`, `device`, `none`; None for CT)."""
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} logical cores)"
     return {"device": name, "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
             "batch_size_per_device": batch_size,
             "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
             "wall_seconds": round(seconds, 1), "dataloader_workers": num_workers,
-            "data_wait_share": round(data_wait_share, 4) if math.isfinite(data_wait_share) else None}  # fmt: skip
+            "data_wait_share": round(data_wait_share, 4) if math.isfinite(data_wait_share) else None,
+            "augment_on": augment_on}  # fmt: skip
 
 
 def print_outputs(output_dir: Path, summary: dict[str, Any], progress: TrainingProgress) -> None:

@@ -36,7 +36,8 @@ class CXRClassifierConfig(PretrainedConfig):
             the evaluation step (Youden); 0.5 where absent.
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal init of linear layers outside the
             timm backbones.
-        labels (`list[str]`, *optional*): finding names, in output order; defaults to the architecture's dataset
+        labels (`list[str]` or `str`, *optional*): finding names, in output order, or the name of a label set
+            (`chestxray14`, `chexpert`, `torchxrayvision`); defaults to the architecture's dataset
             (`default_labels`). `id2label`/`label2id` are derived from it. `problem_type` is
             `multi_label_classification`: one sigmoid per finding, never a softmax.
 

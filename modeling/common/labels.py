@@ -95,8 +95,15 @@ LABEL_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def label_maps(labels: tuple[str, ...] | list[str]) -> tuple[dict[int, str], dict[str, int]]:
-    """`(id2label, label2id)` for a list of finding names, in that order. Raises `ValueError` for a repeated name."""
+def label_maps(labels: str | tuple[str, ...] | list[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """`(id2label, label2id)` for a list of finding names, in that order, or for the name of one of `LABEL_SETS`.
+    Raises `ValueError` for a repeated name or a text that names no label set (a string is never split into
+    letters)."""
+    if isinstance(labels, str):
+        if labels not in LABEL_SETS:
+            raise ValueError(f"labels: {labels!r} names no label set; give a list of finding names or one of "
+                             f"{sorted(LABEL_SETS)}")  # fmt: skip
+        labels = LABEL_SETS[labels]
     if len(set(labels)) != len(labels):
         raise ValueError(f"finding names must be unique, got {list(labels)}")
     id2label = dict(enumerate(labels))
