@@ -423,10 +423,15 @@ def _build(name: str, settings: LearnabilitySettings) -> tuple[nn.Module, str, C
         processor = CXRImageProcessor(size=settings.image_size, num_channels=3)
         model = timm.create_model(name, pretrained=False, num_classes=len(LABELS), in_chans=3)
         kind = "timm baseline"
+    channels = int(processor.num_channels)
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def normalize(grey: torch.Tensor) -> torch.Tensor:  # [B, 1, H, W] in [0, 1] -> [B, C, H, W] model input
-        memory_format = torch.channels_last if grey.is_cuda else torch.contiguous_format
-        return processor.normalize_grey(grey).contiguous(memory_format=memory_format)
+        pixels = grey.expand(-1, channels, -1, -1)
+        return ((pixels - mean.to(grey.device)) / std.to(grey.device)).contiguous(
+            memory_format=torch.channels_last if grey.is_cuda else torch.contiguous_format
+        )
 
     return model, kind, normalize
 
