@@ -39,6 +39,7 @@ from hf_cxr.data._common import (
 from hf_cxr.data.storage import (
     check_image_format,
     render_image_dataset_card,
+    storage_summary,
     stored_image,
 )
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_NO_FINDING
@@ -345,7 +346,7 @@ def _summarize(
     rows = [[name, *(counts[split][name] for split in splits)] for name in ("images", "patients", "No Finding")]
     rows += [[name, *(counts[split][name] for split in splits)] for name in CHESTXRAY14_LABELS]
     table = markdown_table(["", *splits], rows)
-    print(f"ChestX-ray14 conversion (image size {settings['image_size']}):\n{table}")
+    print(f"ChestX-ray14 conversion ({storage_summary(settings)}):\n{table}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in the card)")
     total = sum(count["images"] for count in counts.values())

@@ -36,6 +36,7 @@ from hf_cxr.data._common import (
 from hf_cxr.data.storage import (
     check_image_format,
     render_image_dataset_card,
+    storage_summary,
     stored_image,
 )
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
@@ -231,7 +232,7 @@ def _summarize(
         for name in CHEXPERT_LABELS
     ]
     table = markdown_table(["(positive / uncertain)", *splits], rows)
-    print(f"CheXpert conversion (uncertain={settings['uncertain']}):\n{table}")
+    print(f"CheXpert conversion ({storage_summary(settings)}, uncertain={settings['uncertain']}):\n{table}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in the card)")
     total = sum(count["images"] for count in counts.values())

@@ -181,6 +181,12 @@ def image_storage_text(image_size: int | None, image_format: str) -> str:
     return f"Images are stored {size}, as {IMAGE_FORMAT_DESCRIPTIONS[image_format]}."
 
 
+def storage_summary(settings: Mapping[str, Any]) -> str:
+    """How a conversion stored its images, for its console summary: e.g. `shorter side at most 224 px, raw`."""
+    size = f"shorter side at most {settings['image_size']} px" if settings["image_size"] else "original size"
+    return f"{size}, {settings['image_format']}"
+
+
 def add_storage_section(card: str, text: str) -> str:
     """`card` with the image storage stated: the card templates may place it (`$image_storage`); otherwise it is
     appended as its own section."""
