@@ -193,8 +193,6 @@ class CXRImageProcessor(BaseImageProcessor):
         size = _as_size_dict(size) if size is not None else self.size
         resize_mode = resize_mode or self.resize_mode
         do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         batch = _as_batch(images)
         if not batch:
             raise ValueError("no images given")
