@@ -251,7 +251,7 @@ class DatasetSource:
     """A public dataset's provenance, as every copy hf-cxr converts states it (its `DatasetInfo` and card)."""
 
     name: str
-    """Stem of the default output folder's name (`default_out_dir`)."""
+    """The conversion report's `dataset` and the stem of the default output folder's name (`default_out_dir`)."""
     description: str
     """One line: what the converted copy is."""
     homepage: str
@@ -268,9 +268,22 @@ class DatasetSource:
         return {"citation": self.citation, "homepage": self.homepage, "license": self.license,
                 "research_use": RESEARCH_USE}  # fmt: skip
 
-    def out_dir(self, out_dir: Path | str | None) -> Path:
-        """`out_dir`, or a fresh folder in the `datasets` cache when none is given."""
-        return Path(out_dir) if out_dir is not None else default_out_dir(self.name)
+    def out_dir(self, out_dir: Path | str | None, overwrite: bool) -> Path:
+        """The resolved output folder of a conversion: `out_dir`, or a fresh folder in the `datasets` cache when none
+        is given. Raises `FileExistsError` when it exists and `overwrite` is not set (`check_out_dir`); each
+        converter calls this first, before reading anything, so a taken folder is refused at once."""
+        return check_out_dir(out_dir if out_dir is not None else default_out_dir(self.name), overwrite)
+
+    def report(
+        self,
+        settings: Mapping[str, Any],
+        counts: Mapping[str, Any],
+        skipped: Sequence[Mapping[str, str]],
+        **details: Any,
+    ) -> dict[str, Any]:
+        """The conversion report written beside the dataset (`conversion_report.json`): the dataset's name, the
+        conversion's settings, the counts per split, the converter's own `details`, then the skipped files."""
+        return {"dataset": self.name, "settings": settings, "counts": counts, **details, "skipped_files": skipped}
 
 
 def default_out_dir(name: str) -> Path:

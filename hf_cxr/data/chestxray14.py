@@ -29,7 +29,6 @@ from hf_cxr.data._common import (
     DatasetSource,
     MissingFilesError,
     check_num_proc,
-    check_out_dir,
     check_patients_disjoint,
     generate_dataset_dict,
     list_message,
@@ -37,9 +36,9 @@ from hf_cxr.data._common import (
     split_by_patient,
 )
 from hf_cxr.data.storage import (
-    check_image_format,
+    check_storage_options,
+    print_conversion_summary,
     render_image_dataset_card,
-    storage_summary,
     stored_image,
 )
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_NO_FINDING
@@ -335,20 +334,12 @@ def _summarize(
         patients = len(set(part.data.column("patient_id").to_pylist()))
         counts[split] = {"images": part.num_rows, "patients": patients, "No Finding": int((labels.sum(1) == 0).sum())}
         counts[split].update({name: int(labels[:, i].sum()) for i, name in enumerate(CHESTXRAY14_LABELS)})
-    report = {
-        "dataset": "chestxray14",
-        "settings": settings,
-        "counts": counts,
-        "images_in_table_but_in_no_official_list": left_out,
-        "skipped_files": skipped,
-    }
+    report = SOURCE.report(settings, counts, skipped, images_in_table_but_in_no_official_list=left_out)
     splits = list(counts)
     rows = [[name, *(counts[split][name] for split in splits)] for name in ("images", "patients", "No Finding")]
     rows += [[name, *(counts[split][name] for split in splits)] for name in CHESTXRAY14_LABELS]
     table = markdown_table(["", *splits], rows)
-    print(f"ChestX-ray14 conversion ({storage_summary(settings)}):\n{table}")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable files (listed in the card)")
+    print_conversion_summary("ChestX-ray14", settings, table, skipped)
     total = sum(count["images"] for count in counts.values())
     if boxes:
         box_text = (
@@ -420,8 +411,7 @@ def convert_chestxray14(
     two splits, `BadFileError` naming an unreadable image (without `skip_bad`), and `ValueError` for bad arguments
     or a table that is not NIH's.
     """
-    if out_dir is not None:
-        check_out_dir(out_dir, overwrite)
+    out_dir = SOURCE.out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
     if split_protocol not in SPLIT_PROTOCOLS:
         raise ValueError(f"split_protocol must be one of {SPLIT_PROTOCOLS}, got {split_protocol!r}")
@@ -429,10 +419,8 @@ def convert_chestxray14(
         raise ValueError(f"test_fraction must lie in (0, 1 - validation_fraction), got {test_fraction}")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction}")
-    if image_size is not None and image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+    check_storage_options(image_size, image_format)
     check_num_proc(num_proc)
-    check_image_format(image_format)
     table_path = _find_first(root, TABLE_NAMES)
     if table_path is None:
         raise FileNotFoundError(f"no {' or '.join(TABLE_NAMES)} in '{root}'")
@@ -494,7 +482,7 @@ def convert_chestxray14(
         "table": table_path.name,
     }
     return generate_dataset_dict(
-        SOURCE.out_dir(out_dir),
+        out_dir,
         items,
         partial(_example, image_size=image_size, image_format=image_format),
         FEATURES,

@@ -28,15 +28,14 @@ from hf_cxr.data._common import (
     DatasetSource,
     MissingFilesError,
     check_num_proc,
-    check_out_dir,
     check_patients_disjoint,
     generate_dataset_dict,
     markdown_table,
 )
 from hf_cxr.data.storage import (
-    check_image_format,
+    check_storage_options,
+    print_conversion_summary,
     render_image_dataset_card,
-    storage_summary,
     stored_image,
 )
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHESTXRAY14_TO_CHEXPERT, CHEXPERT_LABELS
@@ -218,13 +217,7 @@ def _summarize(
             "positive": {name: int(positive[:, i].sum()) for i, name in enumerate(CHEXPERT_LABELS)},
             "uncertain": {name: int(flags[:, i].sum()) for i, name in enumerate(CHEXPERT_LABELS)},
         }
-    report = {
-        "dataset": "chexpert",
-        "settings": settings,
-        "counts": counts,
-        "lateral_images_left_out": laterals_dropped,
-        "skipped_files": skipped,
-    }
+    report = SOURCE.report(settings, counts, skipped, lateral_images_left_out=laterals_dropped)
     splits = list(counts)
     rows = [[name, *(counts[split][name] for split in splits)] for name in ("images", "patients", "frontal")]
     rows += [
@@ -232,9 +225,7 @@ def _summarize(
         for name in CHEXPERT_LABELS
     ]
     table = markdown_table(["(positive / uncertain)", *splits], rows)
-    print(f"CheXpert conversion ({storage_summary(settings)}, uncertain={settings['uncertain']}):\n{table}")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable files (listed in the card)")
+    print_conversion_summary("CheXpert", settings, table, skipped, f"uncertain={settings['uncertain']}")
     total = sum(count["images"] for count in counts.values())
     card = render_image_dataset_card(
         SOURCE, "dataset_chexpert.md", _FALLBACK_CARD, settings, total, skipped, CHEXPERT_LABELS,
@@ -293,15 +284,12 @@ def convert_chexpert(
     splits, `BadFileError` naming an unreadable image (without `skip_bad`), and `ValueError` for bad arguments or
     label values.
     """
-    if out_dir is not None:
-        check_out_dir(out_dir, overwrite)
+    out_dir = SOURCE.out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
     if uncertain not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
-    if image_size is not None and image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+    check_storage_options(image_size, image_format)
     check_num_proc(num_proc)
-    check_image_format(image_format)
     split_records: dict[str, list[CheXpertRecord]] = {}
     for split, names in SPLIT_FILES.items():
         found = next((root / name for name in names if (root / name).is_file()), None)
@@ -339,7 +327,7 @@ def convert_chexpert(
         "skip_bad": skip_bad,
     }
     return generate_dataset_dict(
-        SOURCE.out_dir(out_dir),
+        out_dir,
         items,
         partial(_example, image_size=image_size, image_format=image_format, uncertain=uncertain),
         FEATURES,

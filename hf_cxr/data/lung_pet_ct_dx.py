@@ -31,7 +31,6 @@ from hf_cxr.data._common import (
     ConversionResult,
     DatasetSource,
     check_num_proc,
-    check_out_dir,
     check_patients_disjoint,
     generate_dataset_dict,
     list_message,
@@ -310,16 +309,15 @@ def _summarize(
             "series_with_boxes": sum(bool(series_boxes) for series_boxes in boxes),
             **{name: sum(label == index for label in labels) for index, name in enumerate(names)},
         }
-    report = {
-        "dataset": "lung_pet_ct_dx",
-        "settings": settings,
-        "counts": counts,
-        "series_not_converted": dict(series_skipped),
-        "patients_left_out": dict(patients_left_out),
-        "annotation_files": annotation_count,
-        "annotation_files_matched_to_converted_slices": matched,
-        "skipped_files": skipped,
-    }
+    report = SOURCE.report(
+        settings,
+        counts,
+        skipped,
+        series_not_converted=dict(series_skipped),
+        patients_left_out=dict(patients_left_out),
+        annotation_files=annotation_count,
+        annotation_files_matched_to_converted_slices=matched,
+    )
     splits = list(counts)
     rows = [
         [name, *(counts[split][name] for split in splits)]
@@ -402,8 +400,7 @@ def convert_lung_pet_ct_dx(
     unreadable series (without `skip_bad`), and `ValueError` for bad arguments, a bad clinical table or patients
     missing from it.
     """
-    if out_dir is not None:
-        check_out_dir(out_dir, overwrite)
+    out_dir = SOURCE.out_dir(out_dir, overwrite)
     root = Path(root).expanduser()
     check_num_proc(num_proc)
     if task not in TASKS:
@@ -480,7 +477,7 @@ def convert_lung_pet_ct_dx(
 
     settings = {"task": task, "seed": seed, "fractions": fractions, "skip_bad": skip_bad}
     return generate_dataset_dict(
-        SOURCE.out_dir(out_dir),
+        out_dir,
         split_items,
         partial(_example, task=task),
         features_for(task),

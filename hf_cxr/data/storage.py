@@ -65,6 +65,14 @@ def check_image_format(image_format: str) -> str:
     return image_format
 
 
+def check_storage_options(image_size: int | None, image_format: str) -> None:
+    """A radiograph converter's storage arguments, checked before anything is read: `ValueError` unless
+    `image_size` is None or a positive number of pixels and `image_format` is one of `IMAGE_FORMATS`."""
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    check_image_format(image_format)
+
+
 def downsize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` (Pillow mode L or F) resized to `size` (width, height; no larger than the image): first an exact
     integer box average (`Image.reduce(k)`, k the largest integer factor that keeps both sides >= `size`), then a
@@ -185,6 +193,16 @@ def storage_summary(settings: Mapping[str, Any]) -> str:
     """How a conversion stored its images, for its console summary: e.g. `shorter side at most 224 px, raw`."""
     size = f"shorter side at most {settings['image_size']} px" if settings["image_size"] else "original size"
     return f"{size}, {settings['image_format']}"
+
+
+def print_conversion_summary(
+    title: str, settings: Mapping[str, Any], table: str, skipped: Sequence[Mapping[str, str]], *details: str
+) -> None:
+    """A radiograph conversion's console summary: `TITLE conversion (how the images were stored, details):` over
+    the counts table, then how many unreadable files were skipped, if any."""
+    print(f"{title} conversion ({', '.join([storage_summary(settings), *details])}):\n{table}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (listed in the card)")
 
 
 def add_storage_section(card: str, text: str) -> str:
