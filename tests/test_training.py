@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -415,6 +416,16 @@ def test_a_misspelled_model_override_is_refused_before_training(tiny_dataset, tm
     with pytest.raises(ValueError, match=r"has no field fusion_dimm \(did you mean fusion_dim\?\)"):
         train(run_args(tiny_dataset, tmp_path / "out", "--set", "model.overrides={fusion_dimm: 64}"))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_processor_reads_at_the_image_size_the_model_is_built_with(tiny_dataset, tmp_path) -> None:
+    """`model.overrides.image_size` changes the model's input: training reads and saves the processor at that size
+    (it was built at the preset's 64 px, feeding the 96-px model 64-px images)."""
+    train(run_args(tiny_dataset, tmp_path, "--max-steps", "1", "--set", "model.overrides.image_size=96"))
+    model, processor = load_model(tmp_path)
+    assert model.config.image_size == 96
+    assert processor.size == {"height": 96, "width": 96} and processor.num_channels == model.config.num_channels
+    assert processor(np.zeros((80, 70), np.float32), return_tensors="pt")["pixel_values"].shape[-2:] == (96, 96)
 
 
 def test_an_output_folder_holding_a_run_is_refused_before_any_work(tiny_dataset, tmp_path, capsys) -> None:

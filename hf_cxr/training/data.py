@@ -377,13 +377,16 @@ def image_inputs(
     config: TrainingConfig, model: Any, train_split: datasets.Dataset, validation_split: datasets.Dataset,
     teacher: Teacher | None, device: torch.device,
 ) -> Inputs:  # fmt: skip
-    """2D: the image processor, `TrainingImages` per stage (augmented where `config.augment_on` resolves to; the
-    abnormal-only stages filtered; the distillation teacher's processor applied when it reads other pixels),
-    validation over the findings' AUCs (loaded for `device` with `config.num_workers` workers) and the batch
-    finishing for augmentation on the device. Sets the model's class counts (for a class-balanced loss)."""
+    """2D: the image processor (at the model's `image_size` and `num_channels`), `TrainingImages` per stage
+    (augmented where `config.augment_on` resolves to; the abnormal-only stages filtered; the distillation teacher's
+    processor applied when it reads other pixels), validation over the findings' AUCs (loaded for `device` with
+    `config.num_workers` workers) and the batch finishing for augmentation on the device. Sets the model's class
+    counts (for a class-balanced loss)."""
     recipe = config.recipe
     resize = {"resize_mode": recipe.data.resize_mode} if recipe.data.resize_mode else {}
-    processor = build_image_processor(config.model_type, preset=config.built_preset, **resize)
+    # The model's input as built (`model.overrides` may change the preset's image_size or num_channels).
+    inputs = {"size": model.config.image_size, "num_channels": model.config.num_channels}
+    processor = build_image_processor(config.model_type, preset=config.built_preset, **inputs, **resize)
     teacher_processor = teacher.processor if teacher is not None and not teacher.reads(processor) else None
     augmentation = augmentation_from_recipe(recipe.augmentation)
     augment_on = resolve_augment_on(config.augment_on, device, augmentation, teacher_processor)
