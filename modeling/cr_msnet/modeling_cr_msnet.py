@@ -18,9 +18,9 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbone_weights import create_backbone, loading_saved_weights
+from .classifier_head import MultiLabelHeadMixin
 from .configuration_cr_msnet import CRMSNetConfig
 from .layers import ChannelAttention, CrossAttention, SpatialAttention
-from .losses import build_loss_from_config
 from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
 
@@ -238,15 +238,13 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class CRMSNetForImageClassification(CRMSNetPreTrainedModel):
+class CRMSNetForImageClassification(MultiLabelHeadMixin, CRMSNetPreTrainedModel):
     """CR-MSNet with a multi-label head; returns logits, and the configured loss when `labels` are given."""
 
     def __init__(self, config: CRMSNetConfig) -> None:
         super().__init__(config)
         self.cr_msnet = CRMSNetModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.fusion_dim, config.num_labels)
-        self.criterion = build_loss_from_config(config)
+        self.add_multilabel_head(config.fusion_dim)
         self.post_init()
 
     def forward(
@@ -280,10 +278,7 @@ class CRMSNetForImageClassification(CRMSNetPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.cr_msnet(pixel_values, output_attentions=output_attentions, return_dict=True)
-        logits = self.classifier(self.dropout(features.pooler_output))
-        loss = None
-        if labels is not None:
-            loss = self.multilabel_loss(logits, labels)
+        logits, loss = self.classify(features.pooler_output, labels)
         output = CRMSNetImageClassifierOutput(
             loss=loss, logits=logits, gate=features.gate, cross_attentions=features.cross_attentions
         )

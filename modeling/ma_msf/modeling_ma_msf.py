@@ -25,8 +25,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbone_weights import create_backbone, loading_saved_weights
+from .classifier_head import MultiLabelHeadMixin
 from .configuration_ma_msf import MAMSFConfig
-from .losses import build_loss_from_config
 from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
 
@@ -309,15 +309,13 @@ class MAMSFModel(MAMSFPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class MAMSFForImageClassification(MAMSFPreTrainedModel):
+class MAMSFForImageClassification(MultiLabelHeadMixin, MAMSFPreTrainedModel):
     """MA-MSF with a multi-label head; returns logits, and the configured loss when `labels` are given."""
 
     def __init__(self, config: MAMSFConfig) -> None:
         super().__init__(config)
         self.ma_msf = MAMSFModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.fusion_dim, config.num_labels)
-        self.criterion = build_loss_from_config(config)
+        self.add_multilabel_head(config.fusion_dim)
         self.post_init()
 
     def forward(
@@ -352,10 +350,7 @@ class MAMSFForImageClassification(MAMSFPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.ma_msf(pixel_values, return_dict=True)
-        logits = self.classifier(self.dropout(features.pooler_output))
-        loss = None
-        if labels is not None:
-            loss = self.multilabel_loss(logits, labels)
+        logits, loss = self.classify(features.pooler_output, labels)
         output = MAMSFImageClassifierOutput(loss=loss, logits=logits)
         return output if return_dict else output.to_tuple()
 

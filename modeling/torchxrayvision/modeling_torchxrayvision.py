@@ -19,8 +19,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .classifier_head import MultiLabelHeadMixin
 from .configuration_torchxrayvision import TorchXRayVisionConfig
-from .losses import build_loss_from_config
 from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
 
@@ -153,16 +153,14 @@ class TorchXRayVisionModel(TorchXRayVisionPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class TorchXRayVisionForImageClassification(TorchXRayVisionPreTrainedModel):
+class TorchXRayVisionForImageClassification(MultiLabelHeadMixin, TorchXRayVisionPreTrainedModel):
     """A torchxrayvision classifier with its multi-label head; returns logits, and the configured loss when `labels`
     are given."""
 
     def __init__(self, config: TorchXRayVisionConfig) -> None:
         super().__init__(config)
         self.torchxrayvision = TorchXRayVisionModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(self.torchxrayvision.num_features, config.num_labels)
-        self.criterion = build_loss_from_config(config)
+        self.add_multilabel_head(self.torchxrayvision.num_features)
         self.post_init()
 
     def forward(
@@ -194,8 +192,7 @@ class TorchXRayVisionForImageClassification(TorchXRayVisionPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         features = self.torchxrayvision(pixel_values, return_dict=True)
-        logits = self.classifier(self.dropout(features.pooler_output))
-        loss = self.multilabel_loss(logits, labels) if labels is not None else None
+        logits, loss = self.classify(features.pooler_output, labels)
         output = TorchXRayVisionImageClassifierOutput(loss=loss, logits=logits)
         return output if return_dict else output.to_tuple()
 

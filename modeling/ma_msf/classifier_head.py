@@ -1,0 +1,1 @@
+../common/classifier_head.py
