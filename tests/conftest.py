@@ -9,8 +9,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
+
+from hf_cxr.sample import load_labelled_folder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NIH_DIR = FIXTURES / "nih_cxr14"
@@ -39,3 +42,12 @@ def _seed() -> None:
 def nih_images() -> list[Path]:
     """15 real NIH ChestX-ray14 PNGs (256 px, 8-bit grey)."""
     return sorted((NIH_DIR / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """The 15 real NIH fixture radiographs as a converted-style DatasetDict (10 train / 5 validation)."""
+    folder = tmp_path_factory.mktemp("data") / "nih"
+    parts = load_labelled_folder(NIH_DIR).train_test_split(test_size=5, seed=0)
+    datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]}).save_to_disk(str(folder))
+    return folder

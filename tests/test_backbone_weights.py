@@ -13,12 +13,10 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-import datasets
 import pytest
 import timm
 import torch
 import yaml
-from conftest import NIH_DIR
 from hf_cxr.modeling.ma_msf.backbone_weights import loading_saved_weights
 from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
@@ -27,7 +25,6 @@ from transformers import AutoModelForImageClassification
 
 import hf_cxr
 from hf_cxr.hub import add_to_cache
-from hf_cxr.sample import load_labelled_folder
 from hf_cxr.training import add_train_arguments, train
 
 # The timm tags the tests build from, each small enough for CPU seconds.
@@ -221,17 +218,9 @@ def test_weights_of_the_standard_architecture_do_not_fit_a_changed_one(cached_we
         build("ma_msf", backbone_weights=str(tmp_path / "resnet18.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def nih_dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data") / "nih"
-    parts = load_labelled_folder(NIH_DIR).train_test_split(test_size=5, seed=0)
-    datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]}).save_to_disk(str(folder))
-    return folder
-
-
-def test_train_backbone_weights_flag_builds_from_them_and_records_them(cached_weights, nih_dataset, tmp_path) -> None:
+def test_train_backbone_weights_flag_builds_from_them_and_records_them(cached_weights, tiny_dataset, tmp_path) -> None:
     parser = add_train_arguments(argparse.ArgumentParser())
-    base = ["--model", "ma_msf", "--preset", "tiny", "--dataset", str(nih_dataset), "--output-dir", str(tmp_path)]
+    base = ["--model", "ma_msf", "--preset", "tiny", "--dataset", str(tiny_dataset), "--output-dir", str(tmp_path)]
     with pytest.raises(SystemExit):  # only *backbone_weights fields
         parser.parse_args([*base, "--backbone-weights", "fusion_dim=8"])
     args = parser.parse_args([*base, "--per-device-batch-size", "5", "--max-steps", "1", "--learning-rate", "0",

@@ -15,14 +15,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import NIH_DIR
 from safetensors.torch import load_file
 
 import hf_cxr
 from hf_cxr.cli import main as cli_main
 from hf_cxr.data.transforms import eval_transform
 from hf_cxr.registry import load_model
-from hf_cxr.sample import load_labelled_folder
 from hf_cxr.training import (
     add_train_arguments,
     apply_data_section,
@@ -35,15 +33,6 @@ from hf_cxr.training.arguments import config_from_arguments
 from hf_cxr.training.config import TrainingConfig, apply_overrides, available_recipes, load_recipe, parse_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """The 15 real NIH fixture radiographs as a converted-style DatasetDict (10 train / 5 validation)."""
-    folder = tmp_path_factory.mktemp("data") / "nih"
-    parts = load_labelled_folder(NIH_DIR).train_test_split(test_size=5, seed=0)
-    datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]}).save_to_disk(str(folder))
-    return folder
 
 
 def refuse_constant(name: str) -> None:
