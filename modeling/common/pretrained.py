@@ -21,6 +21,12 @@ class CXRPreTrainedMixin:
 
     # Name of the architecture's features-only class, listed in the saved auto_map as `AutoModel`.
     base_model_class_name: ClassVar[str]
+    # Every hf-cxr model reads an image tensor (a radiograph, or MMCAF-Net's CT slab beside its clinical values)...
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # ...and averages its loss over its own batch: the `**kwargs` of `forward` take no loss arguments (so `Trainer`
+    # passes no `num_items_in_batch` and scales the loss for gradient accumulation itself).
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -106,10 +106,7 @@ class CRMSNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = CRMSNetConfig
     config: CRMSNetConfig
     base_model_prefix = "cr_msnet"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    accepts_loss_kwargs = False
     _no_split_modules = ["CRMSNetModel"]
     base_model_class_name = "CRMSNetModel"
 

@@ -174,10 +174,7 @@ class MAMSFPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = MAMSFConfig
     config: MAMSFConfig
     base_model_prefix = "ma_msf"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    accepts_loss_kwargs = False
     _no_split_modules = ["MAMSFModel"]
     base_model_class_name = "MAMSFModel"
 

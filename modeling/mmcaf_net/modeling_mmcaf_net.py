@@ -534,10 +534,7 @@ class MMCAFNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = MMCAFNetConfig
     config: MMCAFNetConfig
     base_model_prefix = "mmcaf_net"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = False
-    accepts_loss_kwargs = False
     _no_split_modules = ["MMCAFNetImageEncoder"]
     base_model_class_name = "MMCAFNetModel"
 

@@ -221,10 +221,7 @@ class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = MXAEfficientViTConfig
     config: MXAEfficientViTConfig
     base_model_prefix = "mxa_efficientvit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    accepts_loss_kwargs = False
     _no_split_modules = ["MXAEfficientViTModel"]
     base_model_class_name = "MXAEfficientViTModel"
 

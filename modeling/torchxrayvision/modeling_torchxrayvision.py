@@ -83,10 +83,7 @@ class TorchXRayVisionPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = TorchXRayVisionConfig
     config: TorchXRayVisionConfig
     base_model_prefix = "torchxrayvision"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    accepts_loss_kwargs = False
     _no_split_modules = ["TorchXRayVisionModel"]
     base_model_class_name = "TorchXRayVisionModel"
 
