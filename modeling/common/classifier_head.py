@@ -1,12 +1,31 @@
 """The multi-label head of the 2D classifiers that classify one pooled vector (CR-MSNet, MA-MSF, torchxrayvision):
-dropout, one linear layer and the configured loss."""
+dropout, one linear layer and the configured loss, and the output fields it fills (`loss`, `logits`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from .losses import build_loss_from_config
+
+
+@dataclass
+class MultiLabelClassifierOutput(ModelOutput):
+    """What the multi-label head gives: raw logits (apply a sigmoid for per-finding probabilities) and the loss.
+
+    The `*ImageClassifierOutput` of each architecture with this head subclasses it (its own fields, if any, come
+    after these two).
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): the configured multi-label loss, when `labels` are given.
+        logits (`torch.FloatTensor` [B, num_labels]): one logit per finding.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
 
 
 class MultiLabelHeadMixin:

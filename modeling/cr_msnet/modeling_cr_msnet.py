@@ -18,7 +18,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbone_weights import create_backbone, loading_saved_weights
-from .classifier_head import MultiLabelHeadMixin
+from .classifier_head import MultiLabelClassifierOutput, MultiLabelHeadMixin
 from .configuration_cr_msnet import CRMSNetConfig
 from .layers import ChannelAttention, CrossAttention, SpatialAttention
 from .pretrained import CXRPreTrainedMixin, mark_as_timm
@@ -47,18 +47,16 @@ class CRMSNetModelOutput(ModelOutput):
 
 
 @dataclass
-class CRMSNetImageClassifierOutput(ModelOutput):
-    """Classification output: raw logits (apply a sigmoid for per-finding probabilities).
+class CRMSNetImageClassifierOutput(MultiLabelClassifierOutput):
+    """Classification output: the multi-label head's fields (`MultiLabelClassifierOutput`), then CR-MSNet's own.
 
     Args:
         loss (`torch.FloatTensor`, *optional*): the configured multi-label loss, when `labels` are given.
-        logits (`torch.FloatTensor` [B, num_labels]): one logit per finding.
+        logits (`torch.FloatTensor` [B, num_labels]): one raw logit per finding (a sigmoid gives probabilities).
         gate (`torch.FloatTensor` [B, fusion_dim]): the adaptive gate.
         cross_attentions (`torch.FloatTensor`, *optional*): see `CRMSNetModelOutput`.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
     gate: torch.FloatTensor | None = None
     cross_attentions: torch.FloatTensor | None = None
 

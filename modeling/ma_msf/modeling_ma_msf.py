@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbone_weights import create_backbone, loading_saved_weights
-from .classifier_head import MultiLabelHeadMixin
+from .classifier_head import MultiLabelClassifierOutput, MultiLabelHeadMixin
 from .configuration_ma_msf import MAMSFConfig
 from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
@@ -48,16 +48,9 @@ class MAMSFModelOutput(ModelOutput):
 
 
 @dataclass
-class MAMSFImageClassifierOutput(ModelOutput):
-    """Classification output: raw logits (apply a sigmoid for per-finding probabilities).
-
-    Args:
-        loss (`torch.FloatTensor`, *optional*): the configured multi-label loss, when `labels` are given.
-        logits (`torch.FloatTensor` [B, num_labels]): one logit per finding.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
+class MAMSFImageClassifierOutput(MultiLabelClassifierOutput):
+    """Classification output, the multi-label head's fields only: `loss` (*optional*, when `labels` are given) and
+    `logits` [B, num_labels], raw (apply a sigmoid for per-finding probabilities); see `MultiLabelClassifierOutput`."""
 
 
 def _peft_neutral(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

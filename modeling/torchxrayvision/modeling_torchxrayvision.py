@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .classifier_head import MultiLabelHeadMixin
+from .classifier_head import MultiLabelClassifierOutput, MultiLabelHeadMixin
 from .configuration_torchxrayvision import TorchXRayVisionConfig
 from .pretrained import CXRPreTrainedMixin, mark_as_timm
 
@@ -39,16 +39,10 @@ class TorchXRayVisionModelOutput(ModelOutput):
 
 
 @dataclass
-class TorchXRayVisionImageClassifierOutput(ModelOutput):
-    """Classification output: raw logits (a sigmoid gives torchxrayvision's `apply_sigmoid=True` scores).
-
-    Args:
-        loss (`torch.FloatTensor`, *optional*): the configured multi-label loss, when `labels` are given.
-        logits (`torch.FloatTensor` [B, num_labels]): one logit per finding.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
+class TorchXRayVisionImageClassifierOutput(MultiLabelClassifierOutput):
+    """Classification output, the multi-label head's fields only: `loss` (*optional*, when `labels` are given) and
+    `logits` [B, num_labels], raw (a sigmoid gives torchxrayvision's `apply_sigmoid=True` scores); see
+    `MultiLabelClassifierOutput`."""
 
 
 def operating_point_scores(probabilities: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
