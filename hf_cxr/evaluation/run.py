@@ -149,6 +149,23 @@ def write_thresholds(model_dir: str | os.PathLike[str], thresholds: Mapping[str,
     return path
 
 
+def _check_threshold_split(split: str, threshold_split: str | None) -> None:
+    """Raise `ValueError` when thresholds would be chosen on the scored split `split` or on `test` (`None`: no
+    threshold split, nothing to check)."""
+    if threshold_split is not None and threshold_split in (split, "test"):
+        raise ValueError(
+            f"thresholds may not be chosen on the '{threshold_split}' split (scoring '{split}'): choose them on a "
+            "validation split, or pass --threshold-split none"
+        )
+
+
+def _check_splits_present(splits: datasets.DatasetDict, *names: str | None) -> None:
+    """Raise `ValueError` naming the first of `names` (None entries skipped) that `splits` does not have."""
+    for name in filter(None, names):
+        if name not in splits:
+            raise ValueError(f"the dataset has no '{name}' split (it has {sorted(splits)})")
+
+
 def evaluate_model(
     model: str | os.PathLike[str],
     dataset: str | os.PathLike[str] | datasets.DatasetDict,
@@ -179,20 +196,14 @@ def evaluate_model(
     """
     if threshold_split in NO_THRESHOLD_SPLIT:
         threshold_split = None
-    if threshold_split is not None and (threshold_split == split or threshold_split == "test"):
-        raise ValueError(
-            f"thresholds may not be chosen on the '{threshold_split}' split (scoring '{split}'): choose them on a "
-            "validation split, or pass --threshold-split none"
-        )
+    _check_threshold_split(split, threshold_split)
     if store_thresholds and threshold_split is None:
         raise ValueError("--write-thresholds needs a --threshold-split to choose the thresholds on")
     if store_thresholds and not (Path(model) / "config.json").is_file():
         raise ValueError(f"--write-thresholds needs a local model folder with a config.json, got '{model}'")
     splits = dataset if isinstance(dataset, datasets.DatasetDict) else load_converted(dataset)
     conversion = dataset_conversion(dataset)
-    for needed in filter(None, (split, threshold_split)):
-        if needed not in splits:
-            raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
+    _check_splits_present(splits, split, threshold_split)
     config = load_config(model)
     if is_ct_model(config.model_type):
         if dataset_labels:
@@ -322,11 +333,8 @@ def evaluate_ct_model(
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
-    if threshold_split is not None and threshold_split in (split, "test"):
-        raise ValueError(f"a threshold may not be chosen on the '{threshold_split}' split (scoring '{split}')")
-    for needed in filter(None, (split, threshold_split)):
-        if needed not in splits:
-            raise ValueError(f"the dataset has no '{needed}' split (it has {sorted(splits)})")
+    _check_threshold_split(split, threshold_split)
+    _check_splits_present(splits, split, threshold_split)
     network, processor = load_model(model, device)
     if network.config.problem_type not in (None, "single_label_classification"):
         raise ValueError(f"expected a single-label model, got problem_type {network.config.problem_type!r}")
