@@ -55,6 +55,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="2D: run the recipe's augmentation in the data loader (cpu) or batched on the training device (device); "
         "default auto: device on a GPU, else cpu",
     )
+    parser.add_argument("--use-cpu", action="store_true", help="train on the CPU even when a GPU is visible")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--teacher", default=None, help="distillation teacher: local path or Hub id")
     parser.add_argument(
@@ -112,7 +113,7 @@ def config_from_arguments(args: argparse.Namespace) -> TrainingConfig:
         resume_from_checkpoint=args.resume_from_checkpoint, overwrite_output_dir=args.overwrite_output_dir,
         compile=args.compile, checkpointing_steps=args.checkpointing_steps, keep_checkpoints=args.keep_checkpoints,
         eval_steps=args.eval_steps, stop_after_steps=args.stop_after_steps, num_workers=args.num_workers,
-        augment_on=args.augment_on, log_with=args.log_with,
+        augment_on=args.augment_on, use_cpu=args.use_cpu, log_with=args.log_with,
     )  # fmt: skip
     config.check()
     return config

@@ -386,6 +386,8 @@ class TrainingConfig:
     augment_on: Literal["auto", "cpu", "device"] = "auto"
     """2D: where the recipe's augmentation runs: `cpu` (in the data loader), `device` (batched on the training
     device; the loader only reads and collates), `auto` (device on a GPU, else cpu). Same images either way."""
+    use_cpu: bool = False
+    """Train on the CPU even when a GPU is visible (`--use-cpu`)."""
     log_with: str = "auto"
     """Comma-separated trackers: csv, tensorboard, wandb, none; auto = csv, plus tensorboard when installed."""
 

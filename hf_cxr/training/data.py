@@ -373,6 +373,14 @@ def resolve_augment_on(
     return augment_on
 
 
+def training_image_processor(model_type: str, preset: str, model_config: Any, resize_mode: str | None = None) -> Any:
+    """The 2D image processor a run trains and validates with: the preset's, at the input of the model as built
+    (`model_config.image_size` and `num_channels`, which `model.overrides` may change), with `data.resize_mode`."""
+    resize = {"resize_mode": resize_mode} if resize_mode else {}
+    return build_image_processor(model_type, preset=preset, size=model_config.image_size,
+                                 num_channels=model_config.num_channels, **resize)  # fmt: skip
+
+
 def image_inputs(
     config: TrainingConfig, model: Any, train_split: datasets.Dataset, validation_split: datasets.Dataset,
     teacher: Teacher | None, device: torch.device,
@@ -383,10 +391,7 @@ def image_inputs(
     `config.num_workers` workers) and the batch finishing for augmentation on the device. Sets the model's class
     counts (for a class-balanced loss)."""
     recipe = config.recipe
-    resize = {"resize_mode": recipe.data.resize_mode} if recipe.data.resize_mode else {}
-    # The model's input as built (`model.overrides` may change the preset's image_size or num_channels).
-    inputs = {"size": model.config.image_size, "num_channels": model.config.num_channels}
-    processor = build_image_processor(config.model_type, preset=config.built_preset, **inputs, **resize)
+    processor = training_image_processor(config.model_type, config.built_preset, model.config, recipe.data.resize_mode)
     teacher_processor = teacher.processor if teacher is not None and not teacher.reads(processor) else None
     augmentation = augmentation_from_recipe(recipe.augmentation)
     augment_on = resolve_augment_on(config.augment_on, device, augmentation, teacher_processor)

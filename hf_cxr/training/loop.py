@@ -91,6 +91,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
         "dataset": dataset_record,
     }
     accelerator = Accelerator(
+        cpu=config.use_cpu,
         gradient_accumulation_steps=opt.gradient_accumulation_steps,
         mixed_precision=opt.mixed_precision,
         log_with=log_with,
@@ -109,9 +110,8 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
         inputs = ct_inputs(config, model, train_split, validation_split)
     else:
         inputs = image_inputs(config, model, train_split, validation_split, teacher, accelerator.device)
+    # augment_on, 2D: where the augmentation runs ("none": the recipe has none), recorded in the compute summary
     processor, stage_data, eval_loaders, scorer, finish_batch, augment_on = inputs
-    if augment_on is not None:  # 2D: where the augmentation runs ("none": the recipe has none)
-        run_record["augment_on"] = augment_on
     recipe.model.preset = preset  # recipe.yaml records the preset built, not the file's
     # Each stage's rows come from a seeded sampler; the loader's own generator (not the global one, which the
     # checkpoint restores) gives each epoch's worker seed, so starting the epoch anew on resume draws nothing.
@@ -172,8 +172,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
     clock = DataWaitClock()
     feeding = f"{config.num_workers} loader workers"
     if not ct:
-        where = run_record["augment_on"]
-        feeding += ", no augmentation" if where == "none" else f", augmentation on {where}"
+        feeding += ", no augmentation" if augment_on == "none" else f", augmentation on {augment_on}"
     stage_start = 0
     for index, (stage, loader) in enumerate(zip(stages, loaders, strict=True)):
         stage_end = stage_start + stage.steps
@@ -235,7 +234,7 @@ def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
                            "learning_rate": st.learning_rate, **st.loss_fields} for st in stages],
                "history": progress.history,
                "compute": compute_summary(accelerator, opt.batch_size, progress.seconds, clock.share,
-                                          config.num_workers, run_record.get("augment_on"))}  # fmt: skip
+                                          config.num_workers, augment_on)}  # fmt: skip
     if accelerator.is_main_process and not stopped_early and (output_dir / "metrics.json").is_file():
         best = json.loads((output_dir / "metrics.json").read_text())
         (output_dir / "metrics.json").write_text(strict_json({**best, "training": summary}))
