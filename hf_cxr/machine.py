@@ -1,10 +1,14 @@
-"""What this machine is and how much of its CPU is free: for timing (benchmarks, ONNX latency) and for choosing
-worker and thread counts."""
+"""What this machine is and how much of its CPU is free: for timing (benchmarks, ONNX latency), for choosing
+worker and thread counts, and the torch device used when none is given."""
 
 from __future__ import annotations
 
 import os
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_name() -> str:
@@ -29,3 +33,11 @@ def default_threads() -> int:
     machine made steps 3-10x slower than one thread in our runs, which measures the neighbours, not the model."""
     cores = usable_cores()
     return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
+def torch_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` as a `torch.device`; when None, CUDA if it is available, else the CPU. Raises what `torch.device`
+    raises for a name it does not know (`RuntimeError`)."""
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -24,6 +24,7 @@ from transformers import (
 )
 from transformers.image_processing_utils import BaseImageProcessor
 
+from hf_cxr.machine import torch_device
 from hf_cxr.modeling import cr_msnet, ma_msf, mmcaf_net, mxa_efficientvit, torchxrayvision
 
 
@@ -206,7 +207,6 @@ def load_model(source: str | os.PathLike, device: str | None = None) -> tuple[Pr
     code, and nothing is downloaded. `device` defaults to CUDA when available. Raises what `model_source` and
     `load_config` raise, and `FileNotFoundError` for a model saved without its image processor (a model's inputs are
     not guessed: save one with `processor.save_pretrained(folder)`)."""
-    import torch
     from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 
     config = load_config(source)
@@ -221,5 +221,4 @@ def load_model(source: str | os.PathLike, device: str | None = None) -> tuple[Pr
     architecture = ARCHITECTURES[config.model_type]
     model = architecture.task_auto_class.from_pretrained(resolved, local_files_only=True, trust_remote_code=False)
     processor = AutoImageProcessor.from_pretrained(resolved, local_files_only=True, trust_remote_code=False)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor
+    return model.to(torch_device(device)).eval(), processor

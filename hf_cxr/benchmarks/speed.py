@@ -39,7 +39,7 @@ from hf_cxr.benchmarks.model_speed import (
     measure_group,
 )
 from hf_cxr.benchmarks.timing import gpu_peak_bf16_tflops
-from hf_cxr.machine import cpu_name, default_threads
+from hf_cxr.machine import cpu_name, default_threads, torch_device
 from hf_cxr.registry import IMAGE_MODEL_TYPES
 
 
@@ -100,7 +100,7 @@ def run_benchmark(
     step, `default_threads()` threads).
     """
     model_types = list(model_types) if model_types else list(IMAGE_MODEL_TYPES)
-    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    resolved = torch_device(device)
     cuda = resolved.type == "cuda"
     batch_size = batch_size or (64 if cuda else 2)
     warmup = warmup if warmup is not None else (3 if cuda else 1)

@@ -45,6 +45,7 @@ from hf_cxr.evaluation.scores import (
 from hf_cxr.inference.ct import predict_ct_slabs
 from hf_cxr.labels import CHESTXRAY14_LABELS, CHEXPERT_LABELS, LABEL_SETS
 from hf_cxr.losses import IGNORE_LABEL
+from hf_cxr.machine import torch_device
 from hf_cxr.registry import is_ct_model, load_config, load_model
 
 PATIENT_COLUMN = "patient_id"
@@ -73,7 +74,7 @@ def predict_probabilities(
     image_column: str = "image",
 ) -> np.ndarray:
     """Sigmoid of the model's logits for every row, in dataset order, preprocessed by the model's own processor."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch_device(device)
     model = model.to(device).eval()
     images = dataset.select_columns([image_column]).with_transform(eval_transform(processor, image_column))
     outputs = []

@@ -9,6 +9,8 @@ import datasets
 import numpy as np
 import torch
 
+from hf_cxr.machine import torch_device
+
 # The clinical columns of a converted Lung-PET-CT-Dx split that the processor encodes (`hf-cxr convert
 # lung-pet-ct-dx`), and every column a CT model's inputs are made from.
 CLINICAL_COLUMNS = ("sex", "age", "weight_kg", "t_stage", "n_stage", "m_stage", "smoking_history")
@@ -41,7 +43,7 @@ def predict_ct_slabs(
     slabs by the processor (`slice_selection`, `slab_stride`: its own settings when None) and scored in batches
     of `batch_size` slabs. `device` defaults to CUDA when available; the model is left in eval mode there. Raises
     `ValueError` for a split without the CT columns or with no rows."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch_device(device)
     model = model.to(device).eval()
     rows = ct_input_rows(dataset)
     options = {"slice_selection": slice_selection, "slab_stride": slab_stride}
