@@ -409,6 +409,10 @@ class MXAEfficientViTForImageClassification(MXAEfficientViTPreTrainedModel):
                 does (wrong `pixel_values` shape; one image in training mode).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None and isinstance(pixel_values, torch.Tensor) and pixel_values.ndim == 4:
+            expected = (pixel_values.shape[0], self.config.num_labels)
+            if tuple(labels.shape) != expected:
+                raise ValueError(f"labels must be multi-hot floats of shape {expected}, got {tuple(labels.shape)}")
         features = self.mxa_efficientvit(
             pixel_values,
             output_attentions=output_attentions,
@@ -418,10 +422,12 @@ class MXAEfficientViTForImageClassification(MXAEfficientViTPreTrainedModel):
         cls_logits, dist_logits = self.classifier(features.pooler_output)
         logits = cls_logits if dist_logits is None else (cls_logits + dist_logits) / 2
         loss = None
-        if labels is not None and self.training and dist_logits is not None:
-            loss = (self.multilabel_loss(cls_logits, labels) + self.multilabel_loss(dist_logits, labels)) / 2
-        elif labels is not None:
-            loss = self.multilabel_loss(logits, labels)
+        if labels is not None:
+            labels = labels.float()
+            if self.training and dist_logits is not None:
+                loss = (self.criterion(cls_logits.float(), labels) + self.criterion(dist_logits.float(), labels)) / 2
+            else:
+                loss = self.criterion(logits.float(), labels)
         output = MXAEfficientViTImageClassifierOutput(
             loss=loss,
             logits=logits,
