@@ -73,11 +73,11 @@ def test_the_budget_is_the_first_checkpoint_where_the_baseline_reaches_the_targe
 
 def test_a_seeded_run_trains_every_model_for_the_same_budget_and_repeats_exactly(backgrounds) -> None:
     settings = replace(QUICK, target_auc=(0.99, 1.0))  # unreachable in 6 steps: the budget is the last checkpoint
-    first = run_learnability(settings, models=["ma_msf"], baseline="resnet10t", device="cpu", backgrounds=backgrounds)
-    again = run_learnability(settings, models=["ma_msf"], baseline="resnet10t", device="cpu", backgrounds=backgrounds)
+    first = run_learnability(settings, models=["ma_msf"], baseline="tiny", device="cpu", backgrounds=backgrounds)
+    again = run_learnability(settings, models=["ma_msf"], baseline="tiny", device="cpu", backgrounds=backgrounds)
     assert (first.budget, first.calibration) == (6, "not reached")
-    assert [run.name for run in first.runs] == ["resnet10t", "ma_msf"]
-    assert [run.kind for run in first.runs] == ["timm baseline", "hf-cxr tiny"]
+    assert [run.name for run in first.runs] == ["torchxrayvision tiny", "ma_msf"]
+    assert [run.kind for run in first.runs] == ["baseline", "hf-cxr tiny"]
     for run, repeat in zip(first.runs, again.runs, strict=True):
         assert [probe.step for probe in run.probes] == [3, 6]
         assert [probe.nodule_auc for probe in run.probes] == [probe.nodule_auc for probe in repeat.probes]
@@ -88,7 +88,7 @@ def test_a_seeded_run_trains_every_model_for_the_same_budget_and_repeats_exactly
             assert all(0.0 <= value <= 1.0 for value in values if not math.isnan(value))
     report = format_markdown(first)
     assert "NOT calibrated" in report and "not evidence about real disease" in report
-    assert "| ma_msf | 0.3 |" in report and "| resnet10t | timm baseline |" in report
+    assert "| ma_msf | 0.3 |" in report and "| torchxrayvision tiny | baseline |" in report
 
 
 @pytest.mark.slow
@@ -96,7 +96,7 @@ def test_a_baseline_learns_large_bright_nodules_on_unseen_backgrounds() -> None:
     """The harness measures something: 5-cm nodules at contrast 0.5 are learned within 60-120 CPU steps."""
     settings = replace(SMALL_SETTINGS, sizes_mm=(50.0,), contrasts=(0.5,), checkpoints=(60, 120), batch_size=32,
                        train_samples=768, test_samples_per_cell=96, target_auc=(0.8, 0.999))  # fmt: skip
-    result = run_learnability(settings, models=[], baseline="resnet10t", device="cpu")
+    result = run_learnability(settings, models=[], baseline="tiny", device="cpu")
     assert result.calibration == "calibrated" and result.budget in (60, 120)
     probe = result.runs[0].at(result.budget)
     assert probe.nodule_auc[cell_name(50.0, 0.5)] >= 0.8  # on the 17 held-out backgrounds
@@ -143,12 +143,12 @@ def test_bad_settings_and_models_are_refused_by_name(backgrounds) -> None:
 
 def test_the_command_writes_the_report_and_its_json(tmp_path) -> None:
     out = tmp_path / "learnability.md"
-    argv = ["bench", "--learnability", "--small", "--models", "cr_msnet", "--baselines", "resnet10t", "--checkpoints",
+    argv = ["bench", "--learnability", "--small", "--models", "cr_msnet", "--baselines", "tiny", "--checkpoints",
             "2", "--train-samples", "32", "--test-samples", "16", "--effusion-mm", "30", "45", "--device", "cpu",
             "--out", str(out)]  # fmt: skip
     assert cli_main(argv) == 0
     payload = json.loads(out.with_suffix(".json").read_text())
-    assert payload["budget"] == 2 and [run["name"] for run in payload["runs"]] == ["resnet10t", "cr_msnet"]
+    assert payload["budget"] == 2 and [run["name"] for run in payload["runs"]] == ["torchxrayvision tiny", "cr_msnet"]
     assert payload["settings"]["image_size"] == 64 and payload["settings"]["train_samples"] == 32
     assert payload["settings"]["other_sizes_mm"] == {"effusion": [30.0, 45.0]}
     assert "## Lesion-insertion learnability" in out.read_text()
@@ -189,7 +189,7 @@ def test_backgrounds_can_come_from_a_converted_dataset(tmp_path) -> None:
     ).cast_column("image", datasets.Image())
     datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / "nih"))
     out = tmp_path / "own.md"
-    argv = ["bench", "--learnability", "--small", "--models", "--baselines", "resnet10t", "--checkpoints", "2",
+    argv = ["bench", "--learnability", "--small", "--models", "--baselines", "tiny", "--checkpoints", "2",
             "--train-samples", "16", "--test-samples", "8", "--device", "cpu", "--backgrounds", str(tmp_path / "nih"),
             "--max-backgrounds", "6", "--out", str(out)]  # fmt: skip
     assert cli_main(argv) == 0

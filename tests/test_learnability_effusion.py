@@ -17,8 +17,9 @@ def test_the_tiny_cr_msnet_learns_an_effusion_on_unseen_backgrounds() -> None:
     """The benchmark caught CR-MSNet's tiny preset learning nothing, not even the effusion every other model finds
     (its fusion read the one-block ResNet's layer3: AUC 0.51 after 500 steps). It must learn the easiest finding.
 
-    When learning sets in varies with floating-point order (threads): 0.85 in CI (one thread), 0.94 with two, both
-    after near-chance AUCs at 120 steps; with the bug it stayed at 0.57 after 250 steps, far below the bar."""
+    When learning sets in varies with floating-point order (threads). Trained by `hf_cxr.training.train` (since
+    2026-11-30): 0.93 at 250 steps with one thread (as in CI), 0.97 with two, both after 0.52-0.58 at 150 steps; with
+    the bug (the benchmark's earlier loop) it stayed at 0.57 after 250 steps, far below the bar."""
     settings = replace(LearnabilitySettings(), sizes_mm=(32.0,), contrasts=(0.2,), checkpoints=(STEPS_FOR_EFFUSION,),
                        batch_size=32, train_samples=1024, test_samples_per_cell=128)  # fmt: skip
     result = run_learnability(settings, models=["cr_msnet"], baseline=None, budget=STEPS_FOR_EFFUSION, device="cpu")

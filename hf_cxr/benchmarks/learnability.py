@@ -2,8 +2,9 @@
 
 Can an architecture learn to find a finding whose size, contrast and place are known exactly, in as many steps as
 DenseNet-121? Real "No Finding" radiographs (the bundled NIH sample) get simulated findings from
-`hf_cxr.benchmarks.lesions`; every model trains from scratch on the same images, batches and step budget, and is
-scored on inserted images over backgrounds it never saw.
+`hf_cxr.benchmarks.lesions`; every model trains from scratch on the same images, batches and step budget, by the
+training loop of `hf-cxr train` (`hf_cxr.training.train`), and is scored on inserted images over backgrounds it
+never saw.
 
 How it is laid out:
 
@@ -22,24 +23,32 @@ How it is laid out:
   that many steps. If the baseline is already above the top (0.95) at the first checkpoint the grid is too easy;
   if it never gets to 0.7 the budget is the last checkpoint; the result says which.
 
+How it runs: the inserted images are written as a dataset (`learnability_datasets`) and each model is one
+`TrainingConfig` (AdamW, warm-up then constant, horizontal flips, seeded order; `train` resumed at each checkpoint,
+which is exact, and the checkpoint's weights scored in between through the evaluation's `predict_probabilities`).
 Each model trains with its own configured loss (hf-cxr models, tiny preset unless told otherwise, with any
-`model_config` fields on top); a timm baseline trains with binary cross-entropy. MA-MSF's momentum anchor is updated
-after every optimizer step. MMCAF-Net (3D CT and a clinical table) has no place here.
+`model_config` fields on top); the baseline is torchxrayvision's architecture (timm's DenseNet-121 on one grey
+channel, binary cross-entropy) at one of its presets, from scratch. MA-MSF's momentum anchor is updated after every
+optimizer step, as in any run. MMCAF-Net (3D CT and a clinical table) has no place here.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import time
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
-import timm
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from hf_cxr.benchmarks.lesions import (
     DEFAULT_FINDINGS,
@@ -48,18 +57,33 @@ from hf_cxr.benchmarks.lesions import (
     no_finding_images,
     resize_square,
 )
-from hf_cxr.benchmarks.model_speed import classifier_logits, classifier_loss
 from hf_cxr.benchmarks.speed import machine_description
-from hf_cxr.callbacks import update_model_anchor
+from hf_cxr.data.storage import encode_pixels
+from hf_cxr.evaluation.run import predict_probabilities
 from hf_cxr.metrics import per_class_roc_auc
-from hf_cxr.modeling.common.image_processing_cxr import CXRImageProcessor
-from hf_cxr.registry import ARCHITECTURES, IMAGE_MODEL_TYPES, build_config, build_image_processor, build_model
+from hf_cxr.modeling.torchxrayvision.configuration_torchxrayvision import TORCHXRAYVISION_PRESETS
+from hf_cxr.registry import IMAGE_MODEL_TYPES, build_config, build_model
+from hf_cxr.training.checkpoint import TRAINING_STATE, latest_checkpoint
+from hf_cxr.training.config import TrainingConfig, parse_recipe
+from hf_cxr.training.data import training_image_processor
+from hf_cxr.training.loop import train
 
 # Config fields the benchmark gives every hf-cxr model itself (its input and its findings): not `model_config`'s.
 BENCHMARK_CONFIG_FIELDS = ("image_size", "num_channels", "labels", "num_labels", "id2label", "label2id")
 DEFAULT_MODELS: tuple[str, ...] = ("cr_msnet", "mxa_efficientvit", "ma_msf")
+# The baseline: torchxrayvision's architecture (a timm DenseNet-121 on one grey channel at its `densenet121` preset),
+# trained from scratch by the same loop; `tiny` is its CPU-seconds preset.
+BASELINE_MODEL_TYPE = "torchxrayvision"
 DEFAULT_BASELINE = "densenet121"
 LABELS: tuple[str, ...] = tuple(FINDING_NAMES[kind] for kind in DEFAULT_FINDINGS)
+# The benchmark's dataset (`learnability_datasets`): images, labels in `LABELS` order, grid cell (-1: training).
+FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "labels": datasets.List(datasets.Value("float32"), length=len(LABELS)),
+        "cell": datasets.Value("int32"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +169,7 @@ class Probe:
     """One model scored at one checkpoint."""
 
     step: int
-    seconds: float  # training time so far, scoring excluded
+    seconds: float  # the run's training clock so far (its checkpoints and final validation in, scoring out)
     nodule_auc: dict[str, float]  # grid cell name -> nodule AUC on that cell's test block
     finding_auc: dict[str, float]  # finding -> AUC over every test block
     # finding -> AUC on training images (the first `test_samples_per_cell` x cells): far above `finding_auc` means
@@ -155,8 +179,8 @@ class Probe:
 
 @dataclass
 class ModelRun:
-    name: str  # hf-cxr model type or timm model name
-    kind: str  # "hf-cxr <preset>" or "timm baseline"
+    name: str  # hf-cxr model type, or "torchxrayvision <preset>" for the baseline
+    kind: str  # "hf-cxr <preset>" (+ " + model_config") or "baseline"
     parameters: int
     probes: list[Probe] = field(default_factory=list)
 
@@ -168,7 +192,7 @@ class ModelRun:
 class LearnabilityResult:
     settings: LearnabilitySettings
     machine: dict[str, Any]
-    baseline: str
+    baseline: str  # "torchxrayvision <preset>", "" without one
     budget: int  # the step budget every model trained for
     calibration: str  # "calibrated", "too easy", "not reached" (see the module docstring) or "fixed" (given)
     runs: list[ModelRun]
@@ -238,12 +262,19 @@ def run_learnability(
     budget: int | None = None,
     progress: Callable[[str], None] = lambda message: None,
     on_run: Callable[[LearnabilityResult], None] = lambda partial: None,
+    work_dir: str | os.PathLike | None = None,
 ) -> LearnabilityResult:
     """Calibrate the budget on `baseline`, then train each of `models` for it; see the module docstring.
 
-    A given `budget` (one of the checkpoints) skips the calibration: every model, the baseline too if one is given,
-    trains for exactly that many steps, so a long benchmark can be split over several runs. `on_run` sees the
-    result so far after each model, to save partial results.
+    `baseline` names a preset of torchxrayvision's architecture (`densenet121`, `resnet50`, `tiny`), trained from
+    scratch like the models. A given `budget` (one of the checkpoints) skips the calibration: every model, the
+    baseline too if one is given, trains for exactly that many steps, so a long benchmark can be split over several
+    runs. `on_run` sees the result so far after each model, to save partial results. `device`: None (a GPU when
+    there is one, as `hf-cxr train`), `cpu` or `cuda`. The inserted images and each model's training run (its
+    checkpoints) are written under `work_dir` (a new folder; None: a temporary one, removed at the end).
+
+    Raises `ValueError` naming the argument for a model that is not a 2D hf-cxr architecture, an unknown baseline,
+    `model_config` fields a model does not have, a budget that is not a checkpoint, or no baseline and no budget.
     """
     for name in models:
         if name not in IMAGE_MODEL_TYPES:
@@ -251,35 +282,51 @@ def run_learnability(
         _check_model_config(name, settings)
     if settings.model_config and not models:
         raise ValueError("model_config: no hf-cxr model is trained in this run, so nothing would use it")
+    if baseline is not None and baseline not in TORCHXRAYVISION_PRESETS:
+        raise ValueError(f"baseline: {baseline!r} is not a preset of torchxrayvision's architecture; choose from "
+                         f"{sorted(TORCHXRAYVISION_PRESETS)}")  # fmt: skip
     if budget is not None and budget not in settings.checkpoints:
         raise ValueError(f"budget: must be one of the checkpoints {settings.checkpoints}, got {budget}")
     if budget is None and baseline is None:
         raise ValueError("baseline: the budget is calibrated on a baseline; give one, or give a budget")
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device: None (a GPU when there is one), 'cpu' or 'cuda', got {device!r}")
+    use_cpu = device == "cpu" or not torch.cuda.is_available()
+    if device == "cuda" and use_cpu:
+        raise ValueError("device: 'cuda' asked for but torch sees no GPU")
+    target = torch.device("cpu" if use_cpu else "cuda")
     backgrounds = no_finding_images() if backgrounds is None else backgrounds
     progress(f"inserting findings into {len(backgrounds)} backgrounds")
     data = build_splits(settings, backgrounds)
     result = LearnabilityResult(
         settings=settings,
         machine=machine_description(target, torch.get_num_threads()),
-        baseline=baseline or "",
+        baseline=f"{BASELINE_MODEL_TYPE} {baseline}" if baseline else "",
         budget=budget or 0,
         calibration="fixed" if budget is not None else "",
         runs=[],
         train_backgrounds=len(data.train_backgrounds),
         test_backgrounds=len(data.test_backgrounds),
     )
-    if baseline is not None:
-        calibrating = budget is None
-        steps = settings.checkpoints[-1] if calibrating else budget
-        result.runs.append(_train_and_probe(baseline, settings, data, target, steps, calibrating, progress))
-        if calibrating:
-            result.budget, result.calibration = calibrate_budget(result.runs[0], settings)
-        on_run(result)
-    progress(f"budget: {result.budget} steps ({result.calibration})")
-    for name in models:
-        result.runs.append(_train_and_probe(name, settings, data, target, result.budget, False, progress))
-        on_run(result)
+    with tempfile.TemporaryDirectory(prefix="hf-cxr-learnability-") as scratch:
+        folder = Path(scratch if work_dir is None else work_dir)
+        dataset_dir = folder / "data"
+        learnability_datasets(data).save_to_disk(str(dataset_dir))
+        scored = datasets.load_from_disk(str(dataset_dir))
+        trainer = _Trainer(settings, dataset_dir, scored, use_cpu, progress)
+        if baseline is not None:
+            calibrating = budget is None
+            steps = settings.checkpoints[-1] if calibrating else budget
+            run = trainer.run(BASELINE_MODEL_TYPE, baseline, {}, folder / "runs" / "baseline", steps, calibrating)
+            result.runs.append(run)
+            if calibrating:
+                result.budget, result.calibration = calibrate_budget(run, settings)
+            on_run(result)
+        progress(f"budget: {result.budget} steps ({result.calibration})")
+        for name in models:
+            run = trainer.run(name, settings.preset, settings.model_config, folder / "runs" / name, result.budget)
+            result.runs.append(run)
+            on_run(result)
     return result
 
 
@@ -296,110 +343,118 @@ def calibrate_budget(run: ModelRun, settings: LearnabilitySettings) -> tuple[int
     return run.probes[-1].step, "not reached"
 
 
-def _train_and_probe(
-    name: str,
-    settings: LearnabilitySettings,
-    data: LearnabilityData,
-    device: torch.device,
-    budget: int,
-    stop_at_target: bool,
-    progress: Callable[[str], None],
-) -> ModelRun:
-    torch.manual_seed(settings.seed)
-    model, kind, normalize = _build(name, settings)
-    is_hf = name in ARCHITECTURES  # else a timm classifier
-    model.to(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        model.to(memory_format=torch.channels_last)
-    train, test = data.train, data.test
-    run = ModelRun(name=name, kind=kind, parameters=sum(p.numel() for p in model.parameters()))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    warmup = max(settings.warmup_steps, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    generator = torch.Generator().manual_seed(settings.seed)
-    train_pixels, train_labels = train.pixels.to(device), train.labels.to(device)
-    checkpoints = [step for step in settings.checkpoints if step <= budget]
-    seconds, start, order = 0.0, time.perf_counter(), torch.empty(0, dtype=torch.long)
-    finite = torch.tensor(True, device=device)
-    model.train()
-    bar = tqdm(total=budget, desc=f"{name} (training)", unit="step", leave=False)
-    for step in range(1, budget + 1):
-        if len(order) < settings.batch_size:  # epochs of a seeded permutation; same batches for every model
-            order = torch.cat([order, torch.randperm(len(train_labels), generator=generator)])
-        batch, order = order[: settings.batch_size], order[settings.batch_size :]
-        flip = torch.rand(len(batch), generator=generator) < 0.5
-        pixels = torch.where(flip.to(device)[:, None, None, None], train_pixels[batch].flip(-1), train_pixels[batch])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = classifier_loss(model, normalize(pixels), train_labels[batch], is_hf)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        update_model_anchor(model)  # MA-MSF: its anchor follows every optimizer step; others have none
-        finite = finite & torch.isfinite(loss.detach())  # checked at checkpoints: no GPU sync per step
-        bar.update()
-        if step in checkpoints:
-            if not finite:
-                raise FloatingPointError(f"{name}: the training loss stopped being finite before step {step}")
-            if cuda:
-                torch.cuda.synchronize(device)
-            seconds += time.perf_counter() - start
-            probe = _probe(model, normalize, is_hf, train, test, settings, step, seconds)
+def learnability_datasets(data: LearnabilityData) -> datasets.DatasetDict:
+    """The benchmark's images as a dataset `train` reads: `train` (every training image), `train_sample` (the first
+    training images, as many as the test blocks hold: what the probes score the learned backgrounds on, and the
+    split `train` validates on) and `test` (the grid blocks, with each image's grid `cell`). Images are stored as
+    16-bit uncompressed TIFF (`image_format` raw of the converters); labels in `LABELS` order."""
+
+    def split(part: _Split, rows: int) -> datasets.Dataset:
+        grey = np.round(part.pixels[:rows, 0].numpy().clip(0.0, 1.0) * 65535.0).astype(np.uint16)
+        images = [{"bytes": encode_pixels(Image.fromarray(image), "raw"), "path": None} for image in grey]
+        columns = {"image": images, "labels": part.labels[:rows].tolist(), "cell": part.cells[:rows].tolist()}
+        return datasets.Dataset.from_dict(columns, features=FEATURES)
+
+    sample = min(len(data.test.labels), len(data.train.labels))
+    return datasets.DatasetDict({"train": split(data.train, len(data.train.labels)),
+                                 "train_sample": split(data.train, sample),
+                                 "test": split(data.test, len(data.test.labels))})  # fmt: skip
+
+
+class _Trainer:
+    """Trains one model with `hf_cxr.training.train`, one call per checkpoint (each resuming the last), and probes
+    the checkpoint's weights in between: the run is the uninterrupted run (resuming is exact) and probing stays
+    outside its clock."""
+
+    def __init__(
+        self, settings: LearnabilitySettings, dataset_dir: Path, scored: datasets.DatasetDict, use_cpu: bool,
+        progress: Callable[[str], None],
+    ) -> None:  # fmt: skip
+        self.settings, self.dataset_dir, self.scored = settings, dataset_dir, scored
+        self.use_cpu, self.progress = use_cpu, progress
+        self.cells = np.asarray(scored["test"]["cell"])  # the grid cell of each test image
+
+    def config(self, model_type: str, preset: str, model_config: dict[str, Any], output_dir: Path) -> TrainingConfig:
+        """The run: AdamW, linear warm-up then constant, horizontal flips, seeded order; every model gets the same
+        schedule over the last checkpoint's length, so stopping at step N gives the model a budget of N gives."""
+        settings = self.settings
+        steps_per_epoch = math.ceil(settings.train_samples / settings.batch_size)
+        overrides = {**model_config, "image_size": settings.image_size, "labels": list(LABELS)}
+        recipe = parse_recipe({
+            "model": {"model_type": model_type, "preset": preset, "overrides": overrides},
+            "data": {"train_split": "train", "validation_split": "train_sample"},
+            "augmentation": {"horizontal_flip": {"p": 0.5}},
+            "optimization": {"optimizer": "adamw", "learning_rate": settings.learning_rate,
+                             "weight_decay": settings.weight_decay, "batch_size": settings.batch_size,
+                             "scheduler": "constant", "warmup_epochs": settings.warmup_steps / steps_per_epoch,
+                             "seed": settings.seed, "mixed_precision": "no" if self.use_cpu else "bf16"},
+        }, "learnability recipe")  # fmt: skip
+        last = settings.checkpoints[-1]
+        return TrainingConfig(
+            model_type=model_type, dataset=str(self.dataset_dir), output_dir=output_dir, recipe=recipe,
+            recipe_name="learnability", max_steps=last, checkpointing_steps=last, keep_checkpoints=1, eval_steps=last,
+            log_with="none", use_cpu=self.use_cpu,
+        )  # fmt: skip
+
+    def run(
+        self, model_type: str, preset: str, model_config: dict[str, Any], output_dir: Path, budget: int,
+        stop_at_target: bool = False,
+    ) -> ModelRun:  # fmt: skip
+        settings = self.settings
+        config = self.config(model_type, preset, model_config, output_dir)
+        model = build_model(model_type, preset, **config.recipe.model.overrides)
+        if model_type == BASELINE_MODEL_TYPE:
+            name, kind = f"{model_type} {preset}", "baseline"
+        else:
+            name, kind = model_type, f"hf-cxr {preset}" + (" + model_config" if model_config else "")
+        run = ModelRun(name=name, kind=kind, parameters=sum(p.numel() for p in model.parameters()))
+        processor = training_image_processor(model_type, preset, model.config)
+        done = 0
+        for step in [step for step in settings.checkpoints if step <= budget]:
+            config.stop_after_steps = step - done
+            config.resume_from_checkpoint = "latest" if done else None
+            train(config)
+            done = step
+            checkpoint = latest_checkpoint(output_dir)
+            model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+            seconds = json.loads((checkpoint / TRAINING_STATE).read_text())["progress"]["seconds"]
+            probe = self.probe(model, processor, name, step, seconds)
             run.probes.append(probe)
             middle = probe.nodule_auc[cell_name(*settings.middle_cell)]
-            progress(
+            self.progress(
                 f"{name}: step {step}, {seconds:.0f} s, middle-cell nodule AUC {middle:.3f}, nodule AUC on training "
                 f"images {probe.train_finding_auc[FINDING_NAMES['nodule']]:.3f}"
             )
-            model.train()
-            start = time.perf_counter()
             if stop_at_target and middle >= settings.target_auc[0]:
                 break
-    bar.close()
-    return run
+        return run
 
+    def probe(self, model: nn.Module, processor: Any, name: str, step: int, seconds: float) -> Probe:
+        """The model at a checkpoint scored through the evaluation's path (`predict_probabilities`, the processor
+        the run trains with): nodule AUC per grid cell, every finding's AUC over the test blocks and on training
+        images. Raises `FloatingPointError` when its outputs are not finite (the training diverged)."""
+        settings = self.settings
+        device = "cpu" if self.use_cpu else "cuda"
 
-@torch.no_grad()
-def _probe(
-    model: nn.Module,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-    is_hf: bool,
-    train: _Split,
-    test: _Split,
-    settings: LearnabilitySettings,
-    step: int,
-    seconds: float,
-) -> Probe:
-    model.eval()
-    probabilities, truth = _probabilities(model, normalize, is_hf, test.pixels), test.labels.numpy()
-    nodule = FINDING_NAMES["nodule"]
-    per_cell = {
-        cell_name(size, contrast): _aucs(probabilities[test.cells == index], truth[test.cells == index])[nodule]
-        for index, (size, contrast) in enumerate(_grid(settings))
-    }
-    seen = slice(0, len(test.labels))
-    train_probabilities = _probabilities(model, normalize, is_hf, train.pixels[seen])
-    seen_findings = _aucs(train_probabilities, train.labels[seen].numpy())
-    return Probe(step, round(seconds, 2), per_cell, _aucs(probabilities, truth), seen_findings)
+        def probabilities(split: str) -> np.ndarray:
+            scores = predict_probabilities(model, processor, self.scored[split], batch_size=256, device=device)
+            if not np.isfinite(scores).all():
+                raise FloatingPointError(f"{name}: the outputs at step {step} are not finite (the training diverged)")
+            return scores
+
+        test, truth = probabilities("test"), np.asarray(self.scored["test"]["labels"], dtype=np.float64)
+        nodule = FINDING_NAMES["nodule"]
+        per_cell = {
+            cell_name(size, contrast): _aucs(test[self.cells == index], truth[self.cells == index])[nodule]
+            for index, (size, contrast) in enumerate(_grid(settings))
+        }
+        seen = _aucs(probabilities("train_sample"), np.asarray(self.scored["train_sample"]["labels"]))
+        return Probe(step, round(seconds, 2), per_cell, _aucs(test, truth), seen)
 
 
 def _aucs(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Per-finding ROC-AUC (NaN where a finding has one class only), to 4 decimals."""
     return {name: round(value, 4) for name, value in per_class_roc_auc(probabilities, truth, LABELS).items()}
-
-
-@torch.no_grad()
-def _probabilities(
-    model: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor], is_hf: bool, pixels: torch.Tensor
-) -> np.ndarray:
-    device = next(model.parameters()).device
-    scores = []
-    for start in range(0, len(pixels), 256):
-        batch = normalize(pixels[start : start + 256].to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            scores.append(classifier_logits(model, batch, is_hf).float().sigmoid().cpu())
-    return torch.cat(scores).numpy()
 
 
 def _check_model_config(name: str, settings: LearnabilitySettings) -> None:
@@ -409,31 +464,6 @@ def _check_model_config(name: str, settings: LearnabilitySettings) -> None:
         build_config(name, settings.preset, **settings.model_config)
     except ValueError as error:
         raise ValueError(f"model_config: {error}") from None
-
-
-def _build(name: str, settings: LearnabilitySettings) -> tuple[nn.Module, str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The model, its description, and the normalisation its image processor applies to [0, 1] grey pixels."""
-    if name in ARCHITECTURES:
-        model = build_model(
-            name, settings.preset, image_size=settings.image_size, labels=list(LABELS), **settings.model_config
-        )
-        processor = build_image_processor(name, settings.preset, size=settings.image_size)
-        kind = f"hf-cxr {settings.preset}" + (" + model_config" if settings.model_config else "")
-    else:
-        processor = CXRImageProcessor(size=settings.image_size, num_channels=3)
-        model = timm.create_model(name, pretrained=False, num_classes=len(LABELS), in_chans=3)
-        kind = "timm baseline"
-    channels = int(processor.num_channels)
-    mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def normalize(grey: torch.Tensor) -> torch.Tensor:  # [B, 1, H, W] in [0, 1] -> [B, C, H, W] model input
-        pixels = grey.expand(-1, channels, -1, -1)
-        return ((pixels - mean.to(grey.device)) / std.to(grey.device)).contiguous(
-            memory_format=torch.channels_last if grey.is_cuda else torch.contiguous_format
-        )
-
-    return model, kind, normalize
 
 
 def _grid(settings: LearnabilitySettings) -> list[tuple[float, float]]:
@@ -468,10 +498,10 @@ def format_markdown(result: LearnabilityResult) -> str:
         f"Backgrounds: {result.train_backgrounds} real NIH 'No Finding' radiographs for training, "
         f"{result.test_backgrounds} held out for testing, at {settings.image_size} px; {settings.train_samples} "
         f"training images, {settings.test_samples_per_cell} test images per grid cell.",
-        f"Training: batch {settings.batch_size}, AdamW lr {settings.learning_rate:g} (warm-up "
+        f"Training: `hf-cxr train`'s loop, batch {settings.batch_size}, AdamW lr {settings.learning_rate:g} (warm-up "
         f"{settings.warmup_steps} steps, then constant), horizontal flips, seed {settings.seed}; hf-cxr models at "
-        f"the {settings.preset} preset{_config_clause(settings)} with their own loss, the baseline with binary "
-        "cross-entropy.",
+        f"the {settings.preset} preset{_config_clause(settings)} with their own loss"
+        + (f", the baseline ({result.baseline}, from scratch) with binary cross-entropy." if result.baseline else "."),
         f"Budget: {result.budget} steps, {_calibration_sentence(result, middle, low, high)}",
         "These are simulated findings on a few dozen backgrounds: a sanity check of what each architecture can "
         "learn in a fixed budget, not evidence about real disease.",

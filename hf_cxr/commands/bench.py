@@ -183,8 +183,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--baselines",
         nargs="*",
         default=None,
-        help=f"timm model names measured beside the models (default: {' '.join(DEFAULT_BASELINES)}; "
-        f"--learnability: {DEFAULT_BASELINE})",
+        help=f"timm model names measured beside the models (default: {' '.join(DEFAULT_BASELINES)}); "
+        f"--learnability: one preset of torchxrayvision's architecture, trained from scratch ({DEFAULT_BASELINE} "
+        "(default), resnet50 or tiny)",
     )
     parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: 2 on CPU, 64 on CUDA")
     parser.add_argument("--repeats", type=at_least(1), default=None, help="timed repeats, medians reported (default 3)")
@@ -211,7 +212,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="write the markdown here and the JSON beside it (.json)")
     learn = parser.add_argument_group(
         "learnability",
-        "--learnability trains each architecture and the first --baselines model (default densenet121) on real "
+        "--learnability trains each architecture and the --baselines model (default torchxrayvision's densenet121) "
+        "with `hf-cxr train`'s loop on real "
         "radiographs with inserted findings, for a budget calibrated on the baseline, and reports AUC per lesion "
         "diameter x contrast (see hf_cxr.benchmarks.learnability). --models, --presets (one), --batch-size and "
         "--device apply too.",
