@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from hf_cxr.benchmarks.lesions import (
     LUNG_ELLIPSES,
@@ -21,6 +22,7 @@ from hf_cxr.benchmarks.lesions import (
     mm_to_pixels,
     no_finding_images,
     sample_lung_position,
+    train_planted_signal_model,
 )
 from hf_cxr.sample import SAMPLE_DIR
 
@@ -253,3 +255,22 @@ def test_backgrounds_from_a_converted_dataset_are_its_no_finding_pa_images(tmp_p
     datasets.DatasetDict({"train": split.remove_columns("view_position")}).save_to_disk(str(tmp_path / "bare"))
     with pytest.raises(ValueError, match=r"lacks the ChestX-ray14 column\(s\) \['view_position'\]"):
         no_finding_images_from_dataset(tmp_path / "bare", 32)
+
+
+def test_a_planted_signal_model_is_trained_by_the_training_loop() -> None:
+    """`train_planted_signal_model` (the Grad-CAM fixture's and the predict example's model) runs `train`: the model
+    comes back in eval mode with the one label, its processor at the asked size, and it scores the planted images
+    above every plain one after a few steps of a square that covers a quarter of the image (after one step the plain
+    images still score 0.46 on average; after 12, 0.16)."""
+    images = [grey(0.3 + 0.02 * index, (64, 64)) for index in range(8)]
+
+    def plant(image: np.ndarray) -> np.ndarray:
+        return insert_square(image, (16, 16, 48, 48), at_least=0.95).image
+
+    model, processor = train_planted_signal_model(images, plant, label="Square", image_size=64, steps=12, seed=1)
+    assert not model.training and model.config.id2label == {0: "Square"} and model.config.image_size == 64
+    assert processor.size == {"height": 64, "width": 64}
+    with torch.no_grad():
+        planted = model(**processor([plant(image) for image in images], return_tensors="pt")).logits.sigmoid()
+        plain = model(**processor(images, return_tensors="pt")).logits.sigmoid()
+    assert planted.min() > plain.max() and plain.mean() < 0.3, (planted, plain)

@@ -46,7 +46,6 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
@@ -58,7 +57,7 @@ from hf_cxr.benchmarks.lesions import (
     resize_square,
 )
 from hf_cxr.benchmarks.speed import machine_description
-from hf_cxr.data.storage import encode_pixels
+from hf_cxr.data.storage import encode_grey
 from hf_cxr.evaluation.run import predict_probabilities
 from hf_cxr.metrics import per_class_roc_auc
 from hf_cxr.modeling.torchxrayvision.configuration_torchxrayvision import TORCHXRAYVISION_PRESETS
@@ -350,8 +349,7 @@ def learnability_datasets(data: LearnabilityData) -> datasets.DatasetDict:
     16-bit uncompressed TIFF (`image_format` raw of the converters); labels in `LABELS` order."""
 
     def split(part: _Split, rows: int) -> datasets.Dataset:
-        grey = np.round(part.pixels[:rows, 0].numpy().clip(0.0, 1.0) * 65535.0).astype(np.uint16)
-        images = [{"bytes": encode_pixels(Image.fromarray(image), "raw"), "path": None} for image in grey]
+        images = [{"bytes": encode_grey(image), "path": None} for image in part.pixels[:rows, 0].numpy()]
         columns = {"image": images, "labels": part.labels[:rows].tolist(), "cell": part.cells[:rows].tolist()}
         return datasets.Dataset.from_dict(columns, features=FEATURES)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,39 +272,46 @@ def train_planted_signal_model(
     seed: int = 0,
 ) -> tuple[Any, Any]:
     """A tiny model trained to tell `images` with `plant` applied from the same images without: a sanity check
-    that a model, and its heatmaps, can find a signal whose place is known exactly. Returns (model in eval mode,
-    its image processor).
+    that a model, and its heatmaps, can find a signal whose place is known exactly. Returns (model in eval mode on
+    the CPU, its image processor).
 
-    Training runs on one thread: CPU reductions split over more threads sum in another order, and a few dozen
-    steps amplify that into a different model, so a seed gives the same model on any machine of one kind. The
-    amplification is strong: starting weights changed by 1e-7 (float32 rounding), or by 1e-13 when trained in
-    float64, give a model that is as good at the task but whose Grad-CAM maps differ. So the same seed gives the
-    same model only on the same kind of CPU with the same torch and timm versions; a check on one such model is a
-    check on one draw.
+    The run is `hf_cxr.training.train` on the CPU (AdamW at a constant `learning_rate`, no augmentation, seeded
+    order), with the planted and plain images written as a dataset in a temporary folder. It runs on one thread:
+    CPU reductions split over more threads sum in another order, and a few dozen steps amplify that into a different
+    model, so a seed gives the same model on any machine of one kind. The amplification is strong: starting weights
+    changed by 1e-7 (float32 rounding), or by 1e-13 when trained in float64, give a model that is as good at the task
+    but whose Grad-CAM maps differ. So the same seed gives the same model only on the same kind of CPU with the same
+    torch and timm versions; a check on one such model is a check on one draw.
     """
-    from hf_cxr.registry import build_image_processor, build_model
+    from hf_cxr.data.storage import encode_grey
+    from hf_cxr.registry import load_model
+    from hf_cxr.training import TrainingConfig, parse_recipe, train
 
+    grey = [plant(image) for image in images] + list(images)
+    split = datasets.Dataset.from_dict(
+        {"image": [{"bytes": encode_grey(image), "path": None} for image in grey],
+         "labels": [[1.0]] * len(images) + [[0.0]] * len(images)},
+        features=datasets.Features({"image": datasets.Image(), "labels": datasets.List(datasets.Value("float32"))}),
+    )  # fmt: skip
+    recipe = parse_recipe({
+        "model": {"preset": "tiny", "overrides": {"image_size": image_size, "labels": [label]}},
+        "optimization": {"optimizer": "adamw", "learning_rate": learning_rate, "scheduler": "constant",
+                         "batch_size": batch_size, "seed": seed},
+    }, "planted-signal recipe")  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
-        processor = build_image_processor(model_type, "tiny", size=image_size)
-        model = build_model(model_type, "tiny", image_size=image_size, labels=[label])
-        positives = processor([plant(grey) for grey in images], return_tensors="pt")["pixel_values"]
-        negatives = processor(list(images), return_tensors="pt")["pixel_values"]
-        pixels = torch.cat([positives, negatives])
-        targets = torch.cat([torch.ones(len(images), 1), torch.zeros(len(images), 1)])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-        generator = torch.Generator().manual_seed(seed)
-        model.train()
-        for _ in range(steps):
-            batch = torch.randperm(len(pixels), generator=generator)[:batch_size]
-            model(pixel_values=pixels[batch], labels=targets[batch]).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        with tempfile.TemporaryDirectory(prefix="hf-cxr-planted-") as folder:
+            datasets.DatasetDict({"train": split, "validation": split}).save_to_disk(f"{folder}/data")
+            train(TrainingConfig(
+                model_type=model_type, dataset=f"{folder}/data", output_dir=Path(folder) / "run", recipe=recipe,
+                max_steps=steps, eval_steps=steps, checkpointing_steps=steps, keep_checkpoints=1, log_with="none",
+                use_cpu=True,
+            ))  # fmt: skip
+            model, processor = load_model(Path(folder) / "run", device="cpu")  # the last step: validated once
     finally:
         torch.set_num_threads(threads)
-    return model.eval(), processor
+    return model, processor
 
 
 def no_finding_images(folder: str | Path = SAMPLE_DIR) -> list[np.ndarray]:

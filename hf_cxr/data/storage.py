@@ -101,6 +101,17 @@ def encode_pixels(image: Image.Image, image_format: str, jpeg: bool = False) -> 
     return buffer.getvalue()
 
 
+def encode_grey(grey: np.ndarray, image_format: str = "raw") -> bytes:
+    """A grey float image [H, W] in [0, 1] as a 16-bit image file (`encode_pixels`; values rounded to 1/65535):
+    how images made as arrays (the benchmarks' simulated findings) are stored for `hf_cxr.training.train`, which
+    reads an `Image` column. Raises `ValueError` for an image that is not 2D or has values outside [0, 1]."""
+    pixels = np.asarray(grey, dtype=np.float32)
+    if pixels.ndim != 2 or not np.isfinite(pixels).all() or pixels.min() < 0.0 or pixels.max() > 1.0:
+        raise ValueError(f"encode_grey: expects a 2D image with values in [0, 1], got shape {pixels.shape}")
+    sixteen_bit = Image.fromarray(np.round(pixels * 65535.0).astype(np.uint16))
+    return encode_pixels(sixteen_bit, check_image_format(image_format))
+
+
 def _open_image(data: bytes, name: str, image_size: int | None) -> tuple[Image.Image, int, tuple[int, int]]:
     """Decode an image file: (the image as stored, its EXIF Orientation, its upright size). An 8-bit grey JPEG that
     will be downsized is decoded with DCT scaling (`Image.draft`) to the smallest power-of-two reduction that is
