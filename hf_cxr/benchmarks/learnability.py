@@ -58,7 +58,7 @@ from hf_cxr.benchmarks.lesions import (
 )
 from hf_cxr.benchmarks.speed import machine_description
 from hf_cxr.data.storage import encode_grey
-from hf_cxr.evaluation.run import predict_probabilities
+from hf_cxr.evaluation.run import dataset_targets, predict_probabilities
 from hf_cxr.metrics import per_class_roc_auc
 from hf_cxr.modeling.torchxrayvision.configuration_torchxrayvision import TORCHXRAYVISION_PRESETS
 from hf_cxr.registry import IMAGE_MODEL_TYPES, build_config, build_model
@@ -371,6 +371,7 @@ class _Trainer:
         self.settings, self.dataset_dir, self.scored = settings, dataset_dir, scored
         self.use_cpu, self.progress = use_cpu, progress
         self.cells = np.asarray(scored["test"]["cell"])  # the grid cell of each test image
+        self.targets = {split: dataset_targets(scored[split]) for split in ("test", "train_sample")}  # [N, F]
 
     def config(self, model_type: str, preset: str, model_config: dict[str, Any], output_dir: Path) -> TrainingConfig:
         """The run: AdamW, linear warm-up then constant, horizontal flips, seeded order; every model gets the same
@@ -440,13 +441,13 @@ class _Trainer:
                 raise FloatingPointError(f"{name}: the outputs at step {step} are not finite (the training diverged)")
             return scores
 
-        test, truth = probabilities("test"), np.asarray(self.scored["test"]["labels"], dtype=np.float64)
+        test, truth = probabilities("test"), self.targets["test"]
         nodule = FINDING_NAMES["nodule"]
         per_cell = {
             cell_name(size, contrast): _aucs(test[self.cells == index], truth[self.cells == index])[nodule]
             for index, (size, contrast) in enumerate(_grid(settings))
         }
-        seen = _aucs(probabilities("train_sample"), np.asarray(self.scored["train_sample"]["labels"]))
+        seen = _aucs(probabilities("train_sample"), self.targets["train_sample"])
         return Probe(step, round(seconds, 2), per_cell, _aucs(test, truth), seen)
 
 
