@@ -234,50 +234,16 @@ class CRMSNetModel(CRMSNetPreTrainedModel):
 
 
 class CRMSNetForImageClassification(MultiLabelHeadMixin, CRMSNetPreTrainedModel):
-    """CR-MSNet with a multi-label head; returns logits, and the configured loss when `labels` are given."""
+    """CR-MSNet with a multi-label head on the gated vector (`MultiLabelHeadMixin.forward`): logits, the loss when
+    `labels` are given, the gate and, with `output_attentions=True`, the cross-attention weights."""
+
+    output_class = CRMSNetImageClassifierOutput
 
     def __init__(self, config: CRMSNetConfig) -> None:
         super().__init__(config)
         self.cr_msnet = CRMSNetModel(config)
         self.add_multilabel_head(config.fusion_dim)
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> CRMSNetImageClassifierOutput | tuple:
-        """Classify a batch of radiographs: one logit per finding, and the loss when `labels` are given.
-
-        Args:
-            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
-                image processor gives them (see `CRMSNetModel.forward`).
-            labels (`torch.FloatTensor` [batch, num_labels], *optional*): multi-hot targets in [0, 1], one column
-                per finding in `config.id2label` order; an entry equal to -100 is left out of the loss.
-            output_attentions (`bool`, *optional*): also return `cross_attentions` (see `CRMSNetModel.forward`).
-            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `CRMSNetImageClassifierOutput`,
-                or else the tuple of its non-None fields in field order.
-            kwargs: accepted and ignored.
-
-        Returns:
-            `CRMSNetImageClassifierOutput`: `logits` [batch, num_labels] (a sigmoid gives per-finding
-            probabilities), `gate` [batch, fusion_dim], `cross_attentions` with `output_attentions`, and `loss`
-            (a scalar, the configured `config.loss`, computed in float32) when `labels` are given.
-
-        Raises:
-            `ValueError`: if `pixel_values` has the wrong shape (`check_pixel_values`), or if `labels` is not of
-                shape [batch, num_labels].
-        """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        features = self.cr_msnet(pixel_values, output_attentions=output_attentions, return_dict=True)
-        logits, loss = self.classify(features.pooler_output, labels)
-        output = CRMSNetImageClassifierOutput(
-            loss=loss, logits=logits, gate=features.gate, cross_attentions=features.cross_attentions
-        )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["CRMSNetForImageClassification", "CRMSNetModel", "CRMSNetPreTrainedModel"]

@@ -300,49 +300,20 @@ class MAMSFModel(MAMSFPreTrainedModel):
 
 
 class MAMSFForImageClassification(MultiLabelHeadMixin, MAMSFPreTrainedModel):
-    """MA-MSF with a multi-label head; returns logits, and the configured loss when `labels` are given."""
+    """MA-MSF with a multi-label head on the fused vector (`MultiLabelHeadMixin.forward`): logits, and the loss when
+    `labels` are given.
+
+    Training does not move the momentum anchor: call `update_anchor()` after each optimizer step
+    (`hf_cxr.callbacks.AnchorUpdateCallback` does it for `Trainer`).
+    """
+
+    output_class = MAMSFImageClassifierOutput
 
     def __init__(self, config: MAMSFConfig) -> None:
         super().__init__(config)
         self.ma_msf = MAMSFModel(config)
         self.add_multilabel_head(config.fusion_dim)
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MAMSFImageClassifierOutput | tuple:
-        """Classify a batch of radiographs: one logit per finding, and the loss when `labels` are given.
-
-        Training does not move the momentum anchor: call `update_anchor()` after each optimizer step
-        (`hf_cxr.callbacks.AnchorUpdateCallback` does it for `Trainer`).
-
-        Args:
-            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
-                image processor gives them (see `MAMSFModel.forward`).
-            labels (`torch.FloatTensor` [batch, num_labels], *optional*): multi-hot targets in [0, 1], one column
-                per finding in `config.id2label` order; an entry equal to -100 is left out of the loss.
-            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `MAMSFImageClassifierOutput`, or
-                else the tuple of its non-None fields in field order.
-            kwargs: accepted and ignored.
-
-        Returns:
-            `MAMSFImageClassifierOutput`: `logits` [batch, num_labels] (a sigmoid gives per-finding
-            probabilities) and, when `labels` are given, `loss` (a scalar, the configured `config.loss`, computed
-            in float32).
-
-        Raises:
-            `ValueError`: if `pixel_values` has the wrong shape (`check_pixel_values`), or if `labels` is not of
-                shape [batch, num_labels].
-        """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        features = self.ma_msf(pixel_values, return_dict=True)
-        logits, loss = self.classify(features.pooler_output, labels)
-        output = MAMSFImageClassifierOutput(loss=loss, logits=logits)
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = ["MAMSFForImageClassification", "MAMSFModel", "MAMSFPreTrainedModel", "MomentumAnchor"]

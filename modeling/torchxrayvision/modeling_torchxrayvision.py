@@ -145,47 +145,17 @@ class TorchXRayVisionModel(TorchXRayVisionPreTrainedModel):
 
 
 class TorchXRayVisionForImageClassification(MultiLabelHeadMixin, TorchXRayVisionPreTrainedModel):
-    """A torchxrayvision classifier with its multi-label head; returns logits, and the configured loss when `labels`
-    are given."""
+    """A torchxrayvision classifier with its multi-label head (`MultiLabelHeadMixin.forward`): logits, and the loss
+    when `labels` are given. The logits are torchxrayvision's pre-sigmoid outputs; `operating_point_scores` turns
+    them into its `op_norm` scores."""
+
+    output_class = TorchXRayVisionImageClassifierOutput
 
     def __init__(self, config: TorchXRayVisionConfig) -> None:
         super().__init__(config)
         self.torchxrayvision = TorchXRayVisionModel(config)
         self.add_multilabel_head(self.torchxrayvision.num_features)
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> TorchXRayVisionImageClassifierOutput | tuple:
-        """Classify a batch of radiographs: one logit per finding, and the loss when `labels` are given.
-
-        Args:
-            pixel_values (`torch.FloatTensor` [batch, num_channels, image_size, image_size]): radiographs as the
-                image processor gives them (see `TorchXRayVisionModel.forward`).
-            labels (`torch.FloatTensor` [batch, num_labels], *optional*): multi-hot targets in [0, 1], one column
-                per finding in `config.id2label` order; an entry equal to -100 is left out of the loss.
-            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a
-                `TorchXRayVisionImageClassifierOutput`, or else the tuple of its non-None fields in field order.
-            kwargs: accepted and ignored.
-
-        Returns:
-            `TorchXRayVisionImageClassifierOutput`: `logits` [batch, num_labels] (torchxrayvision's pre-sigmoid
-            outputs; `operating_point_scores` turns them into its `op_norm` scores) and, when `labels` are given,
-            `loss` (a scalar, the configured `config.loss`, computed in float32).
-
-        Raises:
-            `ValueError`: if `pixel_values` has the wrong shape (`check_pixel_values`), or if `labels` is not of
-                shape [batch, num_labels].
-        """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        features = self.torchxrayvision(pixel_values, return_dict=True)
-        logits, loss = self.classify(features.pooler_output, labels)
-        output = TorchXRayVisionImageClassifierOutput(loss=loss, logits=logits)
-        return output if return_dict else output.to_tuple()
 
     def operating_point_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """torchxrayvision's calibrated outputs (`op_norm`, what its models return when `op_threshs` is set) from
