@@ -8,7 +8,6 @@ from hf_cxr.modeling.common.losses import (
     FocalLoss,
     LossSettings,
     MultiLabelBCELoss,
-    build_loss,
     build_loss_from_config,
     class_balance_weights,
 )
@@ -21,7 +20,6 @@ __all__ = [
     "FocalLoss",
     "LossSettings",
     "MultiLabelBCELoss",
-    "build_loss",
     "build_loss_from_config",
     "class_balance_weights",
 ]

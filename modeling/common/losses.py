@@ -132,42 +132,6 @@ class AsymmetricLoss(nn.Module):
         return _masked_mean(-(loss_pos + loss_neg), keep)
 
 
-def build_loss(
-    loss_type: str,
-    *,
-    focal_gamma: float = 2.0,
-    class_positive_counts: Sequence[float] | None = None,
-    num_train_samples: int | None = None,
-    class_balance_mode: str = "effective_number",
-    class_balance_beta: float = 0.9999,
-    asymmetric_gamma_pos: float = 0.0,
-    asymmetric_gamma_neg: float = 4.0,
-    asymmetric_clip: float = 0.05,
-) -> nn.Module:
-    """The loss a config names; `class_balanced_focal` needs the training split's positive counts.
-
-    Raises `ValueError` for a `loss_type` not in `LOSS_TYPES`, for `class_balanced_focal` without
-    `class_positive_counts` and `num_train_samples`, and as `class_balance_weights` does for its mode and beta.
-    """
-    if loss_type == "bce":
-        return MultiLabelBCELoss()
-    if loss_type == "focal":
-        return FocalLoss(gamma=focal_gamma)
-    if loss_type == "class_balanced_focal":
-        if not class_positive_counts or not num_train_samples:
-            raise ValueError(
-                "loss 'class_balanced_focal' needs config.class_positive_counts and config.num_train_samples "
-                "(the training split's positives per finding and its size); set them from the dataset"
-            )
-        weights = class_balance_weights(
-            class_positive_counts, num_train_samples, mode=class_balance_mode, beta=class_balance_beta
-        )
-        return FocalLoss(gamma=focal_gamma, class_weights=weights)
-    if loss_type == "asymmetric":
-        return AsymmetricLoss(asymmetric_gamma_pos, asymmetric_gamma_neg, asymmetric_clip)
-    raise ValueError(f"loss must be one of {LOSS_TYPES}, got {loss_type!r}")
-
-
 @dataclass
 class LossSettings:
     """The config fields that choose a model's loss, each None when left as the config has it.
@@ -201,19 +165,32 @@ LOSS_SETTING_FIELDS = tuple(item.name for item in fields(LossSettings))
 
 
 def build_loss_from_config(config: Any) -> nn.Module:
-    """The loss a model config names, with that config's loss fields (see `CXRClassifierConfig`); raises
-    `ValueError` as `build_loss` does."""
-    return build_loss(
-        config.loss,
-        focal_gamma=config.focal_gamma,
-        class_positive_counts=config.class_positive_counts,
-        num_train_samples=config.num_train_samples,
-        class_balance_mode=config.class_balance_mode,
-        class_balance_beta=config.class_balance_beta,
-        asymmetric_gamma_pos=config.asymmetric_gamma_pos,
-        asymmetric_gamma_neg=config.asymmetric_gamma_neg,
-        asymmetric_clip=config.asymmetric_clip,
-    )
+    """The multi-label loss `config.loss` names, with the config's loss fields (`CXRClassifierConfig` documents them
+    and holds their defaults); `class_balanced_focal` needs the training split's positive counts.
+
+    Raises `ValueError` for a `config.loss` not in `LOSS_TYPES`, for `class_balanced_focal` without
+    `class_positive_counts` and `num_train_samples`, and as `class_balance_weights` does for its mode and beta.
+    """
+    if config.loss == "bce":
+        return MultiLabelBCELoss()
+    if config.loss == "focal":
+        return FocalLoss(gamma=config.focal_gamma)
+    if config.loss == "class_balanced_focal":
+        if not config.class_positive_counts or not config.num_train_samples:
+            raise ValueError(
+                "loss 'class_balanced_focal' needs config.class_positive_counts and config.num_train_samples "
+                "(the training split's positives per finding and its size); set them from the dataset"
+            )
+        weights = class_balance_weights(
+            config.class_positive_counts,
+            config.num_train_samples,
+            mode=config.class_balance_mode,
+            beta=config.class_balance_beta,
+        )
+        return FocalLoss(gamma=config.focal_gamma, class_weights=weights)
+    if config.loss == "asymmetric":
+        return AsymmetricLoss(config.asymmetric_gamma_pos, config.asymmetric_gamma_neg, config.asymmetric_clip)
+    raise ValueError(f"loss must be one of {LOSS_TYPES}, got {config.loss!r}")
 
 
 # ------------------------------------------------------------------------------------ single-label (softmax)
