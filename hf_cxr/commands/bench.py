@@ -26,7 +26,7 @@ from hf_cxr.benchmarks.lesions import no_finding_images_from_dataset
 from hf_cxr.benchmarks.model_speed import DEFAULT_BASELINES
 from hf_cxr.benchmarks.speed import run_benchmark
 from hf_cxr.benchmarks.speed_report import format_markdown
-from hf_cxr.commands import at_least
+from hf_cxr.commands import add_device_argument, at_least
 from hf_cxr.registry import IMAGE_MODEL_TYPES
 from hf_cxr.training.config import apply_assignments
 
@@ -191,7 +191,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=at_least(1), default=None, help="timed repeats, medians reported (default 3)")
     parser.add_argument("--warmup", type=at_least(1), default=None, help="warm-up steps (default: 1 on CPU, 3 on CUDA)")
     parser.add_argument("--iterations", type=at_least(1), default=None, help="steps per timed repeat (default 1)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device_argument(parser)
     parser.add_argument(
         "--threads", type=at_least(1), default=None, help="CPU threads (default: the cores not busy, by load average)"
     )

@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from hf_cxr.commands import add_device_argument
 from hf_cxr.evaluation.scores import DEFAULT_BOOTSTRAP
 
 
@@ -105,7 +106,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="label set of the dataset (chestxray14, chexpert, or comma-separated names); detected for hf-cxr datasets",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device_argument(parser)
     ct = parser.add_argument_group("single-label CT models (MMCAF-Net), scored per patient")
     ct.add_argument(
         "--aggregate",

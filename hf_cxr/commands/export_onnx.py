@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from hf_cxr.commands import add_saved_model_argument
 from hf_cxr.inference.onnx_export import (
     DEFAULT_OPSET,
     EXPORTERS,
@@ -44,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "onnxruntime's logits with PyTorch's and report both CPU latencies."
         ),
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or a Hub id already in the local cache")
+    add_saved_model_argument(parser)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="auto", help="auto: dynamo, then TorchScript")

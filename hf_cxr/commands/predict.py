@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from hf_cxr.commands import at_least
+from hf_cxr.commands import add_device_argument, add_saved_model_argument, at_least
 from hf_cxr.inference.predict import format_results, predict, results_to_json
 from hf_cxr.registry import is_ct_model, load_model
 
@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "not a medical device."
         ),
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or a Hub id already in the local cache")
+    add_saved_model_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DICOM", help="PNG/JPEG (8/16-bit) or DICOM radiographs")
     parser.add_argument("--out", default="hf-cxr-predict", help="folder for the heatmap PNGs (default: %(default)s)")
     parser.add_argument(
@@ -69,5 +69,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the documented JSON object instead of text")
     parser.add_argument("--top-k", type=at_least(0), default=3, help="findings to draw heatmaps for (default 3)")
     parser.add_argument("--layer", default=None, help="Grad-CAM module name instead of the architecture's default")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device_argument(parser)
     parser.set_defaults(func=run)
