@@ -467,14 +467,19 @@ def size_category(count: int) -> str:
     return "n>1T"
 
 
+# The YAML front matter that opens a fallback card (`render_card`): the Hub reads the size category from it.
+FALLBACK_FRONT_MATTER = "---\nsize_categories:\n- $size_category\n---\n\n"
+
+
 def render_card(template_name: str, fallback: str, **fields: Any) -> str:
-    """Fill a `hub_cards/` template (`$name` placeholders; a missing field is an error).
+    """Fill a `hub_cards/` template (`$name` placeholders). Raises `KeyError` for a placeholder without a field.
 
     The templates are installed with the package (`hf_cxr.hub_cards`); should one be missing, the card is
-    `fallback` (the same fields, the licence, the citation and the research-use statement, no long description).
+    `fallback` (the same fields, the licence, the citation and the research-use statement, no long description)
+    after `FALLBACK_FRONT_MATTER`, so `fallback` starts at the card's title and `fields` must hold `size_category`.
     """
     template_path = hub_cards_dir() / template_name
-    text = template_path.read_text(encoding="utf-8") if template_path.is_file() else fallback
+    text = template_path.read_text(encoding="utf-8") if template_path.is_file() else FALLBACK_FRONT_MATTER + fallback
     return string.Template(text).substitute({key: str(value) for key, value in fields.items()})
 
 

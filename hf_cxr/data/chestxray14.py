@@ -356,12 +356,7 @@ def _summarize(
     return report, card
 
 
-_FALLBACK_CARD = """---
-size_categories:
-- $size_category
----
-
-# NIH ChestX-ray14 ($total_images images)
+_FALLBACK_CARD = """# NIH ChestX-ray14 ($total_images images)
 
 $research_use
 

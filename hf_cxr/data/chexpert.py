@@ -235,12 +235,7 @@ def _summarize(
     return report, card
 
 
-_FALLBACK_CARD = """---
-size_categories:
-- $size_category
----
-
-# CheXpert ($total_images images, converted locally)
+_FALLBACK_CARD = """# CheXpert ($total_images images, converted locally)
 
 $research_use Licence: $license. Do not redistribute.
 

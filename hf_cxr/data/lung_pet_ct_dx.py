@@ -350,12 +350,7 @@ def _summarize(
     return report, card
 
 
-_FALLBACK_CARD = """---
-size_categories:
-- $size_category
----
-
-# Lung-PET-CT-Dx, CT series ($total_series series, task $task)
+_FALLBACK_CARD = """# Lung-PET-CT-Dx, CT series ($total_series series, task $task)
 
 $research_use Licence: CC BY 4.0; do not attempt to re-identify subjects.
 
