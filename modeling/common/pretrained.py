@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,14 +19,15 @@ def mark_as_timm(module: nn.Module) -> nn.Module:
 class CXRPreTrainedMixin:
     """Mixed into each architecture's `PreTrainedModel` subclass (before `PreTrainedModel`)."""
 
-    # Name of the architecture's features-only class, listed in the saved auto_map as `AutoModel`.
-    base_model_class_name: ClassVar[str]
     # Every hf-cxr model reads an image tensor (a radiograph, or MMCAF-Net's CT slab beside its clinical values)...
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     # ...and averages its loss over its own batch: the `**kwargs` of `forward` take no loss arguments (so `Trainer`
     # passes no `num_items_in_batch` and scales the loss for gradient accumulation itself).
     accepts_loss_kwargs = False
+    # Activation checkpointing is timm's own inside each timm backbone (`_set_gradient_checkpointing`); an
+    # architecture without one (MMCAF-Net) sets this False.
+    supports_gradient_checkpointing = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -57,6 +58,15 @@ class CXRPreTrainedMixin:
                 init.zeros_(module.running_mean)
                 init.ones_(module.running_var)
                 init.zeros_(module.num_batches_tracked)
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Any = None, **kwargs: Any
+    ) -> None:
+        """Switch timm's own checkpointing (`set_grad_checkpointing`) in every timm backbone (`mark_as_timm`):
+        per stage or block as each timm model defines it (e.g. per dense layer in DenseNet-121)."""
+        for module in self.modules():
+            if getattr(module, "_hf_cxr_timm_owned", False) and hasattr(module, "set_grad_checkpointing"):
+                module.set_grad_checkpointing(enable)
 
     def check_pixel_values(self, pixel_values: Any) -> None:
         """Raise `ValueError` unless `pixel_values` is a tensor [batch, *config.pixel_values_shape] (a None there
@@ -95,7 +105,7 @@ class CXRPreTrainedMixin:
         # `AutoModel.from_pretrained(repo, trust_remote_code=True)` also works for a saved classifier.
         if self._auto_class is not None:
             module = type(self).__module__.rsplit(".", 1)[-1]
-            entry = {"AutoModel": f"{module}.{self.base_model_class_name}"}
+            entry = {"AutoModel": f"{module}.{type(self.base_model).__name__}"}
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **entry}
             if self._auto_class == "AutoModelForImageClassification":
                 # The "chest-x-ray-classification" pipeline as remote code too: pipeline_cxr.py is a relative

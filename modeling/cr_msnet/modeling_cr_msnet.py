@@ -104,9 +104,7 @@ class CRMSNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = CRMSNetConfig
     config: CRMSNetConfig
     base_model_prefix = "cr_msnet"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["CRMSNetModel"]
-    base_model_class_name = "CRMSNetModel"
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -120,13 +118,6 @@ class CRMSNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
         # The backbones are built without `config.*_backbone_weights`: their values are in the saved file.
         with loading_saved_weights():
             return super().from_pretrained(*args, **kwargs)
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
-        """Gradient checkpointing is timm's own (`set_grad_checkpointing`) inside both backbones."""
-        for module in self.modules():
-            if isinstance(module, CRMSNetModel):
-                module.global_backbone.set_grad_checkpointing(enable)
-                module.local_backbone.set_grad_checkpointing(enable)
 
 
 class CRMSNetModel(CRMSNetPreTrainedModel):

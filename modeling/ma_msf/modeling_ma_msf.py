@@ -167,9 +167,7 @@ class MAMSFPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = MAMSFConfig
     config: MAMSFConfig
     base_model_prefix = "ma_msf"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["MAMSFModel"]
-    base_model_class_name = "MAMSFModel"
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
@@ -183,12 +181,6 @@ class MAMSFPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
             if isinstance(module, MomentumAnchor):
                 module.requires_grad_(False)
         return model
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
-        """Gradient checkpointing is timm's own (`set_grad_checkpointing`) over the backbone's blocks."""
-        for module in self.modules():
-            if isinstance(module, MAMSFModel):
-                module.backbone.set_grad_checkpointing(enable)
 
     def update_anchor(self, momentum: float | None = None) -> None:
         """theta_a <- m * theta_a + (1 - m) * theta_online with m = `momentum` or `config.anchor_momentum`, BN

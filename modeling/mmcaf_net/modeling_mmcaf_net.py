@@ -536,7 +536,6 @@ class MMCAFNetPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     base_model_prefix = "mmcaf_net"
     supports_gradient_checkpointing = False
     _no_split_modules = ["MMCAFNetImageEncoder"]
-    base_model_class_name = "MMCAFNetModel"
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

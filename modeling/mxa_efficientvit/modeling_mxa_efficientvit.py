@@ -221,9 +221,7 @@ class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = MXAEfficientViTConfig
     config: MXAEfficientViTConfig
     base_model_prefix = "mxa_efficientvit"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["MXAEfficientViTModel"]
-    base_model_class_name = "MXAEfficientViTModel"
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -245,12 +243,6 @@ class MXAEfficientViTPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
         # The backbone is built without `config.backbone_weights`: its values are in the saved file.
         with loading_saved_weights():
             return super().from_pretrained(*args, **kwargs)
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
-        """Gradient checkpointing is timm's own (`set_grad_checkpointing`: one checkpoint per stage)."""
-        for module in self.modules():
-            if isinstance(module, MXAEfficientViTModel):
-                module.backbone.set_grad_checkpointing(enable)
 
 
 class MXAEfficientViTModel(MXAEfficientViTPreTrainedModel):

@@ -77,16 +77,7 @@ class TorchXRayVisionPreTrainedModel(CXRPreTrainedMixin, PreTrainedModel):
     config_class = TorchXRayVisionConfig
     config: TorchXRayVisionConfig
     base_model_prefix = "torchxrayvision"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["TorchXRayVisionModel"]
-    base_model_class_name = "TorchXRayVisionModel"
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
-        """Gradient checkpointing is timm's own (`set_grad_checkpointing`): per dense layer in DenseNet-121, per
-        stage in ResNet-50."""
-        for module in self.modules():
-            if isinstance(module, TorchXRayVisionModel):
-                module.backbone.set_grad_checkpointing(enable)
 
 
 class TorchXRayVisionModel(TorchXRayVisionPreTrainedModel):
