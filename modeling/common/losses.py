@@ -164,6 +164,19 @@ class LossSettings:
 LOSS_SETTING_FIELDS = tuple(item.name for item in fields(LossSettings))
 
 
+def _class_balance_weights_of(config: Any, needs: str) -> torch.Tensor:
+    """`class_balance_weights` of a config's training-split counts, for its `class_balanced_focal` loss; raises
+    `ValueError` saying what it `needs` when the config lacks them, and as `class_balance_weights` does."""
+    if not config.class_positive_counts or not config.num_train_samples:
+        raise ValueError(f"loss 'class_balanced_focal' needs {needs}; set them from the dataset")
+    return class_balance_weights(
+        config.class_positive_counts,
+        config.num_train_samples,
+        mode=config.class_balance_mode,
+        beta=config.class_balance_beta,
+    )
+
+
 def build_loss_from_config(config: Any) -> nn.Module:
     """The multi-label loss `config.loss` names, with the config's loss fields (`CXRClassifierConfig` documents them
     and holds their defaults); `class_balanced_focal` needs the training split's positive counts.
@@ -176,18 +189,11 @@ def build_loss_from_config(config: Any) -> nn.Module:
     if config.loss == "focal":
         return FocalLoss(gamma=config.focal_gamma)
     if config.loss == "class_balanced_focal":
-        if not config.class_positive_counts or not config.num_train_samples:
-            raise ValueError(
-                "loss 'class_balanced_focal' needs config.class_positive_counts and config.num_train_samples "
-                "(the training split's positives per finding and its size); set them from the dataset"
-            )
-        weights = class_balance_weights(
-            config.class_positive_counts,
-            config.num_train_samples,
-            mode=config.class_balance_mode,
-            beta=config.class_balance_beta,
+        needs = (
+            "config.class_positive_counts and config.num_train_samples (the training split's positives per finding "
+            "and its size)"
         )
-        return FocalLoss(gamma=config.focal_gamma, class_weights=weights)
+        return FocalLoss(gamma=config.focal_gamma, class_weights=_class_balance_weights_of(config, needs))
     if config.loss == "asymmetric":
         return AsymmetricLoss(config.asymmetric_gamma_pos, config.asymmetric_gamma_neg, config.asymmetric_clip)
     raise ValueError(f"loss must be one of {LOSS_TYPES}, got {config.loss!r}")
@@ -234,16 +240,6 @@ def build_single_label_loss_from_config(config: Any) -> nn.Module:
     if config.loss == "focal":
         return SoftmaxFocalLoss(gamma=config.focal_gamma)
     if config.loss == "class_balanced_focal":
-        if not config.class_positive_counts or not config.num_train_samples:
-            raise ValueError(
-                "loss 'class_balanced_focal' needs config.class_positive_counts (training samples per class) and "
-                "config.num_train_samples; set them from the dataset"
-            )
-        weights = class_balance_weights(
-            config.class_positive_counts,
-            config.num_train_samples,
-            mode=config.class_balance_mode,
-            beta=config.class_balance_beta,
-        )
-        return SoftmaxFocalLoss(gamma=config.focal_gamma, class_weights=weights)
+        needs = "config.class_positive_counts (training samples per class) and config.num_train_samples"
+        return SoftmaxFocalLoss(gamma=config.focal_gamma, class_weights=_class_balance_weights_of(config, needs))
     raise ValueError(f"single-label loss must be one of {SINGLE_LABEL_LOSS_TYPES}, got {config.loss!r}")
