@@ -51,43 +51,33 @@ class CXRClassifierConfig(PretrainedConfig):
     # The `loss` names this architecture's head accepts (multi-label sigmoid losses by default).
     loss_types: ClassVar[tuple[str, ...]] = LOSS_TYPES
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
+    # The `problem_type` unless one is given: one sigmoid per finding, never a softmax.
+    default_problem_type: ClassVar[str] = "multi_label_classification"
 
-    def __init__(
-        self,
-        image_size: int = 224,
-        num_channels: int = 3,
-        classifier_dropout: float = 0.2,
-        loss: str = "bce",
-        focal_gamma: float = 2.0,
-        class_positive_counts: list[int] | None = None,
-        num_train_samples: int | None = None,
-        class_balance_mode: str = "effective_number",
-        class_balance_beta: float = 0.9999,
-        asymmetric_gamma_pos: float = 0.0,
-        asymmetric_gamma_neg: float = 4.0,
-        asymmetric_clip: float = 0.05,
-        decision_thresholds: dict[str, float] | None = None,
-        initializer_range: float = 0.02,
-        **kwargs: Any,
-    ) -> None:
-        self.image_size = image_size
-        self.num_channels = num_channels
-        self.classifier_dropout = classifier_dropout
-        self.loss = loss
-        self.focal_gamma = focal_gamma
-        self.class_positive_counts = list(class_positive_counts) if class_positive_counts is not None else None
-        self.num_train_samples = num_train_samples
-        self.class_balance_mode = class_balance_mode
-        self.class_balance_beta = class_balance_beta
-        self.asymmetric_gamma_pos = asymmetric_gamma_pos
-        self.asymmetric_gamma_neg = asymmetric_gamma_neg
-        self.asymmetric_clip = asymmetric_clip
-        self.decision_thresholds = dict(decision_thresholds or {})
-        self.initializer_range = initializer_range
-        if "id2label" not in kwargs and "num_labels" not in kwargs:
-            kwargs["id2label"], kwargs["label2id"] = label_maps(kwargs.pop("labels", self.default_labels))
-        kwargs.setdefault("problem_type", "multi_label_classification")
-        super().__init__(**kwargs)
+    image_size: int = 224
+    num_channels: int = 3
+    classifier_dropout: float = 0.2
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    class_positive_counts: list[int] | None = None
+    num_train_samples: int | None = None
+    class_balance_mode: str = "effective_number"
+    class_balance_beta: float = 0.9999
+    asymmetric_gamma_pos: float = 0.0
+    asymmetric_gamma_neg: float = 4.0
+    asymmetric_clip: float = 0.05
+    decision_thresholds: dict[str, float] | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.class_positive_counts is not None:
+            self.class_positive_counts = list(self.class_positive_counts)
+        self.decision_thresholds = dict(self.decision_thresholds or {})
+        if self.id2label is None and "num_labels" not in kwargs:
+            self.id2label, self.label2id = label_maps(kwargs.pop("labels", self.default_labels))
+        if self.problem_type is None:
+            self.problem_type = self.default_problem_type
+        super().__post_init__(**kwargs)
         self._validate()
 
     @property

@@ -70,43 +70,28 @@ class CRMSNetConfig(CXRClassifierConfig):
     model_type = "cr_msnet"
     presets: ClassVar[dict[str, dict[str, Any]]] = CR_MSNET_PRESETS
 
-    def __init__(
-        self,
-        global_backbone: str = "coatnet_2_rw_224",
-        global_backbone_kwargs: dict[str, Any] | None = None,
-        local_backbone: str = "resnet50",
-        local_backbone_kwargs: dict[str, Any] | None = None,
-        global_backbone_weights: bool | str | None = None,
-        local_backbone_weights: bool | str | None = None,
-        local_feature_index: int = 3,
-        drop_path_rate: float = 0.1,
-        pms_csa_reduction: int = 16,
-        pms_csa_kernel_sizes: list[int] | tuple[int, ...] = (3, 5, 7),
-        pms_csa_combine: str = "residual",
-        fusion_dim: int = 512,
-        num_attention_heads: int = 8,
-        attention_dropout: float = 0.0,
-        bidirectional_fusion: bool = False,
-        gate_hidden_dim: int = 256,
-        **kwargs: Any,
-    ) -> None:
-        self.global_backbone = global_backbone
-        self.global_backbone_kwargs = dict(global_backbone_kwargs or {})
-        self.local_backbone = local_backbone
-        self.local_backbone_kwargs = dict(local_backbone_kwargs or {})
-        self.global_backbone_weights = global_backbone_weights
-        self.local_backbone_weights = local_backbone_weights
-        self.local_feature_index = local_feature_index
-        self.drop_path_rate = drop_path_rate
-        self.pms_csa_reduction = pms_csa_reduction
-        self.pms_csa_kernel_sizes = list(pms_csa_kernel_sizes)
-        self.pms_csa_combine = pms_csa_combine
-        self.fusion_dim = fusion_dim
-        self.num_attention_heads = num_attention_heads
-        self.attention_dropout = attention_dropout
-        self.bidirectional_fusion = bidirectional_fusion
-        self.gate_hidden_dim = gate_hidden_dim
-        super().__init__(**kwargs)
+    global_backbone: str = "coatnet_2_rw_224"
+    global_backbone_kwargs: dict[str, Any] | None = None
+    local_backbone: str = "resnet50"
+    local_backbone_kwargs: dict[str, Any] | None = None
+    global_backbone_weights: bool | str | None = None
+    local_backbone_weights: bool | str | None = None
+    local_feature_index: int = 3
+    drop_path_rate: float = 0.1
+    pms_csa_reduction: int = 16
+    pms_csa_kernel_sizes: list[int] | tuple[int, ...] = (3, 5, 7)
+    pms_csa_combine: str = "residual"
+    fusion_dim: int = 512
+    num_attention_heads: int = 8
+    attention_dropout: float = 0.0
+    bidirectional_fusion: bool = False
+    gate_hidden_dim: int = 256
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.global_backbone_kwargs = dict(self.global_backbone_kwargs or {})
+        self.local_backbone_kwargs = dict(self.local_backbone_kwargs or {})
+        self.pms_csa_kernel_sizes = list(self.pms_csa_kernel_sizes)
+        super().__post_init__(**kwargs)
 
     def _validate(self) -> None:
         super()._validate()

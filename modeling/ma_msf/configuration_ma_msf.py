@@ -72,35 +72,24 @@ class MAMSFConfig(CXRClassifierConfig):
     model_type = "ma_msf"
     presets: ClassVar[dict[str, dict[str, Any]]] = MA_MSF_PRESETS
 
-    def __init__(
-        self,
-        backbone: str = "efficientnetv2_s",
-        backbone_kwargs: dict[str, Any] | None = None,
-        backbone_weights: bool | str | None = None,
-        drop_path_rate: float = 0.1,
-        zero_init_residual: bool = True,
-        anchor_scope: str = "final_expansion",
-        anchor_momentum: float = 0.999,
-        anchor_stop_gradient: bool = False,
-        fusion: str = "concat",
-        fusion_kernels: list[int] | tuple[int, ...] = (1, 3, 5),
-        fusion_branch_channels: int = 96,
-        fusion_dim: int = 512,
-        **kwargs: Any,
-    ) -> None:
-        self.backbone = backbone
-        self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.backbone_weights = backbone_weights
-        self.drop_path_rate = drop_path_rate
-        self.zero_init_residual = zero_init_residual
-        self.anchor_scope = anchor_scope
-        self.anchor_momentum = float(anchor_momentum)
-        self.anchor_stop_gradient = anchor_stop_gradient
-        self.fusion = fusion
-        self.fusion_kernels = list(fusion_kernels)
-        self.fusion_branch_channels = fusion_branch_channels
-        self.fusion_dim = fusion_dim
-        super().__init__(**kwargs)
+    backbone: str = "efficientnetv2_s"
+    backbone_kwargs: dict[str, Any] | None = None
+    backbone_weights: bool | str | None = None
+    drop_path_rate: float = 0.1
+    zero_init_residual: bool = True
+    anchor_scope: str = "final_expansion"
+    anchor_momentum: float = 0.999
+    anchor_stop_gradient: bool = False
+    fusion: str = "concat"
+    fusion_kernels: list[int] | tuple[int, ...] = (1, 3, 5)
+    fusion_branch_channels: int = 96
+    fusion_dim: int = 512
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        self.anchor_momentum = float(self.anchor_momentum)
+        self.fusion_kernels = list(self.fusion_kernels)
+        super().__post_init__(**kwargs)
 
     def _validate(self) -> None:
         super()._validate()

@@ -92,72 +92,48 @@ class MMCAFNetConfig(CXRClassifierConfig):
     model_type = "mmcaf_net"
     default_labels: ClassVar[tuple[str, ...]] = AG_LABELS
     loss_types: ClassVar[tuple[str, ...]] = SINGLE_LABEL_LOSS_TYPES  # softmax losses: one histology per patient
+    default_problem_type: ClassVar[str] = "single_label_classification"
     presets: ClassVar[dict[str, dict[str, Any]]] = MMCAF_NET_PRESETS
 
-    def __init__(
-        self,
-        num_slices: int = 12,
-        num_clinical_features: int = len(CLINICAL_FEATURE_NAMES),
-        stem_channels: int = 64,
-        encoder_widths: list[int] | tuple[int, ...] = (256, 512, 1024),
-        encoder_depths: list[int] | tuple[int, ...] = (3, 4, 6),
-        encoder_strides: list[int] | tuple[int, ...] = (1, 2, 2),
-        cardinality: int = 32,
-        bottleneck_ratio: float = 0.5,
-        se_reduction: int = 16,
-        e3d_msca_reduction: int = 16,
-        e3d_msca_spatial_kernel_size: int = 7,
-        dcfb_expansion: int = 2,
-        dcfb_kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5),
-        pyramid_separable_convs: bool = True,
-        image_dropout: float = 0.0,
-        embed_dim: int = 24,
-        kan_grid_size: int = 5,
-        kan_spline_order: int = 3,
-        kan_grid_range: list[float] | tuple[float, float] = (-1.0, 1.0),
-        cross_attention_num_scales: int = 3,
-        cross_attention_tokens: int = 3,
-        cross_attention_num_heads: list[int] | tuple[int, ...] = (2, 2, 1),
-        cross_attention_dropout: float = 0.0,
-        bsf_mode: str = "sum",
-        classification_head: str = "fused",
-        frozen_parts: list[str] | tuple[str, ...] = (),
-        image_size: int = 192,
-        num_channels: int = 1,
-        loss: str = "focal",
-        **kwargs: Any,
-    ) -> None:
-        self.num_slices = num_slices
-        self.num_clinical_features = num_clinical_features
-        self.stem_channels = stem_channels
-        self.encoder_widths = list(encoder_widths)
-        self.encoder_depths = list(encoder_depths)
-        self.encoder_strides = list(encoder_strides)
-        self.cardinality = cardinality
-        self.bottleneck_ratio = bottleneck_ratio
-        self.se_reduction = se_reduction
-        self.e3d_msca_reduction = e3d_msca_reduction
-        self.e3d_msca_spatial_kernel_size = e3d_msca_spatial_kernel_size
-        self.dcfb_expansion = dcfb_expansion
-        self.dcfb_kernel_sizes = list(dcfb_kernel_sizes)
-        self.pyramid_separable_convs = pyramid_separable_convs
-        self.image_dropout = image_dropout
-        self.embed_dim = embed_dim
-        self.kan_grid_size = kan_grid_size
-        self.kan_spline_order = kan_spline_order
-        self.kan_grid_range = [float(value) for value in kan_grid_range]
-        self.cross_attention_num_scales = cross_attention_num_scales
-        self.cross_attention_tokens = cross_attention_tokens
-        self.cross_attention_num_heads = list(cross_attention_num_heads)
-        self.cross_attention_dropout = cross_attention_dropout
-        self.bsf_mode = bsf_mode
-        self.classification_head = classification_head
-        self.frozen_parts = list(frozen_parts)
+    num_slices: int = 12
+    num_clinical_features: int = len(CLINICAL_FEATURE_NAMES)
+    stem_channels: int = 64
+    encoder_widths: list[int] | tuple[int, ...] = (256, 512, 1024)
+    encoder_depths: list[int] | tuple[int, ...] = (3, 4, 6)
+    encoder_strides: list[int] | tuple[int, ...] = (1, 2, 2)
+    cardinality: int = 32
+    bottleneck_ratio: float = 0.5
+    se_reduction: int = 16
+    e3d_msca_reduction: int = 16
+    e3d_msca_spatial_kernel_size: int = 7
+    dcfb_expansion: int = 2
+    dcfb_kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5)
+    pyramid_separable_convs: bool = True
+    image_dropout: float = 0.0
+    embed_dim: int = 24
+    kan_grid_size: int = 5
+    kan_spline_order: int = 3
+    kan_grid_range: list[float] | tuple[float, float] = (-1.0, 1.0)
+    cross_attention_num_scales: int = 3
+    cross_attention_tokens: int = 3
+    cross_attention_num_heads: list[int] | tuple[int, ...] = (2, 2, 1)
+    cross_attention_dropout: float = 0.0
+    bsf_mode: str = "sum"
+    classification_head: str = "fused"
+    frozen_parts: list[str] | tuple[str, ...] = ()
+    image_size: int = 192
+    num_channels: int = 1
+    loss: str = "focal"
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        for field in ("encoder_widths", "encoder_depths", "encoder_strides", "dcfb_kernel_sizes",
+                      "cross_attention_num_heads", "frozen_parts"):  # fmt: skip
+            setattr(self, field, list(getattr(self, field)))
+        self.kan_grid_range = [float(value) for value in self.kan_grid_range]
         # `num_labels` 2 or 4 without names means the A/G or A/B/E/G histology classes.
-        if "id2label" not in kwargs and "labels" not in kwargs and kwargs.get("num_labels") in (2, 4):
+        if self.id2label is None and "labels" not in kwargs and kwargs.get("num_labels") in (2, 4):
             kwargs["labels"] = AG_LABELS if kwargs.pop("num_labels") == 2 else ABEG_LABELS
-        kwargs.setdefault("problem_type", "single_label_classification")
-        super().__init__(image_size=image_size, num_channels=num_channels, loss=loss, **kwargs)
+        super().__post_init__(**kwargs)
 
     @property
     def cross_attention_dims(self) -> list[int]:

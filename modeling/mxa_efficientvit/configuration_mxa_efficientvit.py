@@ -105,53 +105,38 @@ class MXAEfficientViTConfig(CXRClassifierConfig):
     # Per-head logits and ROI boxes are extras: Trainer's prediction loop keeps only `logits`.
     keys_to_ignore_at_inference: ClassVar[list[str]] = ["cls_logits", "distillation_logits", "roi_boxes"]
 
-    def __init__(
-        self,
-        variant: str = "m5",
-        embed_dim: list[int] | tuple[int, ...] | None = None,
-        depth: list[int] | tuple[int, ...] | None = None,
-        num_heads: list[int] | tuple[int, ...] | None = None,
-        kernels: list[int] | tuple[int, ...] | None = None,
-        key_dim: int = 16,
-        window_size: int = 7,
-        backbone_weights: bool | str | None = None,
-        image_size: int = 224,
-        num_channels: int = 1,
-        use_mxa: bool = True,
-        mxa_fusion: str = "parallel",
-        mxa_alpha_init: float = 0.5,
-        roi_pooling: str = "differentiable",
-        roi_initial_box: list[float] | tuple[float, ...] | None = (0.05, 0.05, 0.95, 0.95),
-        mxa_channel_reduction: int = 16,
-        mxa_spatial_kernel_size: int = 7,
-        distillation_head: bool = True,
-        classifier_dropout: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        if variant not in MXA_EFFICIENTVIT_VARIANTS:
+    variant: str = "m5"
+    embed_dim: list[int] | tuple[int, ...] | None = None
+    depth: list[int] | tuple[int, ...] | None = None
+    num_heads: list[int] | tuple[int, ...] | None = None
+    kernels: list[int] | tuple[int, ...] | None = None
+    key_dim: int = 16
+    window_size: int = 7
+    backbone_weights: bool | str | None = None
+    num_channels: int = 1
+    use_mxa: bool = True
+    mxa_fusion: str = "parallel"
+    mxa_alpha_init: float = 0.5
+    roi_pooling: str = "differentiable"
+    roi_initial_box: list[float] | tuple[float, ...] | None = (0.05, 0.05, 0.95, 0.95)
+    mxa_channel_reduction: int = 16
+    mxa_spatial_kernel_size: int = 7
+    distillation_head: bool = True
+    classifier_dropout: float = 0.0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.variant not in MXA_EFFICIENTVIT_VARIANTS:
             raise ValueError(
-                f"MXAEfficientViTConfig.variant must be one of {sorted(MXA_EFFICIENTVIT_VARIANTS)}, got {variant!r}"
+                f"MXAEfficientViTConfig.variant must be one of {sorted(MXA_EFFICIENTVIT_VARIANTS)}, "
+                f"got {self.variant!r}"
             )
-        published = MXA_EFFICIENTVIT_VARIANTS[variant]
-        self.variant = variant
-        self.embed_dim = [int(v) for v in (embed_dim if embed_dim is not None else published["embed_dim"])]
-        self.depth = [int(v) for v in (depth if depth is not None else published["depth"])]
-        self.num_heads = [int(v) for v in (num_heads if num_heads is not None else published["num_heads"])]
-        self.kernels = [int(v) for v in (kernels if kernels is not None else published["kernels"])]
-        self.key_dim = key_dim
-        self.window_size = window_size
-        self.backbone_weights = backbone_weights
-        self.use_mxa = use_mxa
-        self.mxa_fusion = mxa_fusion
-        self.mxa_alpha_init = mxa_alpha_init
-        self.roi_pooling = roi_pooling
-        self.roi_initial_box = [float(v) for v in roi_initial_box] if roi_initial_box is not None else None
-        self.mxa_channel_reduction = mxa_channel_reduction
-        self.mxa_spatial_kernel_size = mxa_spatial_kernel_size
-        self.distillation_head = distillation_head
-        super().__init__(
-            image_size=image_size, num_channels=num_channels, classifier_dropout=classifier_dropout, **kwargs
-        )
+        published = MXA_EFFICIENTVIT_VARIANTS[self.variant]
+        for field in ("embed_dim", "depth", "num_heads", "kernels"):  # the variant's values unless given
+            given = getattr(self, field)
+            setattr(self, field, [int(v) for v in (given if given is not None else published[field])])
+        if self.roi_initial_box is not None:
+            self.roi_initial_box = [float(v) for v in self.roi_initial_box]
+        super().__post_init__(**kwargs)
 
     def _validate(self) -> None:
         super()._validate()

@@ -66,22 +66,15 @@ class TorchXRayVisionConfig(CXRClassifierConfig):
     default_labels: ClassVar[tuple[str, ...]] = TORCHXRAYVISION_LABELS
     presets: ClassVar[dict[str, dict[str, Any]]] = TORCHXRAYVISION_PRESETS
 
-    def __init__(
-        self,
-        architecture: str = "densenet121",
-        backbone_kwargs: dict[str, Any] | None = None,
-        torchxrayvision_weights: str | None = None,
-        image_size: int = 224,
-        num_channels: int = 1,
-        classifier_dropout: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        self.architecture = architecture
-        self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.torchxrayvision_weights = torchxrayvision_weights
-        super().__init__(
-            image_size=image_size, num_channels=num_channels, classifier_dropout=classifier_dropout, **kwargs
-        )
+    architecture: str = "densenet121"
+    backbone_kwargs: dict[str, Any] | None = None
+    torchxrayvision_weights: str | None = None
+    num_channels: int = 1
+    classifier_dropout: float = 0.0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self.backbone_kwargs = dict(self.backbone_kwargs or {})
+        super().__post_init__(**kwargs)
 
     def _validate(self) -> None:
         super()._validate()
