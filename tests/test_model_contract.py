@@ -351,4 +351,9 @@ def test_a_misspelled_config_field_is_refused_by_name(model_type: str) -> None:
         hf_cxr.build_config(model_type, "tiny", image_sise=32)
     with pytest.raises(ValueError, match="has no field not_a_field"):
         hf_cxr.build_model(model_type, "tiny", not_a_field=1)
+    # A method's or a read-only property's name is no field either: `to_dict=1` would replace the method.
+    for name in ("to_dict", "pixel_values_shape"):
+        with pytest.raises(ValueError, match=f"has no field {name}"):
+            hf_cxr.build_config(model_type, "tiny", **{name: 1})
     assert hf_cxr.build_config(model_type, "tiny", labels=["a", "b"]).id2label == {0: "a", 1: "b"}
+    assert hf_cxr.build_config(model_type, "tiny", num_labels=4).num_labels == 4  # a settable property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any, ClassVar
 
@@ -16,6 +17,9 @@ CONSUMED_INPUTS = frozenset({"labels"})
 
 class CXRClassifierConfig(PretrainedConfig):
     r"""Shared fields of the multi-label chest X-ray classifiers (documented once here).
+
+    Fields are declared as in transformers 5 (`PretrainedConfig` is a dataclass): keyword-only, with the defaults
+    below; an architecture's config adds its own and may give a shared one another default.
 
     Args:
         image_size (`int`, defaults to 224): input height and width.
@@ -70,6 +74,10 @@ class CXRClassifierConfig(PretrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs: Any) -> None:
+        """Called by transformers' generated `__init__` with the keyword arguments that are not fields (`labels`,
+        `num_labels`, ...). Each architecture's config first normalises its own fields (tuples to the lists that
+        config.json stores, None to empty dicts), then calls this one, which derives the label maps, sets the
+        `problem_type`, runs `PretrainedConfig.__post_init__` and validates every field (`_validate`)."""
         if self.class_positive_counts is not None:
             self.class_positive_counts = list(self.class_positive_counts)
         self.decision_thresholds = dict(self.decision_thresholds or {})
@@ -125,18 +133,28 @@ class CXRClassifierConfig(PretrainedConfig):
             self._fail("decision_thresholds", f"names labels the model does not have: {unknown}")
 
     @classmethod
+    def takes_input(cls, name: str) -> bool:
+        """Whether `name` is a keyword this config uses: one of its fields, an input it consumes (`labels`) or a
+        settable property (`num_labels`). A method's or read-only property's name is not one."""
+        if name in CONSUMED_INPUTS or name in {item.name for item in dataclasses.fields(cls)}:
+            return True
+        attribute = getattr(cls, name, None)
+        return isinstance(attribute, property) and attribute.fset is not None
+
+    @classmethod
     def from_preset(cls, preset: str = "paper", **overrides: Any) -> CXRClassifierConfig:
         """A config from a named preset (`paper`: the published configuration, `tiny`: CPU seconds), overridden.
 
-        Raises `ValueError` for an unknown preset, and for an override that names no field of the config (a
-        misspelled field would otherwise be stored and never read, and the model built without it).
+        Raises `ValueError` for an unknown preset, and for an override that `takes_input` refuses: a name that is no
+        field of the config (a misspelled field would otherwise be stored and never read, and the model built
+        without it), or the name of a method or read-only property (`to_dict`, `pixel_values_shape`).
         """
         if preset not in cls.presets:
             raise ValueError(f"unknown {cls.model_type} preset {preset!r}; choose from {sorted(cls.presets)}")
         config = cls(**cls.presets[preset])
-        unknown = [name for name in overrides if name not in CONSUMED_INPUTS and not hasattr(config, name)]
+        unknown = [name for name in overrides if not cls.takes_input(name)]
         if unknown:
-            fields = list(config.to_dict())
+            fields = [item.name for item in dataclasses.fields(cls)]
             named = []
             for name in unknown:
                 hint = difflib.get_close_matches(name, fields, n=1)
