@@ -19,6 +19,8 @@ def per_class_roc_auc(probabilities: np.ndarray, targets: np.ndarray, label_name
     """ROC-AUC of each finding; NaN where the finding has only one class among the scored images.
 
     Entries equal to `IGNORE_LABEL` (e.g. CheXpert's uncertain labels) are left out of that finding's AUC.
+    `probabilities` and `targets` are [N, K] arrays, K = len(label_names). Raises `ValueError` when their shapes
+    differ or their second axis is not `len(label_names)` (naming the shapes and the number of names).
     """
     if probabilities.shape != targets.shape or probabilities.shape[1] != len(label_names):
         raise ValueError(

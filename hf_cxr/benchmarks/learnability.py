@@ -218,7 +218,10 @@ class LearnabilityData:
 
 
 def build_splits(settings: LearnabilitySettings, backgrounds: Sequence[np.ndarray]) -> LearnabilityData:
-    """The training images and the per-cell test blocks, from disjoint backgrounds (see the module docstring)."""
+    """The training images and the per-cell test blocks, from disjoint backgrounds (see the module docstring).
+    Raises `ValueError` when `backgrounds` are too few to leave any for training once `test_fraction` of them (at
+    least one) is set aside for testing, and as `make_learnability_dataset` does (e.g. a lesion size under what the
+    image size resolves)."""
     pool = [resize_square(image, settings.image_size) for image in backgrounds]
     order = np.random.default_rng(settings.seed).permutation(len(pool))
     test_count = max(1, round(len(pool) * settings.test_fraction))

@@ -91,6 +91,8 @@ def mm_to_pixels(
     """Pixels that `mm` spans in an `image_size`-px image resized from an `original_size`-px original.
 
     Defaults assume NIH ChestX-ray14: originals of about 3000 px at 0.143 mm per pixel (see `NIH_PIXEL_SPACING_MM`).
+    Raises `ValueError` naming the argument when `mm`, `image_size`, `pixel_spacing_mm` or `original_size` is not a
+    finite positive number.
     """
     _check_positive("mm", mm)
     _check_positive("image_size", image_size)
@@ -117,7 +119,9 @@ def sample_lung_position(
     The margin keeps a lesion of radius `margin_px` inside the lung: each ellipse is scaled by
     1 - margin / (its shorter semi-axis), which guarantees that distance (conservatively along the longer axis;
     shrinking both semi-axes by the margin would not). The lung is chosen in proportion to its scaled area, so
-    positions are uniform over the whole scaled prior.
+    positions are uniform over the whole scaled prior. Raises `ValueError` naming the argument when `rng` is not a
+    `numpy.random.Generator`, `margin_px` is negative (or NaN), or the margin leaves no room inside the prior of an
+    image of `shape`.
     """
     _check_rng(rng)
     if not margin_px >= 0:
@@ -148,7 +152,9 @@ def insert_nodule(
 
     The mask (signal at least half the peak) is therefore exactly the disc of that diameter. With `rng`, the
     nodule is made slightly elliptical (axis ratio 0.8-1, random orientation) with the same area, so that
-    nodules are not all perfect circles; without it, it is round.
+    nodules are not all perfect circles; without it, it is round. Raises `ValueError` naming the argument when
+    `image` is not a grey float [H, W] array of finite values in [0, 1], `center` is not a finite (x, y) inside the
+    image, `diameter_px` < 1, `contrast` is outside [-1, 1], or a given `rng` is not a `numpy.random.Generator`.
     """
     grey = _check_image(image)
     _check_point("center", center, grey.shape)
@@ -177,6 +183,9 @@ def insert_opacity(
     With `rng`, two to four smaller lobes (half-maximum diameter 0.4-0.7 x `size_px`, centres within 0.3 x
     `size_px` of `center`) make the outline irregular, as consolidation is; the profile is the maximum of the lobes,
     so the peak is at `center` and the mask contains the central disc and stays within 0.65 x `size_px` of it.
+    Raises `ValueError` naming the argument when `image` is not a grey float [H, W] array of finite values in
+    [0, 1], `center` is not a finite (x, y) inside the image, `size_px` < 2, `contrast` is outside [-1, 1], or a
+    given `rng` is not a `numpy.random.Generator`.
     """
     grey = _check_image(image)
     _check_point("center", center, grey.shape)
@@ -202,6 +211,9 @@ def blunt_costophrenic_angle(image: np.ndarray, side: str, height_px: float, con
     lateral chest wall to `height_px` above it, thinning medially as a parabola: the upward-concave meniscus that
     blunts the costophrenic angle. Intensity ramps up over the outline's first two pixels, so the mask (half
     the peak) is the fluid region less its outermost pixel; the thin medial tail under a pixel deep is not in it.
+    Raises `ValueError` naming the argument when `image` is not a grey float [H, W] array of finite values in
+    [0, 1], `side` is not "left" or "right", `height_px` is not between `MIN_EFFUSION_HEIGHT_PX` and the lung
+    base's row, or `contrast` is outside [-1, 1].
     """
     grey = _check_image(image)
     if side not in LUNG_ELLIPSES:
@@ -231,7 +243,9 @@ def insert_square(
     """A hard-edged square (or rectangle) marker: `contrast` added inside `box`, then raised to `at_least` if given.
 
     `at_least` makes a marker visible whatever the anatomy underneath, as the explain tests and the predict docs
-    example plant it (`contrast=0, at_least=0.95`).
+    example plant it (`contrast=0, at_least=0.95`). Raises `ValueError` naming the argument when `image` is not a
+    grey float [H, W] array of finite values in [0, 1], `box` is refused by `box_mask`, `contrast` is outside
+    [-1, 1], or `at_least` is outside [0, 1].
     """
     grey = _check_image(image)
     mask = box_mask(grey.shape, box)
@@ -248,7 +262,9 @@ def insert_square(
 
 
 def box_mask(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
-    """The boolean mask of `box` (`(x0, y0, x1, y1)`, end-exclusive integer pixels) in an image of `shape`."""
+    """The boolean mask of `box` (`(x0, y0, x1, y1)`, end-exclusive integer pixels) in an image of `shape` [H, W].
+    Raises `ValueError` when `box` is not 4 integers or breaks 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H (so an
+    empty box is refused too)."""
     height, width = shape
     if len(box) != 4 or any(int(v) != v for v in box):
         raise ValueError(f"box: must be 4 integers (x0, y0, x1, y1), got {box}")
@@ -318,6 +334,8 @@ def no_finding_images(folder: str | Path = SAMPLE_DIR) -> list[np.ndarray]:
     """The labelled folder's radiographs marked "No Finding" (the bundled NIH sample by default), by image name.
 
     These are the real backgrounds the benchmark inserts findings into: any finding the model detects was inserted.
+    Raises `ValueError` when `folder` has no `labels.csv`, or the table has no rows or no "No Finding" column, and
+    as `load_radiograph` does for a listed image it cannot read.
     """
     table = Path(folder) / "labels.csv"
     if not table.is_file():
@@ -341,6 +359,11 @@ def no_finding_images_from_dataset(
     of `views` (PA by default: the lung prior is drawn for PA films) in `splits`, in dataset order, at most `limit`,
     each resized to `image_size` x `image_size` by area averaging. More backgrounds than the bundled sample's 67
     make remembering them harder than learning the findings.
+
+    Raises `ValueError` naming the argument when `path` holds a single `Dataset` instead of splits, a split of
+    `splits` is not in it (listing those there), a split lacks the `image`, `finding_labels` or `view_position`
+    column, or no image matches; and as `datasets.load_from_disk` (no dataset at `path`) and `load_radiograph`
+    (an image it cannot read) do.
     """
     data = datasets.load_from_disk(str(path))
     if not isinstance(data, datasets.DatasetDict):
@@ -405,6 +428,14 @@ def make_learnability_dataset(
     findings' ids; their names are `dataset.features["findings"].feature.names`), `masks` (uint8 [F, H, W], zero
     where absent), `boxes` (`(x0, y0, x1, y1)` per finding, -1 where absent), `size_mm` and `contrast` (per finding,
     NaN where absent), `base_index` (the index into `images`).
+
+    Raises `ValueError` naming the argument, before anything is drawn, for `findings` that are empty, repeated or
+    not kinds of `FINDING_NAMES`; a `prevalence`, `size_mm` or `contrast` entry for a finding not in use; a
+    prevalence outside [0, 1]; a size or contrast that is neither a number nor a finite (low, high) with low <= high;
+    no `images`, one that is not a grey float [H, W] array of finite values in [0, 1], or images of different
+    shapes; a `num_samples` that is not a positive integer; an `image_size_mm` or a smallest size that is not
+    positive; a smallest size under what the image resolves (1 pixel; 2 for opacity, `MIN_EFFUSION_HEIGHT_PX` for
+    effusion); and a contrast bound outside [-1, 1].
     """
     kinds = list(findings)
     if not kinds or len(set(kinds)) != len(kinds) or any(kind not in FINDING_NAMES for kind in kinds):

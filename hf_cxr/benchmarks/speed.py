@@ -97,7 +97,9 @@ def run_benchmark(
     """Every group measured in turn (see the module docstring); the data path last.
 
     Defaults: CUDA when available (batch 64, 3 warm-up steps for `torch.compile`), else CPU (batch 2, one warm-up
-    step, `default_threads()` threads).
+    step, `default_threads()` threads). Raises `ValueError`, before measuring, for `warmup` < 1 and for `train`
+    with `batch_size` < 2; then, when the groups are built, for an unknown model type or preset (as
+    `registry.build_config` does); `RuntimeError` for a `device` torch does not know (`torch_device`).
     """
     model_types = list(model_types) if model_types else list(IMAGE_MODEL_TYPES)
     resolved = torch_device(device)

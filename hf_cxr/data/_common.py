@@ -81,7 +81,8 @@ def split_by_patient(patient_strata: Mapping[str, str], fractions: Mapping[str, 
     (from sorted order, so the result depends only on the patients and the seed, not on file-system order),
     the strata are laid end to end, and each patient in turn goes to the split furthest below its share of the
     patients dealt so far (ties to the smaller split). Every split's size is then within one patient of its
-    fraction, and each stratum is spread over the splits in proportion, as far as its size allows.
+    fraction, and each stratum is spread over the splits in proportion, as far as its size allows. Raises
+    `ValueError` when a fraction is negative or the fractions do not sum to 1 (within 1e-6).
     """
     names = list(fractions)
     shares = np.array([float(fractions[name]) for name in names])
@@ -231,15 +232,16 @@ def progress_bar(total: int, description: str, unit: str) -> Any:
 
 
 def check_num_proc(num_proc: int | None) -> int | None:
-    """`num_proc` if it is None or a positive number of processes, else `ValueError`."""
+    """`num_proc` if it is None or a positive number of processes. Raises `ValueError` otherwise (a bool, a
+    non-integer, or a number below 1)."""
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise ValueError(f"num_proc must be a positive integer or None, got {num_proc!r}")
     return num_proc
 
 
 def check_out_dir(out_dir: Path | str, overwrite: bool) -> Path:
-    """The resolved output folder of a conversion; `FileExistsError` when it exists and `overwrite` is not set.
-    Each converter calls this first, before reading anything, so a taken folder is refused at once."""
+    """The resolved output folder of a conversion. Raises `FileExistsError` when it exists and `overwrite` is not
+    set. Each converter calls this first, before reading anything, so a taken folder is refused at once."""
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"'{out_dir}' already exists; choose another --out or pass --overwrite to replace it")

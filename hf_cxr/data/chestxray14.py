@@ -137,7 +137,8 @@ def parse_finding_labels(text: str, where: str = "") -> tuple[float, ...]:
     """NIH's `Finding Labels` string ("Effusion|Mass", or "No Finding") -> 14 floats in `CHESTXRAY14_LABELS` order.
 
     Unknown names, duplicates, an empty string and "No Finding" combined with a finding are errors: each of
-    them means the table is not the one this code knows.
+    them means the table is not the one this code knows. Raises `ValueError` naming the text (and `where`) for each:
+    an unknown name (an empty string is one), a finding listed twice, "No Finding" combined with findings.
     """
     where = f" ({where})" if where else ""
     names = [name.strip() for name in text.split("|")]
@@ -172,6 +173,11 @@ def read_nih_table(path: Path | str) -> list[NIHRecord]:
 
     Columns are taken by position (NIH's header splits `OriginalImage[Width,Height]` over two columns and the
     2017 table has a trailing empty column), after checking the header is the one NIH ships.
+
+    Raises `ValueError` when the header is not NIH's Data_Entry header, and naming the file and line for a row with
+    fewer than 11 columns, an image listed twice, a `Finding Labels` value `parse_finding_labels` refuses, an age
+    that is not a number (optionally ending in Y), or another number column (follow-up, patient id, sizes,
+    spacing) that does not parse; `FileNotFoundError` when `path` does not exist.
     """
     path = Path(path)
     records: list[NIHRecord] = []
@@ -215,7 +221,10 @@ def read_nih_table(path: Path | str) -> list[NIHRecord]:
 
 
 def read_nih_bboxes(path: Path | str) -> dict[str, list[NIHBox]]:
-    """Parse `BBox_List_2017.csv[.gz]` into image id -> boxes (finding names as in the label table)."""
+    """Parse `BBox_List_2017.csv[.gz]` into image id -> boxes (finding names as in the label table). Raises
+    `ValueError` when the header is not NIH's BBox_List header, naming the line for a finding outside
+    `CHESTXRAY14_LABELS` (after NIH's spelling is mapped), and (unnamed, from Python) for a coordinate that is
+    missing or not a number; `FileNotFoundError` when `path` does not exist."""
     path = Path(path)
     boxes: dict[str, list[NIHBox]] = {}
     with _open_text(path) as handle:
@@ -243,7 +252,8 @@ def _find_first(root: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def index_images(root: Path) -> dict[str, Path]:
-    """Image file name -> path, from `images/` and `images_NNN/images/` (duplicates are an error)."""
+    """Image file name -> path, from `images/` and `images_NNN/images/`. Raises `ValueError` naming both paths when
+    one file name is found in two places."""
     folders = [root / "images", *sorted(root.glob("images_*/images")), *sorted(root.glob("images_*"))]
     index: dict[str, Path] = {}
     for folder in folders:

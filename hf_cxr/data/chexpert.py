@@ -116,7 +116,8 @@ def _parse_label(text: str, where: str) -> float | None:
 
 
 def resolve_labels(raw: tuple[float | None, ...], uncertain: str) -> tuple[list[float], list[float], list[bool]]:
-    """(labels, label_mask, uncertain flags) for one row under an uncertainty policy (see the module doc)."""
+    """(labels, label_mask, uncertain flags) for one row under an uncertainty policy (see the module doc). Raises
+    `ValueError` for an `uncertain` policy not in `UNCERTAIN_POLICIES`."""
     if uncertain not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
     labels, mask, flags = [], [], []
@@ -136,7 +137,13 @@ def resolve_labels(raw: tuple[float | None, ...], uncertain: str) -> tuple[list[
 
 
 def read_chexpert_csv(path: Path | str) -> list[CheXpertRecord]:
-    """Parse a CheXpert label CSV; every finding column must be present, values 1/0/-1/blank."""
+    """Parse a CheXpert label CSV; every finding column must be present, values 1/0/-1/blank.
+
+    Raises `ValueError` when `Path` or a `CHEXPERT_LABELS` column is missing (listing them), and naming the file and
+    line for a `Path` not of the form patientNNNNN/studyN/viewN_frontal|lateral or a label value other than 1, 0, -1
+    or blank (an `Age` that is not a number raises `float`'s own `ValueError`); `FileNotFoundError` when `path`
+    does not exist.
+    """
     path = Path(path)
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)

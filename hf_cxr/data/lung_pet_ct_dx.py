@@ -140,7 +140,12 @@ def short_patient_id(text: str) -> str:
 
 
 def read_clinical_table(path: Path | str) -> dict[str, ClinicalRecord]:
-    """The clinical table (xlsx or csv) -> short patient id -> `ClinicalRecord`."""
+    """The clinical table (xlsx or csv) -> short patient id -> `ClinicalRecord`.
+
+    Raises `ValueError` as `read_table` does (not .csv/.txt/.xlsx, no rows at all, an unreadable .xlsx), for a table
+    without data rows or lacking one of the clinical columns (listing them), and naming the row for an empty
+    NewPatientID, a patient listed twice, or a value `encode_clinical` cannot read.
+    """
     path = Path(path)
     rows = read_table(path)
     if not rows:
@@ -167,7 +172,9 @@ def read_clinical_table(path: Path | str) -> dict[str, ClinicalRecord]:
 
 
 def read_voc_boxes(path: Path | str) -> list[dict[str, Any]]:
-    """A PASCAL VOC XML (LabelImg) -> boxes `{label, xmin, ymin, xmax, ymax}` in pixels."""
+    """A PASCAL VOC XML (LabelImg) -> boxes `{label, xmin, ymin, xmax, ymax}` in pixels. Raises `ValueError` naming
+    the file when it is not well-formed XML, an `<object>` has no `<bndbox>`, or a coordinate is missing or not a
+    number; `FileNotFoundError` when `path` does not exist."""
     path = Path(path)
     try:
         root = ElementTree.parse(path).getroot()
@@ -187,7 +194,8 @@ def read_voc_boxes(path: Path | str) -> list[dict[str, Any]]:
 
 
 def index_annotations(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Annotation folder -> patient folder name (A0002) -> SOPInstanceUID -> boxes."""
+    """Annotation folder -> patient folder name (A0002) -> SOPInstanceUID -> boxes. Raises `ValueError` as
+    `read_voc_boxes` does, naming the XML file it cannot read."""
     index: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
     for path in sorted(folder.rglob("*.xml")):
         index[path.parent.name][path.stem] = read_voc_boxes(path)

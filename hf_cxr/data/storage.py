@@ -59,14 +59,14 @@ def resized_size(width: int, height: int, image_size: int | None) -> tuple[int, 
 
 
 def check_image_format(image_format: str) -> str:
-    """`image_format` if it is one of `IMAGE_FORMATS`, else `ValueError`."""
+    """`image_format` if it is one of `IMAGE_FORMATS`. Raises `ValueError` otherwise."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     return image_format
 
 
 def check_storage_options(image_size: int | None, image_format: str) -> None:
-    """A radiograph converter's storage arguments, checked before anything is read: `ValueError` unless
+    """A radiograph converter's storage arguments, checked before anything is read. Raises `ValueError` unless
     `image_size` is None or a positive number of pixels and `image_format` is one of `IMAGE_FORMATS`."""
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
@@ -187,7 +187,9 @@ def encode_radiograph(path: Path, image_size: int | None, image_format: str = "p
 
 def stored_image(path: Path, image_size: int | None, image_format: str) -> StoredImage:
     """`encode_radiograph`, with a file that cannot be read raised as `BadFileError` (which the conversion reports,
-    or skips and lists under `skip_bad`)."""
+    or skips and lists under `skip_bad`). Raises `BadFileError` (a `ValueError`) naming `path` for every
+    `ValueError` or `OSError` of `encode_radiograph`: a missing, corrupt, truncated or non-image file, and also an
+    `image_format` not in `IMAGE_FORMATS` (check it first with `check_image_format`)."""
     try:
         return encode_radiograph(path, image_size, image_format)
     except (ValueError, OSError) as error:

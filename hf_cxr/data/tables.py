@@ -37,7 +37,9 @@ def _number_text(text: str) -> str:
 
 
 def read_xlsx_rows(path: Path | str) -> list[list[str]]:
-    """The first worksheet of an .xlsx file as rows of cell texts (empty cells are '')."""
+    """The first worksheet of an .xlsx file as rows of cell texts (empty cells are ''). Raises `ValueError` naming
+    the file when it is not a zip archive (not an .xlsx) or its workbook has no sheets; `KeyError` when the archive
+    lacks a workbook part it needs (`xl/workbook.xml`, its relationships or the first sheet)."""
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -87,7 +89,9 @@ def read_xlsx_rows(path: Path | str) -> list[list[str]]:
 
 
 def read_table(path: Path | str) -> list[dict[str, str]]:
-    """A CSV or .xlsx table with a header row -> one dict per non-empty row (header -> cell text)."""
+    """A CSV or .xlsx table with a header row -> one dict per non-empty row (header -> cell text). Raises `ValueError`
+    naming the file for a suffix other than .csv, .txt or .xlsx, for a table without any row (not even a header), and as
+    `read_xlsx_rows` does for an .xlsx it cannot read; `FileNotFoundError` when `path` does not exist."""
     path = Path(path)
     if path.suffix.lower() == ".xlsx":
         rows = read_xlsx_rows(path)

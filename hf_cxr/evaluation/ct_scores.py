@@ -62,7 +62,9 @@ def aggregate_by_patient(
 ) -> PatientScores:
     """Reduce slab scores [S, K] to patient scores [P, K] (max or mean per class), patients in first-seen order.
 
-    Slabs of one patient must share its label (a patient has one histology); otherwise `ValueError`.
+    Slabs of one patient must share its label (a patient has one histology). Raises `ValueError` for an
+    `aggregate` other than `max`/`mean`, `probabilities` that are not [S, K] with S labels and S patient ids, no
+    slabs (S = 0), NaN or infinite probabilities, and a patient whose slabs carry different labels (naming it).
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")

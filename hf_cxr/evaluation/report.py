@@ -448,7 +448,8 @@ def write_report(
 
 
 def read_metrics(report_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The `metrics.json` of a report folder."""
+    """The `metrics.json` of a report folder, parsed. Raises `FileNotFoundError` when `report_dir` has no
+    `metrics.json` (naming the path looked for)."""
     path = Path(report_dir) / METRICS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' not found: pass the --out folder of `hf-cxr evaluate`")

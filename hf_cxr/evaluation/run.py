@@ -73,7 +73,8 @@ def predict_probabilities(
     device: str | torch.device | None = None,
     image_column: str = "image",
 ) -> np.ndarray:
-    """Sigmoid of the model's logits for every row, in dataset order, preprocessed by the model's own processor."""
+    """Sigmoid of the model's logits for every row, in dataset order, preprocessed by the model's own processor:
+    float64 [N, num_labels]. Raises `ValueError` when `dataset` has no rows."""
     device = torch_device(device)
     model = model.to(device).eval()
     images = dataset.select_columns([image_column]).with_transform(eval_transform(processor, image_column))
@@ -88,7 +89,8 @@ def predict_probabilities(
 
 
 def dataset_targets(dataset: datasets.Dataset, label_column: str = "labels") -> np.ndarray:
-    """Labels as float [N, K]; where a `label_mask` column is 0 the label becomes `IGNORE_LABEL`."""
+    """Labels as float [N, K]; where a `label_mask` column is 0 the label becomes `IGNORE_LABEL`. Raises
+    `ValueError` when the dataset has no `label_column` column (listing the columns it has)."""
     columns = [name for name in (label_column, "label_mask") if name in dataset.column_names]
     if label_column not in columns:
         raise ValueError(f"the dataset has no '{label_column}' column (columns: {dataset.column_names})")
@@ -107,6 +109,9 @@ def dataset_label_names(
     `override`: a label-set name (`chestxray14`, `chexpert`), a comma-separated list, or a list. Without it,
     hf-cxr's converters are recognised by their columns (CheXpert: `label_mask`/`uncertain`; ChestX-ray14:
     `finding_labels`/`image_index`); any other dataset is assumed to use the model's own label order.
+
+    Raises `ValueError` when the number of names (given or assumed) differs from the width of the dataset's `labels`
+    column; `KeyError` when the dataset has no `labels` column.
     """
     length = getattr(dataset.features["labels"], "length", -1)
     width = length if length and length > 0 else len(dataset.select_columns(["labels"])[0]["labels"])
@@ -132,7 +137,9 @@ def write_thresholds(model_dir: str | os.PathLike[str], thresholds: Mapping[str,
     """Store `thresholds` as `decision_thresholds` in the folder's `config.json` (atomic replace).
 
     The JSON is edited in place rather than re-saved through the config class, so nothing else in it
-    (`auto_map`, labels, preset fields) changes.
+    (`auto_map`, labels, preset fields) changes. Raises `FileNotFoundError` when `model_dir` holds no `config.json`
+    (a Hub id, or not a model folder), and `ValueError` naming the findings of `thresholds` that are not in the
+    config's `id2label`; nothing is written then.
     """
     path = Path(model_dir) / "config.json"
     if not path.is_file():
@@ -194,6 +201,17 @@ def evaluate_model(
     A single-label CT model (MMCAF-Net, by its config's `model_type`) on a converted Lung-PET-CT-Dx dataset is
     scored per patient by `evaluate_ct_model`: `aggregate` (max or mean over a patient's slabs),
     `positive_class` (two classes), `slice_selection` and `slab_stride` (override the processor's) apply there only.
+
+    Raises `ValueError` when thresholds would be chosen on the scored split or on `test`; for `store_thresholds` without
+    a threshold split or without a local model folder holding `config.json`; when the dataset lacks `split` or
+    `threshold_split` (naming it and the splits there); for a CT model, with `dataset_labels`, with `store_thresholds`
+    and more than two classes, and as `evaluate_ct_model` does; for a 2D model, when the dataset's label names do not
+    match its label columns (`dataset_label_names`), the model shares no finding with the dataset, or `store_thresholds`
+    is asked for cross-dataset. While scoring, a split without rows (`predict_probabilities`) or targets other than 0, 1
+    or `IGNORE_LABEL` (`scores.check_arrays`) raise `ValueError` too. Loading raises as `load_converted`, `load_config`
+    and `load_model` do: `FileNotFoundError` for a dataset that is neither a converted folder nor a loadable Hub id, a
+    model that is neither a saved folder nor a cached Hub id, or a model saved without its image processor; `ValueError`
+    for a dataset holding one `Dataset` instead of named splits, or a model that is not an hf-cxr architecture.
     """
     if threshold_split in NO_THRESHOLD_SPLIT:
         threshold_split = None

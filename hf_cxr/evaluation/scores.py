@@ -35,7 +35,11 @@ AT_HALF, AT_CHOSEN = "at_0.5", "at_threshold"
 
 
 def check_arrays(probabilities: Any, targets: Any, label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Float arrays of matching [N, K] shape, K = len(label_names); targets only 0, 1 or IGNORE_LABEL."""
+    """Float arrays of matching [N, K] shape, K = len(label_names); targets only 0, 1 or IGNORE_LABEL.
+
+    Raises `ValueError` when the arrays are not both [N, K] (naming both shapes), when `probabilities` hold NaN or
+    infinity, and when `targets` hold any other value than 0, 1 or `IGNORE_LABEL`.
+    """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape != targets.shape or probabilities.shape[1] != len(label_names):
@@ -101,7 +105,9 @@ def threshold_choices(
     split), or the `DEFAULT_THRESHOLD` fallback with the reason none could be chosen.
 
     On ties the highest threshold wins (fewest positive calls). A finding without positives, without negatives
-    (ignored labels do not count), or where no threshold beats chance (J <= 0) falls back to 0.5.
+    (ignored labels do not count), or where no threshold beats chance (J <= 0) falls back to 0.5. Raises
+    `ValueError` as `check_arrays` does (shapes other than [N, len(label_names)], NaN or infinite probabilities,
+    targets other than 0, 1 or `IGNORE_LABEL`).
     """
     probabilities, targets = check_arrays(probabilities, targets, label_names)
     choices = {}
@@ -122,7 +128,8 @@ def threshold_choices(
 
 
 def youden_thresholds(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
-    """The values of `threshold_choices`: Youden's J thresholds, 0.5 where none could be chosen."""
+    """The values of `threshold_choices`: Youden's J thresholds, 0.5 where none could be chosen. Raises `ValueError`
+    as `check_arrays` does."""
     return {name: choice.value for name, choice in threshold_choices(probabilities, targets, label_names).items()}
 
 
@@ -155,7 +162,8 @@ def prediction_metrics(truth: Any, predicted: Any) -> dict[str, float]:
 
     The one implementation of the operating-point metrics, for the multi-label and the single-label CT evaluation:
     accuracy, sensitivity (recall), specificity, precision (PPV), NPV and F1. A ratio without a denominator is NaN
-    (e.g. sensitivity without positives, precision without positive calls), never 0.
+    (e.g. sensitivity without positives, precision without positive calls), never 0. Raises `ValueError` when
+    `truth` and `predicted` are not both [N] (`confusion_counts`).
     """
     tp, fp, fn, tn = confusion_counts(truth, predicted)
     return {
@@ -169,7 +177,8 @@ def prediction_metrics(truth: Any, predicted: Any) -> dict[str, float]:
 
 
 def confusion_metrics(truth: Any, score: Any, threshold: float) -> dict[str, float]:
-    """`prediction_metrics` of `score >= threshold` (`score` [N] against 0/1 `truth` [N]); NaN where undefined."""
+    """`prediction_metrics` of `score >= threshold` (`score` [N] against 0/1 `truth` [N]); NaN where undefined.
+    Raises `ValueError` when `truth` and `score` are not both [N] (`confusion_counts`)."""
     return prediction_metrics(truth, np.asarray(score, dtype=np.float64) >= threshold)
 
 
@@ -198,7 +207,8 @@ def point_metrics(
 
     Keys: `auc_macro`, `auc_micro`, `ap_macro`, `auc/<finding>`, `ap/<finding>`, and per operating point
     (`at_0.5`, plus `at_threshold` when `thresholds` is given) `<point>/<metric>/<finding>` and
-    `<point>/<metric>_macro` for sensitivity, specificity, precision and F1.
+    `<point>/<metric>_macro` for sensitivity, specificity, precision and F1. Raises `ValueError` when
+    `probabilities`, `targets` and `label_names` do not agree on the shape [N, K] (`per_class_roc_auc`).
     """
     auc = per_class_roc_auc(probabilities, targets, label_names)
     average_precision = per_class_average_precision(probabilities, targets, label_names)
@@ -225,7 +235,8 @@ def patient_bootstrap_indices(patient_ids: Sequence[Any], n: int, seed: int) -> 
     """`n` resamples of row indices: patients drawn with replacement, each drawn patient bringing all its rows.
 
     A patient drawn twice contributes its rows twice; the number of patients (not rows) is kept. Seeded:
-    the same ids, `n` and `seed` give the same resamples.
+    the same ids, `n` and `seed` give the same resamples. Raises `ValueError` when `patient_ids` is empty (on the
+    first `next`, as this is a generator).
     """
     ids = np.asarray([str(value) for value in patient_ids])
     if ids.size == 0:
@@ -275,7 +286,8 @@ def bootstrap_by_patient(
     """Percentile intervals of every key `compute(rows)` returns, over `n` patient-level resamples of the rows.
 
     Shared by the multi-label (one row per image) and the single-label CT evaluation (one row per patient), so
-    both resample patients the same way with the same seeded draws.
+    both resample patients the same way with the same seeded draws. Raises `ValueError` for a `confidence` outside
+    (0, 1) and for empty `patient_ids` (`patient_bootstrap_indices`).
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -298,7 +310,9 @@ def bootstrap_intervals(
 ) -> dict[str, Interval]:
     """Percentile intervals of every `point_metrics` key over `n` patient-level resamples.
 
-    Thresholds stay fixed (they were chosen on another split, so they are not re-chosen per resample).
+    Thresholds stay fixed (they were chosen on another split, so they are not re-chosen per resample). Raises
+    `ValueError` for a `confidence` outside (0, 1), a `patient_ids` whose length is not the number of rows, and no
+    rows (`patient_bootstrap_indices`).
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -407,7 +421,13 @@ def score_predictions(
     seed: int = 0,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> Scores:
-    """All numbers for one split. Without `patient_ids` every image counts as its own patient (say so)."""
+    """All numbers for one split. Without `patient_ids` every image counts as its own patient (say so).
+
+    Raises `ValueError` as `check_arrays` does (arrays not both [N, len(label_names)], NaN or infinite
+    probabilities, targets other than 0, 1 or `IGNORE_LABEL`), for `thresholds` naming findings that are not in
+    `label_names` (listing them), and, when `n_bootstrap` > 0, as `bootstrap_intervals` does (a `confidence`
+    outside (0, 1), `patient_ids` of another length than the rows, no rows).
+    """
     probabilities, targets = check_arrays(probabilities, targets, label_names)
     label_names = list(label_names)
     unit = "patient"

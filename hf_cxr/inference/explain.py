@@ -173,7 +173,8 @@ def _resize(grid: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 
 def default_layers(model: nn.Module) -> tuple[str, ...]:
-    """The documented Grad-CAM layers of `model`'s architecture (see `DEFAULT_LAYERS`)."""
+    """The documented Grad-CAM layers of `model`'s architecture (see `DEFAULT_LAYERS`). Raises `ValueError` when
+    `model.config.model_type` has no entry there (pass `layer=` to `explain` instead)."""
     model_type = getattr(model.config, "model_type", None)
     if model_type not in DEFAULT_LAYERS:
         raise ValueError(
@@ -223,6 +224,12 @@ def explain(
     `image`: anything `load_radiograph` reads (path, DICOM radiograph, bytes, PIL image, array). `labels`: finding
     names or indices to map; None maps the `top_k` most probable. `layer`: a module name for Grad-CAM instead of
     the architecture's default. The model is run in eval mode and left in the mode it was in.
+
+    Raises `ValueError` for an `image` that `load_radiograph` cannot read (naming it; `ImportError` for a DICOM without
+    pydicom); without `layer`, for a model type that has no default layer (`default_layers`); for a `layer` (or default
+    layer) that is not one of `model.named_modules()` or did not run in the forward pass; for a layer whose output is
+    not a [B, C, h, w] map; for an explicit `layer` whose map is 1 x 1 at this input size, or when every default layer's
+    map is; and for a finding name the model does not predict or an index outside `id2label`.
     """
     grey = load_radiograph(image)
     model_type = getattr(model.config, "model_type", None)
@@ -371,7 +378,9 @@ def overlay(
     alpha: float = 0.5,
 ) -> Image.Image:
     """The radiograph with `heatmap` blended over it (opacity grows with the heat, so cold areas stay readable)
-    and `boxes` (x1, y1, x2, y2 in image pixels) drawn as rectangles. Returns an RGB image of the image's size."""
+    and `boxes` (x1, y1, x2, y2 in image pixels) drawn as rectangles. Returns an RGB image of the image's size.
+    Raises `ValueError` when `heatmap` is not of the image's shape [H, W], and as `load_radiograph` does for an
+    `image` it cannot read."""
     grey = load_radiograph(image)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     if heatmap is not None:

@@ -75,7 +75,9 @@ def onnxruntime_available() -> bool:
 
 def load_image_classifier(model_id: str | os.PathLike) -> PreTrainedModel:
     """A saved 2D model folder or a Hub id in the local cache, on the CPU (`hf_cxr.registry.load_model`: never
-    downloads, hf-cxr's own classes)."""
+    downloads, hf-cxr's own classes). Raises `ValueError` for a CT model (MMCAF-Net), and as `load_model` does
+    (`FileNotFoundError` for neither a saved folder nor a cached id, or no image processor beside the model;
+    `ValueError` for a model that is not an hf-cxr architecture)."""
     from hf_cxr.registry import is_ct_model, load_model
 
     model, _ = load_model(model_id, device="cpu")
@@ -187,7 +189,8 @@ def locate_failing_module(
     """(qualified name, class name) of the deepest submodule that cannot be exported on its own.
 
     Each submodule's positional tensor inputs are recorded during one forward; starting from the root, the search
-    descends into the first child that fails to export, until no child fails.
+    descends into the first child that fails to export, until no child fails. Raises `ValueError` for an
+    `exporter` not in `EXPORTERS` (once a child is tried); export failures are the answer, not errors.
     """
     recorded: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]] = {}
     handles = []
@@ -241,6 +244,12 @@ def export_onnx(
     `hf_cxr.machine.default_threads`). `tolerance` bounds the largest |logit difference| relative to the
     largest |logit| when that is above 1: float32 rounding grows with the logits' scale, and an untrained paper
     preset's logits reach the thousands.
+
+    Raises `ValueError` for a model whose config has no `image_size`/`num_channels` (not a 2D image classifier)
+    and for an `exporter` not in `EXPORTERS`; `OnnxExportError` when no exporter tried can export the model,
+    naming the deepest submodule that fails on its own (`locate_failing_module`) and each exporter's reason (a
+    missing `onnxscript` is the dynamo exporter's reason, not an error of its own). A mismatch of the outputs is
+    not raised: it is reported in `outputs_match`.
     """
     config = model.config
     if not hasattr(config, "image_size") or not hasattr(config, "num_channels"):

@@ -83,7 +83,8 @@ class PredictionResult:
 
 def decision_thresholds(config: Any, threshold: str | float = "per-class") -> dict[str, float]:
     """Finding -> threshold: `config.decision_thresholds` with 0.5 for missing findings ("per-class"), or one
-    value for every finding."""
+    value for every finding. Raises `ValueError` when `threshold` is neither "per-class" nor a number in [0, 1]
+    (a string `float` cannot read included)."""
     labels = [config.id2label[index] for index in range(config.num_labels)]
     if threshold == "per-class":
         stored = getattr(config, "decision_thresholds", None) or {}

@@ -59,7 +59,8 @@ def _dcmread(path: str | os.PathLike, stop_before_pixels: bool = False) -> Any:
 
 
 def read_series_header(path: str | os.PathLike) -> SeriesHeader:
-    """The modality, matrix size and series identity of one slice, without decoding pixels."""
+    """The modality, matrix size and series identity of one slice, without decoding pixels. Raises `ValueError`
+    naming `path` for a file pydicom cannot read (`imaging.read_dicom`), `ImportError` without pydicom."""
     dataset = _dcmread(path, stop_before_pixels=True)
     return SeriesHeader(
         modality=str(dataset.get("Modality", "") or "").upper(),

@@ -137,7 +137,9 @@ class CXRImageProcessor(BaseImageProcessor):
             raise ValueError(f"image_std must be positive, got {std}")
 
     def to_grey(self, image: Any, index: int, do_rescale: bool) -> np.ndarray:
-        """One input -> grey float32 [H, W] in [0, 1]; errors name the input and its place in the batch."""
+        """One input -> grey float32 [H, W] in [0, 1]; errors name the input and its place in the batch. Raises
+        `ValueError` as `imaging.load_radiograph` does (or, for an array or tensor with `do_rescale=False`, as
+        `imaging.array_to_unit_float` does), and `ImportError` for a DICOM without pydicom."""
         name = f"image {index} ({describe(image)})"
         if isinstance(image, np.ndarray) and not do_rescale:
             return array_to_unit_float(image, name, channels_first=None, rescale=False)

@@ -25,6 +25,7 @@ class ChannelAttention(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> channel weights [B, C, 1, 1] in (0, 1) (not applied to x)."""
         avg = self.fc2(self.act(self.fc1(F.adaptive_avg_pool2d(x, 1))))
         peak = self.fc2(self.act(self.fc1(F.adaptive_max_pool2d(x, 1))))
         return torch.sigmoid(avg + peak)
@@ -45,6 +46,7 @@ class SpatialAttention(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(2, 1, kernel_size=k, padding=k // 2) for k in kernel_sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> spatial weights [B, 1, H, W] in (0, 1) (not applied to x)."""
         descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return torch.sigmoid(sum(conv(descriptor) for conv in self.convs))
 
@@ -79,6 +81,8 @@ class CrossAttention(nn.Module):
     def forward(
         self, queries: torch.Tensor, context: torch.Tensor, return_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """queries [B, Nq, D], context [B, Nk, D] -> (queries + attended context [B, Nq, D], weights
+        [B, heads, Nq, Nk] with `return_weights`, else None)."""
         q = self._heads(self.q_proj(self.norm_query(queries)))
         normed_context = self.norm_context(context)
         k = self._heads(self.k_proj(normed_context))

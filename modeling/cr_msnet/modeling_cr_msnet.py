@@ -79,6 +79,8 @@ class PMSCSA(nn.Module):
             self.spatial_weight = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> [B, C, H, W]: x * (1 + a_c + a_s), a_c [B, C, 1, 1] and a_s [B, 1, H, W] in (0, 1)
+        (each times its learned weight with `combine="learned"`)."""
         channel = self.channel_attention(x)  # [B, C, 1, 1]
         spatial = self.spatial_attention(x)  # [B, 1, H, W]
         if self.combine == "learned":

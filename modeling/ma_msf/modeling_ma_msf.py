@@ -88,7 +88,9 @@ class MomentumAnchor(nn.Module):
 
     @torch.no_grad()
     def update(self, online_layers: nn.Module, momentum: float) -> None:
-        """One EMA step towards `online_layers` (same structure as the anchor), BN buffers copied."""
+        """One EMA step towards `online_layers` (same structure as the anchor), BN buffers copied. Raises
+        `RuntimeError` when an anchor parameter has no online counterpart of the same name (a missing buffer raises
+        `KeyError`); parameters updated before the mismatch keep their new values."""
         if momentum == 1.0:
             return  # a frozen anchor: neither weights nor statistics move
         online_params = _peft_neutral(online_layers.named_parameters())
@@ -124,7 +126,8 @@ class MomentumAnchor(nn.Module):
 def zero_init_residual_branches(backbone: nn.Module) -> None:
     """Zero the scale of the last BatchNorm in each block of a timm EfficientNet whose output is added to its input
     (`has_skip`), so the block starts as the identity and a deep randomly initialised network trains like a shallow
-    one at first (Goyal et al., 2017; timm's ResNets do the same with `zero_init_last`)."""
+    one at first (Goyal et al., 2017; timm's ResNets do the same with `zero_init_last`). Raises `ValueError` when
+    such a block has no `BatchNorm2d` to zero (set `MAMSFConfig.zero_init_residual=False` for that backbone)."""
     for block in backbone.modules():
         if getattr(block, "has_skip", False):
             norms = [module for module in block.modules() if isinstance(module, nn.BatchNorm2d)]
@@ -144,6 +147,7 @@ class ConvNormAct(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C_in, h, w] -> [B, C_out, h, w] (stride 1; same padding, as `fusion_kernels` are odd)."""
         return self.act(self.norm(self.conv(x)))
 
 
@@ -160,6 +164,8 @@ class MultiScaleFusion(nn.Module):
         self.project = ConvNormAct(branch_channels * len(kernel_sizes), out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C_in, h, w] -> [B, out_channels, h, w]: the branches' [B, branch_channels, h, w] maps concatenated,
+        then mixed by the 1x1 `ConvNormAct`."""
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 

@@ -157,7 +157,10 @@ class MMCAFNetProcessor(BaseImageProcessor):
     def read_dicom_series(self, files: Sequence[str | os.PathLike], where: str) -> tuple[np.ndarray, list[str]]:
         """DICOM files of one CT series -> (HU volume int16 [Z, H, W] sorted by position, SOPInstanceUIDs).
 
-        `ValueError` naming `where` for mixed series, no CT slices, inconsistent slice sizes or missing pixel data.
+        Raises `ValueError` naming `where` for no files, mixed series, no CT slices (listing the modalities found)
+        or inconsistent slice sizes; naming the file for one pydicom cannot read and, as `ct.read_ct_series` does,
+        for a slice without ImagePositionPatient, two slices at one position, or pixel data that is missing or cannot
+        be decoded; `ImportError` without pydicom.
         """
         if not files:
             raise ValueError(f"'{where}': no DICOM files (*.dcm), so no CT slices")
@@ -225,7 +228,8 @@ class MMCAFNetProcessor(BaseImageProcessor):
         slice_selection: str | None = None,
         slab_stride: int | None = None,
     ) -> tuple[torch.Tensor, list[int]]:
-        """HU volume [Z, H, W] -> (slabs float32 [N, 1, D, size, size] normalised, their first slice indices)."""
+        """HU volume [Z, H, W] -> (slabs float32 [N, 1, D, size, size] normalised, their first slice indices).
+        Raises `ValueError` for a `slice_selection` (given, or the processor's) not in `SLICE_SELECTIONS`."""
         mode = slice_selection or self.slice_selection
         if mode not in SLICE_SELECTIONS:
             raise ValueError(f"slice_selection must be one of {SLICE_SELECTIONS}, got {mode!r}")
@@ -255,7 +259,9 @@ class MMCAFNetProcessor(BaseImageProcessor):
     # ------------------------------------------------------------------------------------------ clinical
 
     def encode_clinical(self, raw: Mapping[str, Any], where: str = "clinical record") -> Any:
-        """Raw clinical values (any accepted key spelling) -> `ClinicalEncoding` with this processor's statistics."""
+        """Raw clinical values (any accepted key spelling) -> `ClinicalEncoding` with this processor's statistics.
+        With `clinical_unknown="error"`, raises `ValueError` naming `where` for a present value that cannot be read
+        (`clinical.encode_clinical_values`)."""
         return encode_clinical_values(
             raw,
             where,
@@ -270,7 +276,9 @@ class MMCAFNetProcessor(BaseImageProcessor):
         """Set the age/weight ranges (min, max) and the fill values (means) from a training split's raw records.
 
         Records are dicts with the raw clinical values (dataset rows work). Returns self; `save_pretrained` then
-        stores the statistics in `preprocessor_config.json`.
+        stores the statistics in `preprocessor_config.json`. With `clinical_unknown="error"`, raises `ValueError` as
+        `encode_clinical` does for a value that cannot be read, naming it `training record <index>`; the age and
+        weight ranges may already have been set then.
         """
         texts = [normalize_clinical_keys(record) for record in records]
         for name, attribute in (("age", "clinical_age_range"), ("weight", "clinical_weight_range")):
@@ -343,6 +351,15 @@ class MMCAFNetProcessor(BaseImageProcessor):
         `clinical`, `lesion_slice_range` ((first, last) sorted slice index) and `annotations` (a folder of the
         archive's XMLs, named by SOPInstanceUID, or a list of annotated UIDs) are one per series, or a list with one
         entry per series; dataset rows and `{"series": ..., "clinical": ...}` dicts carry their own.
+
+        Raises `TypeError` for a keyword argument it does not take. Raises `ValueError` when, for several series,
+        `clinical`, `lesion_slice_range` or `annotations` is given but not as a list with one entry per series; for
+        a `slice_selection` not in `SLICE_SELECTIONS` or a `return_tensors` other than "pt", "np" or None; and,
+        naming the series by its index: a dict with neither `volume` nor `series`; a path that is no DICOM folder or
+        file; a volume that is not numeric [slices, height, width], or lies in [0, 1] (not Hounsfield units); an
+        input of another type; a DICOM series `read_dicom_series` refuses; `annotations` for a volume given as an
+        array (no UIDs); no clinical values, encoded values that are not 7 numbers in [-1, 1], or (with
+        `clinical_unknown="error"`) a raw value that cannot be read. `ImportError` for DICOM input without pydicom.
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")

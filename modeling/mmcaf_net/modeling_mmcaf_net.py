@@ -144,6 +144,7 @@ class SqueezeExcitation3D(nn.Module):
         self.fc2 = nn.Conv3d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, D, H, W] -> [B, C, D, H, W], each channel scaled by its gate in (0, 1)."""
         gate = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3, 4), keepdim=True))))  # [B, C, 1, 1, 1]
         return x * torch.sigmoid(gate)
 
@@ -168,6 +169,8 @@ class ResNeXtSEBottleneck3D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C_in, D, H, W] -> [B, C_out, ceil(D / stride), ceil(H / stride), ceil(W / stride)]:
+        ReLU(SE(bottleneck(x)) + shortcut(x))."""
         out = self.se(self.conv3(self.conv2(self.conv1(x))))
         return F.relu(out + self.shortcut(x))
 
@@ -185,6 +188,7 @@ class ChannelAttention3D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, D, H, W] -> [B, C, D, H, W], each channel scaled by its weight in (0, 1)."""
         average = self.mlp(x.mean(dim=(2, 3, 4), keepdim=True))  # [B, C, 1, 1, 1]
         maximum = self.mlp(x.amax(dim=(2, 3, 4), keepdim=True))
         return x * torch.sigmoid(average + maximum)
@@ -198,6 +202,7 @@ class SpatialAttention3D(nn.Module):
         self.conv = nn.Conv3d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, D, H, W] -> [B, C, D, H, W], each voxel scaled by a gate [B, 1, D, H, W] in (0, 1)."""
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # [B, 2, D, H, W]
         return x * torch.sigmoid(self.conv(pooled))
 
@@ -224,6 +229,8 @@ class DepthwiseMultiScaleFusion3D(nn.Module):
         self.project = ConvNormAct3D(hidden, channels, 1, activation=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, D, H, W] -> [B, C, D, H, W]: x + project(shuffle(sum of the depthwise branches on the
+        [B, expansion * C, D, H, W] expansion))."""
         hidden = self.expand(x)  # [B, eC, D, H, W]
         hidden = torch.stack([branch(hidden) for branch in self.branches]).sum(dim=0)
         return x + self.project(channel_shuffle(hidden, self.shuffle_groups))
@@ -253,6 +260,7 @@ class UpConv3D(nn.Module):
         self.conv = ConvNormAct3D(in_channels, out_channels, 3, separable=separable)
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """x [B, C_in, d, h, w] and the finer scale's `size` (D, H, W) -> [B, C_out, D, H, W]."""
         return self.conv(F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False))
 
 
@@ -264,6 +272,8 @@ class DownConv3D(nn.Module):
         self.conv = ConvNormAct3D(in_channels, out_channels, 3, stride=stride, separable=separable)
 
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """x [B, C_in, D, H, W] and the coarser scale's `size` (d, h, w) -> [B, C_out, d, h, w] (the strided conv's
+        output, resized trilinearly when its size is not already `size`)."""
         x = self.conv(x)
         if tuple(x.shape[2:]) != tuple(size):  # only for odd strides/sizes; the encoder uses the same formula
             x = F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
@@ -438,6 +448,7 @@ class TokenCrossAttention(nn.Module):
         return x.view(batch, self.tokens, self.heads, self.head_dim).transpose(1, 2)  # [B, H, T, c]
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """query, context [B, dim] -> (query + attended context [B, dim], weights [B, heads, tokens, tokens])."""
         batch, dim = query.shape
         q = self._split(self.q_proj(query.view(batch, self.tokens, -1)))
         k = self._split(self.k_proj(context.view(batch, self.tokens, -1)))

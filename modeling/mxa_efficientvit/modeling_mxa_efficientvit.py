@@ -131,6 +131,7 @@ class ROIPredictor(nn.Module):
         self.box.initial_bias = initial_logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> box corners [B, 4] in (0, 1), unordered: the per-position sigmoid outputs averaged."""
         return torch.sigmoid(self.box(self.act(self.conv(x)))).mean(dim=(2, 3))
 
 
@@ -157,6 +158,8 @@ class MXABlock(nn.Module):
         self.last_roi_boxes: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> [B, C, H, W]: the predicted box pooled back onto the H x W grid, then reweighted by
+        channel ([B, C, 1, 1]) and spatial ([B, 1, H, W]) attention; the box [B, 4] goes to `last_roi_boxes`."""
         corners = self.roi_predictor(x)  # [B, 4], unordered
         if self.roi_pooling == "differentiable":
             x1, y1, x2, y2 = corners.unbind(dim=-1)
@@ -214,6 +217,7 @@ class MXAEfficientViTHeads(nn.Module):
         self.head_dist = NormLinear(in_features, num_labels, drop=dropout) if distillation_head else None
 
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pooled [B, D] -> (class logits [B, K], distillation logits [B, K], or None without `head_dist`)."""
         return self.head(pooled), (self.head_dist(pooled) if self.head_dist is not None else None)
 
 
