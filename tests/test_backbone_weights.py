@@ -26,6 +26,7 @@ from transformers import AutoModelForImageClassification
 import hf_cxr
 from hf_cxr.hub import add_to_cache
 from hf_cxr.training import add_train_arguments, train
+from hf_cxr.training.arguments import config_from_arguments
 
 # The timm tags the tests build from, each small enough for CPU seconds.
 TAGS = ("resnet18.a1_in1k", "coatnet_nano_rw_224.sw_in1k", "efficientnet_b0.ra_in1k", "efficientvit_m0.r224_in1k")
@@ -226,7 +227,7 @@ def test_train_backbone_weights_flag_builds_from_them_and_records_them(cached_we
     args = parser.parse_args([*base, "--per-device-batch-size", "5", "--max-steps", "1", "--learning-rate", "0",
                               "--log-with", "csv", "--set", "model.overrides={backbone: efficientnet_b0, "
                               "backbone_kwargs: {}}", "--backbone-weights", "backbone_weights=ra_in1k"])  # fmt: skip
-    train(args)
+    train(config_from_arguments(args))
     recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     assert recipe["model"]["overrides"]["backbone_weights"] == "ra_in1k"
     saved = load_file(str(tmp_path / "model.safetensors"))

@@ -47,6 +47,11 @@ def run_args(dataset: Path, output: Path, *extra: str):
     return add_train_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
+def run_config(dataset: Path, output: Path, *extra: str) -> TrainingConfig:
+    """The `TrainingConfig` that `hf-cxr train` builds from these flags (see `run_args`)."""
+    return config_from_arguments(run_args(dataset, output, *extra))
+
+
 def train_loss(model, dataset: Path) -> float:
     split = datasets.load_from_disk(str(dataset))["train"]
     batch = split.with_transform(eval_transform(hf_cxr.build_image_processor("cr_msnet", "tiny")))[: len(split)]
@@ -106,13 +111,13 @@ def test_killed_run_resumes_to_the_same_weights_at_any_step(tiny_dataset, tmp_pa
     common = ("--recipe", "cr_msnet_chestxray14", "--max-steps", "8", "--checkpointing-steps", "1",
               "--keep-checkpoints", "8", "--set", "optimization.ema={enabled: true, decay: 0.9}",
               "--seed", "3")  # fmt: skip
-    train(run_args(tiny_dataset, tmp_path / "straight", *common))
+    train(run_config(tiny_dataset, tmp_path / "straight", *common))
     resumed = tmp_path / "resumed"
     for stop_at, after in ((1, "1"), (4, "3"), (7, "3")):
         resume = ("--resume-from-checkpoint", "latest") if stop_at > 1 else ()
-        train(run_args(tiny_dataset, resumed, *common, *resume, "--stop-after-steps", after))
+        train(run_config(tiny_dataset, resumed, *common, *resume, "--stop-after-steps", after))
         assert latest_checkpoint(resumed).name == f"step-{stop_at:08d}"
-    summary = train(run_args(tiny_dataset, resumed, *common, "--resume-from-checkpoint", "latest"))
+    summary = train(run_config(tiny_dataset, resumed, *common, "--resume-from-checkpoint", "latest"))
     assert summary["finished"] and summary["step"] == 8
     for step in range(1, 9):
         a = load_file(str(tmp_path / "straight" / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
@@ -144,12 +149,12 @@ def test_augmenting_on_the_device_trains_the_same_weights_as_in_the_loader(tiny_
     common = ["--max-steps", "3", "--seed", "1"] + [part for item in augmentation for part in ("--set", item)]
     weights = {}
     for where, workers in (("cpu", "1"), ("device", "0")):
-        train(run_args(tiny_dataset, tmp_path / where, *common, "--augment-on", where, "--num-workers", workers))
+        train(run_config(tiny_dataset, tmp_path / where, *common, "--augment-on", where, "--num-workers", workers))
         weights[where] = load_file(str(tmp_path / where / "model.safetensors"))
         metrics = json.loads((tmp_path / where / "metrics.json").read_text())
         assert metrics["training"]["compute"]["augment_on"] == where
     assert all(torch.equal(weights["cpu"][key], weights["device"][key]) for key in weights["cpu"])
-    train(run_args(tiny_dataset, tmp_path / "plain", "--max-steps", "3", "--seed", "1"))  # the augmentation mattered
+    train(run_config(tiny_dataset, tmp_path / "plain", "--max-steps", "3", "--seed", "1"))  # the augmentation mattered
     plain = load_file(str(tmp_path / "plain" / "model.safetensors"))
     assert any(not torch.equal(plain[key], weights["cpu"][key]) for key in plain)
 
@@ -201,9 +206,9 @@ def test_every_recipe_validates_and_names_its_model(tmp_path) -> None:
         model_type = name.removesuffix("_chestxray14").removesuffix("_chexpert").removesuffix("_lung_pet_ct_dx")
         assert load_recipe(name).model.model_type == model_type
     with pytest.raises(ValueError, match="'nope' is not one of them"):
-        train(run_args(tmp_path, tmp_path / "out", "--model", "nope"))
+        train(run_config(tmp_path, tmp_path / "out", "--model", "nope"))
     with pytest.raises(ValueError, match="apply to CT models"):  # a CT-only key is refused for a 2D model
-        train(run_args(tmp_path, tmp_path / "out", "--set", "data.processor={size: 32}"))
+        train(run_config(tmp_path, tmp_path / "out", "--set", "data.processor={size: 32}"))
 
 
 def test_loader_defaults_follow_the_device_and_the_cores(monkeypatch) -> None:
@@ -284,11 +289,28 @@ def test_an_unknown_key_or_a_wrong_value_is_refused_by_its_path(tmp_path) -> Non
     with pytest.raises(ValueError, match=r"data\.split_protocol\.seed: Field required"):
         parse_recipe({"data": {"split_protocol": {"fractions": {"train": 1.0}}}})
     with pytest.raises(ValueError, match=r"^recipe after --set: unknown recipe keys \['evaluation\.threshold'\]$"):
-        train(run_args(tmp_path, tmp_path / "out", "--set", "evaluation.threshold=0.5"))
+        train(run_config(tmp_path, tmp_path / "out", "--set", "evaluation.threshold=0.5"))
     with pytest.raises(ValueError, match=r"^recipe after --set: optimization\.epochs: Input should be a valid number"):
         train(
-            run_args(tmp_path, tmp_path / "out", "--recipe", "cr_msnet_chestxray14", "--set", "optimization.epochs=[1]")
+            run_config(
+                tmp_path, tmp_path / "out", "--recipe", "cr_msnet_chestxray14", "--set", "optimization.epochs=[1]"
+            )
         )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_field_set_after_parsing_is_checked_as_the_recipe_is(tmp_path) -> None:
+    """Code that edits a parsed config (the demo, a notebook) gets the recipe's checks: a value of the wrong type or a
+    misspelled attribute raises, naming the field; and `train()` takes only a `TrainingConfig`."""
+    config = run_config(tmp_path, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"batch_size\n.*valid integer"):
+        config.recipe.optimization.batch_size = "many"
+    with pytest.raises(ValueError, match=r"batchsize\n.*no attribute"):
+        config.recipe.optimization.batchsize = 3
+    config.recipe.optimization.batch_size = 8
+    assert config.recipe.optimization.batch_size == 8
+    with pytest.raises(TypeError, match=r"train\(\) takes a TrainingConfig, got Namespace"):
+        train(run_args(tmp_path, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -318,7 +340,7 @@ def test_ma_msf_anchor_is_updated_after_every_optimizer_step(tiny_dataset, tmp_p
     args = run_args(tiny_dataset, tmp_path, "--model", "ma_msf", "--max-steps", "3", "--learning-rate", "1e-2",
                     "--seed", "0", "--set", "model.overrides={anchor_momentum: 0.5}")  # fmt: skip
     torch.manual_seed(0)
-    train(args)
+    train(config_from_arguments(args))
     trained = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
     anchor_keys = [k for k in trained if ".anchor." in k and k.endswith("weight")]
     assert anchor_keys, "MA-MSF checkpoint has no anchor weights"
@@ -336,9 +358,9 @@ def test_distillation_from_a_local_teacher(tiny_dataset, tmp_path) -> None:
         load_model(tmp_path / "teacher")
     hf_cxr.build_image_processor("cr_msnet", "tiny").save_pretrained(tmp_path / "teacher")
     common = ("--max-steps", "2", "--seed", "0", "--learning-rate", "1e-2")
-    plain = train(run_args(tiny_dataset, tmp_path / "plain", *common))
+    plain = train(run_config(tiny_dataset, tmp_path / "plain", *common))
     teacher_flags = ("--teacher", str(tmp_path / "teacher"), "--set", "distillation.teacher_outputs=logits")
-    distilled = train(run_args(tiny_dataset, tmp_path / "distilled", *common, *teacher_flags))
+    distilled = train(run_config(tiny_dataset, tmp_path / "distilled", *common, *teacher_flags))
     assert plain["finished"] and distilled["finished"]
     a = load_file(str(latest_checkpoint(tmp_path / "plain") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "distilled") / "model.safetensors"))
@@ -404,14 +426,14 @@ def test_a_dataset_without_conversion_report_lists_what_could_not_be_checked(tin
 
 def test_a_misspelled_model_override_is_refused_before_training(tiny_dataset, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"has no field fusion_dimm \(did you mean fusion_dim\?\)"):
-        train(run_args(tiny_dataset, tmp_path / "out", "--set", "model.overrides={fusion_dimm: 64}"))
+        train(run_config(tiny_dataset, tmp_path / "out", "--set", "model.overrides={fusion_dimm: 64}"))
     assert not (tmp_path / "out").exists()
 
 
 def test_the_processor_reads_at_the_image_size_the_model_is_built_with(tiny_dataset, tmp_path) -> None:
     """`model.overrides.image_size` changes the model's input: training reads and saves the processor at that size
     (it was built at the preset's 64 px, feeding the 96-px model 64-px images)."""
-    train(run_args(tiny_dataset, tmp_path, "--max-steps", "1", "--set", "model.overrides.image_size=96"))
+    train(run_config(tiny_dataset, tmp_path, "--max-steps", "1", "--set", "model.overrides.image_size=96"))
     model, processor = load_model(tmp_path)
     assert model.config.image_size == 96
     assert processor.size == {"height": 96, "width": 96} and processor.num_channels == model.config.num_channels

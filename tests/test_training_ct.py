@@ -23,7 +23,8 @@ from test_training import TWO_CPU_PROCESSES, TWO_CPU_PROCESSES_ENV
 import hf_cxr
 from hf_cxr.data import convert_lung_pet_ct_dx
 from hf_cxr.training import add_train_arguments, latest_checkpoint, oversampled_indices, train
-from hf_cxr.training.config import Oversampling
+from hf_cxr.training.arguments import config_from_arguments
+from hf_cxr.training.config import Oversampling, TrainingConfig
 
 PATIENTS = ["A0001", "A0002", "A0003", "A0004", "G0001", "G0002", "G0003", "G0004"]
 # No `data.processor.size`: with `--preset tiny` the slab follows the tiny model (12 x 32 x 32), not the recipe.
@@ -62,6 +63,10 @@ def ct_args(dataset: Path, output: Path, *extra: str) -> argparse.Namespace:
     return add_train_arguments(argparse.ArgumentParser()).parse_args(ct_argv(dataset, output, *extra))
 
 
+def ct_config(dataset: Path, output: Path, *extra: str) -> TrainingConfig:
+    return config_from_arguments(ct_args(dataset, output, *extra))
+
+
 def _part(weights: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
     found = {key: value for key, value in weights.items() if f"mmcaf_net.{part}." in key}
     assert found, part
@@ -75,7 +80,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_stagewise_run_keeps_frozen_parts_and_saves_the_best_model(ct_dataset: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForVideoClassification
 
-    summary = train(ct_args(ct_dataset, tmp_path))
+    summary = train(ct_config(ct_dataset, tmp_path))
     assert summary["finished"] and summary["step"] == 3
     assert [(stage["name"], stage["steps"]) for stage in summary["stages"]] == [
         ("stage1_image", 1),
@@ -118,10 +123,10 @@ def test_stagewise_run_keeps_frozen_parts_and_saves_the_best_model(ct_dataset: P
 
 
 def test_resumed_ct_run_ends_with_the_same_weights(ct_dataset: Path, tmp_path: Path) -> None:
-    train(ct_args(ct_dataset, tmp_path / "straight"))
-    train(ct_args(ct_dataset, tmp_path / "resumed", "--stop-after-steps", "2"))
+    train(ct_config(ct_dataset, tmp_path / "straight"))
+    train(ct_config(ct_dataset, tmp_path / "resumed", "--stop-after-steps", "2"))
     assert latest_checkpoint(tmp_path / "resumed").name == "step-00000002"
-    summary = train(ct_args(ct_dataset, tmp_path / "resumed", "--resume-from-checkpoint", "latest"))
+    summary = train(ct_config(ct_dataset, tmp_path / "resumed", "--resume-from-checkpoint", "latest"))
     assert summary["finished"] and summary["step"] == 3
     a = load_file(str(latest_checkpoint(tmp_path / "straight") / "model.safetensors"))
     b = load_file(str(latest_checkpoint(tmp_path / "resumed") / "model.safetensors"))

@@ -23,7 +23,9 @@ from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 
 from hf_cxr.modeling.common.losses import LossSettings
 
-STRICT = ConfigDict(extra="forbid")
+# Every section refuses an unknown key and a value of the wrong type, when it is built and when a field is set later
+# (`config.optimization.batch_size = "abc"` or a misspelled attribute raises, naming the field).
+STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 @dataclass(config=STRICT)
@@ -138,8 +140,6 @@ class Rotation:
     """Largest angle, in degrees."""
     p: float = 1.0
     """Probability of rotating an image."""
-    plane: Literal["axial"] = "axial"
-    """CT: the plane of rotation (axial only)."""
 
 
 @dataclass(config=STRICT)

@@ -7,7 +7,6 @@ precision, gradient accumulation and an optional `torch.compile`. What differs b
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -53,18 +52,19 @@ from hf_cxr.training.tracking import DataWaitClock, compute_summary, print_outpu
 from hf_cxr.training.validation import validate_and_keep_best
 
 
-def train(config: TrainingConfig | argparse.Namespace) -> dict[str, Any]:
+def train(config: TrainingConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns the summary added to `metrics.json` (steps, stages, validation history,
-    compute). `config` is a `TrainingConfig`, or the flags `add_train_arguments` parsed (made one by
-    `config_from_arguments`).
+    compute). `hf-cxr train` makes `config` from its flags with `config_from_arguments`.
 
     Everything that can be refused is checked before training starts: the recipe and flags (`ValueError`), the
     output folder (`FileExistsError`, `FileNotFoundError`, see `prepare_output_dir`), the model's config, the dataset
-    and the recipe's data section (`apply_data_section`); each error names the value and what to do."""
-    if isinstance(config, argparse.Namespace):
-        from hf_cxr.training.arguments import config_from_arguments
-
-        config = config_from_arguments(config)
+    and the recipe's data section (`apply_data_section`); each error names the value and what to do. Raises
+    `TypeError` when `config` is not a `TrainingConfig`."""
+    if not isinstance(config, TrainingConfig):
+        raise TypeError(
+            f"train() takes a TrainingConfig, got {type(config).__name__}; "
+            "hf_cxr.training.arguments.config_from_arguments makes one from parsed `hf-cxr train` flags"
+        )
     config = copy.deepcopy(config)  # the run fills in its recipe (the data section, the preset built): a copy
     config.check()
     output_dir = Path(config.output_dir)
