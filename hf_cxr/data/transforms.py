@@ -6,10 +6,11 @@ float32 [B, C, H, W] and `labels` float32 [B, K] (the Trainer's BCE needs floats
 label, as the CheXpert converter writes for `--uncertain ignore`). Use with
 `TrainingArguments(remove_unused_columns=False)`: the transform needs the raw `image` column.
 
-Training augmentation is deliberately small and geometric, applied to the grey image in [0, 1] before the
-processor resizes it: a random affine (rotation, shift, scale) and a mild brightness/contrast jitter, the
-range the CheXNet-style recipes use. No horizontal flip by default: it moves the heart to the right, which is
-itself a finding (dextrocardia) and changes what left/right-sided labels mean.
+Training augmentation is a recipe's `augmentation` section, applied to the grey image in [0, 1] before the
+processor resizes it (`hf_cxr.training.augment.per_image_augmentation`). By default it is the mild geometric one
+of the CR-MSNet and MA-MSF recipes (`mild_geometric_augmentation`: rotation and shift/scale). No horizontal flip by
+default: it moves the heart to the right, which is itself a finding (dextrocardia) and changes what left/right-sided
+labels mean.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from hf_cxr.imaging import load_radiograph
 
@@ -55,24 +55,6 @@ def eval_transform(
     return transform
 
 
-def train_augmentation(
-    degrees: float = 7.0,
-    translate: float = 0.05,
-    scale: tuple[float, float] = (0.9, 1.1),
-    brightness: float = 0.1,
-    contrast: float = 0.1,
-    horizontal_flip: float = 0.0,
-) -> v2.Compose:
-    """The augmentation `train_transform` applies to a grey [1, H, W] float image (see the module doc)."""
-    steps: list[Any] = [
-        v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
-        v2.ColorJitter(brightness=brightness, contrast=contrast),
-    ]
-    if horizontal_flip > 0:
-        steps.append(v2.RandomHorizontalFlip(p=horizontal_flip))
-    return v2.Compose(steps)
-
-
 def train_transform(
     image_processor: Any,
     image_column: str = "image",
@@ -80,7 +62,9 @@ def train_transform(
     augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None,
     teacher_processor: Any | None = None,
 ) -> Callable[[dict[str, list[Any]]], dict[str, torch.Tensor]]:
-    """`eval_transform` plus random augmentation (default `train_augmentation()`) before the processor.
+    """`eval_transform` plus random augmentation before the processor: `augmentation` takes a grey [1, H, W] image
+    (e.g. `per_image_augmentation(recipe.augmentation)`); by default the recipes' mild geometric one
+    (`hf_cxr.training.augment.mild_geometric_augmentation`).
 
     Each image is read at full precision as grey [0, 1], augmented as a [1, H, W] tensor, clamped back to
     [0, 1] and handed to the processor, which resizes and normalises it as at inference. The augmentation draws
@@ -90,14 +74,17 @@ def train_transform(
     teacher that reads other pixels than the student, e.g. torchxrayvision's centre crop), the same augmented image
     also goes through it, as `teacher_pixel_values`.
     """
-    augment = augmentation if augmentation is not None else train_augmentation()
+    if augmentation is None:
+        from hf_cxr.training.augment import mild_geometric_augmentation, per_image_augmentation
+
+        augmentation = per_image_augmentation(mild_geometric_augmentation())
 
     def transform(batch: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
         images = []
         seeds = batch.get(AUGMENTATION_SEED)
         for index, image in enumerate(batch[image_column]):
             grey = torch.from_numpy(load_radiograph(image, name=f"{image_column}[{index}]"))[None]
-            images.append(seeded(augment, grey, None if seeds is None else int(seeds[index])).clamp_(0.0, 1.0))
+            images.append(seeded(augmentation, grey, None if seeds is None else int(seeds[index])).clamp_(0.0, 1.0))
         output = {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"]}
         if teacher_processor is not None:
             output["teacher_pixel_values"] = teacher_processor(images, return_tensors="pt")["pixel_values"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from hf_cxr.training.config import AugmentationSection, Rotation, Sharpen
+from hf_cxr.training.config import Affine, AugmentationSection, Rotation, Sharpen
 
 # The augmentation keys a CT slab takes; the others are for 2D images.
 CT_AUGMENTATIONS = ("rotate", "sharpen")
@@ -23,6 +23,15 @@ _SLOTS = ("crop_p", "crop_top", "crop_left", "flip", "rotate_p", "angle", "affin
           "shear", "elastic_p", "blur_p", "blur_sigma")  # fmt: skip
 _SLOT = {name: 2 * _CROP_TRIES + index for index, name in enumerate(_SLOTS)}
 _DRAWS = 2 * _CROP_TRIES + len(_SLOTS)
+
+
+def mild_geometric_augmentation() -> AugmentationSection:
+    """The CR-MSNet and MA-MSF recipes' augmentation (ours: those papers are silent), the default of
+    `hf_cxr.data.train_transform`: a rotation up to 7 degrees and an affine (shift up to 5 %, scale 0.95-1.05), each
+    with probability 0.5; no flips (left/right carries anatomy: situs, cardiomegaly)."""
+    return AugmentationSection(
+        rotate=Rotation(degrees=7.0, p=0.5), affine=Affine(translate=(0.05, 0.05), scale=(0.95, 1.05), p=0.5)
+    )
 
 
 def per_image_augmentation(section: AugmentationSection) -> v2.Compose:
