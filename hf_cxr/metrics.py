@@ -15,6 +15,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """scikit-learn's ROC-AUC of `score` [N] against 0/1 `truth` [N]; NaN unless both classes are present. Every AUC
+    hf-cxr reports (per finding, pooled, per CT class) is this one."""
+    return float(roc_auc_score(truth, score)) if truth.size > 0 and 0.0 < truth.mean() < 1.0 else math.nan
+
+
 def per_class_roc_auc(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
     """ROC-AUC of each finding; NaN where the finding has only one class among the scored images.
 
@@ -30,11 +36,7 @@ def per_class_roc_auc(probabilities: np.ndarray, targets: np.ndarray, label_name
     scores = {}
     for index, name in enumerate(label_names):
         keep = targets[:, index] != IGNORE_LABEL
-        truth = targets[keep, index]
-        if truth.size == 0 or np.unique(truth).size < 2:
-            scores[name] = math.nan
-        else:
-            scores[name] = float(roc_auc_score(truth, probabilities[keep, index]))
+        scores[name] = roc_auc(targets[keep, index], probabilities[keep, index])
     return scores
 
 

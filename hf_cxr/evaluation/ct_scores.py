@@ -22,7 +22,6 @@ from typing import Any
 
 import datasets
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from hf_cxr.evaluation.scores import (
     AT_CHOSEN,
@@ -32,14 +31,13 @@ from hf_cxr.evaluation.scores import (
     DEFAULT_THRESHOLD,
     Interval,
     ThresholdChoice,
-    _both_classes,
     bootstrap_by_patient,
     confusion_metrics,
     expected_calibration_error,
     prediction_metrics,
     threshold_choices,
 )
-from hf_cxr.metrics import mean_of_defined
+from hf_cxr.metrics import mean_of_defined, roc_auc
 
 AGGREGATIONS = ("max", "mean")
 BINARY_METRICS = ("accuracy", "f1", "sensitivity", "specificity", "ppv", "npv")
@@ -96,10 +94,6 @@ def aggregate_by_patient(
     return PatientScores(patient_probabilities, patient_labels, order, slabs)
 
 
-def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
-    return float(roc_auc_score(truth, score)) if _both_classes(truth) else math.nan
-
-
 def binary_metrics(truth: Any, score: Any, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
     """`BINARY_METRICS` of `score >= threshold` (`score` [N] against 0/1 `truth` [N]), from the multi-label path's
     `scores.confusion_metrics` (PPV is its precision); NaN where undefined (e.g. sensitivity without positives)."""
@@ -124,7 +118,7 @@ def single_label_point_metrics(
     if positive_index is not None:
         truth = (labels == positive_index).astype(np.float64)
         score = probabilities[:, positive_index]
-        flat = {"auroc": _auroc(truth, score)}
+        flat = {"auroc": roc_auc(truth, score)}
         points = {AT_HALF: DEFAULT_THRESHOLD, **({AT_CHOSEN: threshold} if threshold is not None else {})}
         for point, value in points.items():
             flat.update({f"{point}/{key}": number for key, number in binary_metrics(truth, score, value).items()})
@@ -133,7 +127,7 @@ def single_label_point_metrics(
     flat = {}
     for index, name in enumerate(label_names):
         truth = (labels == index).astype(np.float64)
-        flat[f"auroc/{name}"] = _auroc(truth, probabilities[:, index])
+        flat[f"auroc/{name}"] = roc_auc(truth, probabilities[:, index])
         flat[f"f1/{name}"] = prediction_metrics(truth, predicted == index)["f1"]
     flat["auroc_macro"] = mean_of_defined([flat[f"auroc/{name}"] for name in label_names])
     flat["accuracy"] = float(np.mean(predicted == labels)) if len(labels) else math.nan

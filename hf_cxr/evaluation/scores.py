@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_curve
 
 from hf_cxr.labels import CHESTXRAY14_TO_CHEXPERT
 from hf_cxr.losses import IGNORE_LABEL
-from hf_cxr.metrics import macro_roc_auc, mean_of_defined, per_class_roc_auc
+from hf_cxr.metrics import macro_roc_auc, mean_of_defined, per_class_roc_auc, roc_auc
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BOOTSTRAP = 1000
@@ -66,7 +66,7 @@ def micro_roc_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
     """ROC-AUC of all scored (image, finding) pairs pooled: common findings weigh more than in the macro mean."""
     keep = targets != IGNORE_LABEL
     truth = targets[keep]
-    return float(roc_auc_score(truth, probabilities[keep])) if _both_classes(truth) else math.nan
+    return roc_auc(truth, probabilities[keep])
 
 
 def per_class_average_precision(
