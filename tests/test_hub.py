@@ -299,6 +299,24 @@ def _listing(folder: Path) -> set[str]:
     return {str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file()}
 
 
+def test_a_folder_with_incomplete_remote_code_is_saved_again_with_all_of_it(tmp_path: Path) -> None:
+    """A saved folder missing a file its auto_map names is loaded (hf-cxr's classes, nothing downloaded) and saved
+    again into the upload folder, with every remote-code file and the same weights."""
+    from hf_cxr.hub.push import assemble_upload_folder
+
+    torch.manual_seed(0)
+    model, processor = build_model("cr_msnet", "tiny").eval(), build_image_processor("cr_msnet", "tiny")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "modeling_cr_msnet.py").unlink()
+    assemble_upload_folder(tmp_path / "model", tmp_path / "upload", REPO_ID)
+    assert (tmp_path / "upload" / "modeling_cr_msnet.py").is_file()
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "upload").eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixels).logits, model(pixels).logits)
+
+
 def test_dry_run_writes_the_exact_upload_folder(run, tmp_path: Path) -> None:
     model_dir, report_dir = run
     (model_dir / "optimizer.pt").write_bytes(b"not for the Hub")

@@ -26,13 +26,11 @@ MODEL_SUFFIXES = (".safetensors", ".safetensors.index.json", ".py")
 
 
 def _task_auto_class(model_dir: Path) -> Any:
-    """The Auto class of the saved model's task (image classification; video classification for CT slabs)."""
-    from hf_cxr.registry import ARCHITECTURES
+    """The Auto class of the saved model's task (image classification; video classification for CT slabs); raises
+    `ValueError` as `load_config` does for a model that is not one of hf-cxr's."""
+    from hf_cxr.registry import ARCHITECTURES, load_config
 
-    model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"'{model_dir}' holds a {model_type!r} model, not one of hf-cxr's {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[model_type].task_auto_class
+    return ARCHITECTURES[load_config(model_dir).model_type].task_auto_class
 
 
 def _auto_map_complete(model_dir: Path) -> bool:
@@ -57,12 +55,11 @@ def _copy_model_files(model_dir: Path, target: Path) -> list[str]:
     if (model_dir / "pytorch_model.bin").is_file() and not any(model_dir.glob("*.safetensors")):
         raise ValueError(f"'{model_dir}' holds pickled weights only; hf-cxr publishes safetensors (save_pretrained)")
     if not _auto_map_complete(model_dir):
-        from transformers import AutoImageProcessor
+        from hf_cxr.registry import load_model  # hf-cxr's registered classes: save_pretrained writes auto_map
 
-        import hf_cxr  # noqa: F401  (registration: save_pretrained then writes auto_map and copies the code)
-
-        _task_auto_class(model_dir).from_pretrained(model_dir).save_pretrained(target)
-        AutoImageProcessor.from_pretrained(model_dir).save_pretrained(target)
+        model, processor = load_model(model_dir, device="cpu")
+        model.save_pretrained(target)
+        processor.save_pretrained(target)
         return sorted(path.name for path in target.iterdir())
     copied = []
     for path in sorted(model_dir.iterdir()):
