@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from hf_cxr.modeling.common.imaging import load_radiograph
+from hf_cxr.imaging import load_radiograph
 
 # Grad-CAM layers per model type, in order of preference: the first whose map has more than one cell is used
 # (a 1 x 1 map carries no location). Names are `model.named_modules()` paths of the task models.

@@ -45,8 +45,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from hf_cxr.imaging import load_radiograph
 from hf_cxr.inference.explain import HEATMAP_STATUS, Explanation, explain, overlay
-from hf_cxr.modeling.common.imaging import load_radiograph
 
 DISCLAIMER = (
     "Research use only: hf-cxr models are not medical devices and must not be used for diagnosis or patient "

@@ -21,7 +21,7 @@ import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 
-from hf_cxr.modeling.common.losses import LossSettings
+from hf_cxr.losses import LossSettings
 
 # Every section refuses an unknown key and a value of the wrong type, when it is built and when a field is set later
 # (`config.optimization.batch_size = "abc"` or a misspelled attribute raises, naming the field).
