@@ -119,11 +119,18 @@ def config_from_arguments(args: argparse.Namespace) -> TrainingConfig:
     return config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python training_scripts/train.py ...`: parse the flags, train, print the summary (without the history)."""
+def train_from_arguments(args: argparse.Namespace) -> int:
+    """Train with the parsed flags of `add_train_arguments` and print the run's summary (without the validation
+    history); what `hf-cxr train` and `training_scripts/train.py` run. Raises as `config_from_arguments` and
+    `train` do."""
     from hf_cxr.training.loop import train
 
-    parser = add_train_arguments(argparse.ArgumentParser(description="Train an hf-cxr model with Accelerate."))
-    summary = train(config_from_arguments(parser.parse_args(argv)))
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    summary = train(config_from_arguments(args))
+    print(json.dumps({key: value for key, value in summary.items() if key != "history"}, indent=2))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python training_scripts/train.py ...`: parse the flags, then `train_from_arguments`."""
+    parser = add_train_arguments(argparse.ArgumentParser(description="Train an hf-cxr model with Accelerate."))
+    return train_from_arguments(parser.parse_args(argv))
