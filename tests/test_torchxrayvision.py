@@ -402,7 +402,7 @@ def test_the_mxa_recipe_runs_with_its_published_teacher(imported: Path, tmp_path
     from test_data_chexpert import _write_tree
 
     from hf_cxr.data import convert_chexpert
-    from hf_cxr.training import Teacher, add_train_arguments, train
+    from hf_cxr.training import Teacher, add_train_arguments, config_from_arguments, train
 
     dataset = tmp_path / "chexpert"
     convert_chexpert(_write_tree(tmp_path / "raw"), dataset, uncertain="ones", image_size=None)
@@ -417,7 +417,7 @@ def test_the_mxa_recipe_runs_with_its_published_teacher(imported: Path, tmp_path
     argv = ["--model", "mxa_efficientvit", "--recipe", "mxa_efficientvit_chexpert", "--teacher", str(imported),
             "--dataset", str(dataset), "--output-dir", str(tmp_path / "run"), "--max-steps", "2",
             "--per-device-batch-size", "2", "--log-with", "csv"]  # fmt: skip
-    summary = train(add_train_arguments(argparse.ArgumentParser()).parse_args(argv))
+    summary = train(config_from_arguments(add_train_arguments(argparse.ArgumentParser()).parse_args(argv)))
     assert summary["finished"] and summary["step"] == 2
     assert len(seen) == 2 and all(tuple(pixels.shape) == (2, 1, 224, 224) for pixels in seen)
     recorded = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
