@@ -59,7 +59,9 @@ def error_line(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = ["hf-cxr", *argv]  # what `hf-cxr train` records as the run's command
     debug = args.debug or os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0")
     try:
         return int(args.func(args) or 0)

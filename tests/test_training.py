@@ -94,7 +94,7 @@ def test_a_run_lowers_the_loss_and_keeps_the_best_validation_model(tiny_dataset,
     run = metrics["run"]  # what the model card states: the run that happened
     assert run["preset"] == "tiny" and run["image_size"] == 64 and run["max_steps"] == 10 and run["recipe"] is None
     assert run["dataset"]["rows"] == {"train": 10, "validation": 5} and run["dataset"]["conversion"] is None
-    assert isinstance(run["command_line"], list) and run["command_line"]
+    assert run["command_line"] == ["hf-cxr", *argv]  # the command, not the Python process's argv (pytest's here)
     assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["model"]["preset"] == "tiny"
     # --log-with defaults to csv plus TensorBoard (installed by the test extra), both under logs/run.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -114,6 +115,7 @@ def config_from_arguments(args: argparse.Namespace) -> TrainingConfig:
         compile=args.compile, checkpointing_steps=args.checkpointing_steps, keep_checkpoints=args.keep_checkpoints,
         eval_steps=args.eval_steps, stop_after_steps=args.stop_after_steps, num_workers=args.num_workers,
         augment_on=args.augment_on, use_cpu=args.use_cpu, log_with=args.log_with,
+        command_line=getattr(args, "command_line", None),
     )  # fmt: skip
     config.check()
     return config
@@ -133,4 +135,7 @@ def train_from_arguments(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python training_scripts/train.py ...`: parse the flags, then `train_from_arguments`."""
     parser = add_train_arguments(argparse.ArgumentParser(description="Train an hf-cxr model with Accelerate."))
-    return train_from_arguments(parser.parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.command_line = [Path(sys.argv[0]).name or "train.py", *argv]
+    return train_from_arguments(args)

@@ -390,6 +390,9 @@ class TrainingConfig:
     """Train on the CPU even when a GPU is visible (`--use-cpu`)."""
     log_with: str = "auto"
     """Comma-separated trackers: csv, tensorboard, wandb, none; auto = csv, plus tensorboard when installed."""
+    command_line: list[str] | None = None
+    """The command that started the run (`hf-cxr train ...` or `train.py ...`), recorded in metrics.json and shown
+    on the model card; None for a run started from Python, whose command line says nothing about it."""
 
     @property
     def built_preset(self) -> str:

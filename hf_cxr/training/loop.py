@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     label_names = [model.config.id2label[index] for index in sorted(model.config.id2label)]
     train_split, validation_split, dataset_record = apply_data_section(recipe, config.dataset, data, label_names)
     run_record = {
-        "command_line": list(sys.argv),
+        "command_line": config.command_line,
         "model_type": config.model_type,
         "preset": preset,
         "image_size": model.config.image_size,
