@@ -93,11 +93,11 @@ def run_demo(
     output_dir = Path(output_dir)
     prepare_output_dir(output_dir)
     print(DISCLAIMER)
-    raw = write_sample_raw_tree(output_dir / "raw", seed=seed)
+    raw = write_sample_raw_tree(output_dir / "raw")
     data_dir = output_dir / "data"
     print(f"\n[1/5] converting the bundled NIH sample ({raw}) with the ChestX-ray14 converter")
-    # The sample's list files are a seeded random split, not NIH's official lists: convert with the protocol that
-    # says so (every listed image re-split by patient), so the dataset and model cards state the split as made.
+    # The sample has no NIH split lists: convert with the protocol that says so (the table's images split by
+    # patient, seeded), so the dataset and model cards state the split as made.
     data = convert_chestxray14(
         raw, data_dir, image_size=None, seed=seed, validation_fraction=0.15, test_fraction=0.15,
         split_protocol="random_patient", overwrite=True,

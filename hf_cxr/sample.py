@@ -7,7 +7,6 @@ and one 0/1 column per ChestX-ray14 finding. Full datasets go through `hf-cxr co
 from __future__ import annotations
 
 import csv
-import random
 import shutil
 from pathlib import Path
 
@@ -51,12 +50,13 @@ def load_labelled_folder(folder: str | Path = SAMPLE_DIR) -> datasets.Dataset:
     )
 
 
-def write_sample_raw_tree(destination: str | Path, test_fraction: float = 0.15, seed: int = 0) -> Path:
+def write_sample_raw_tree(destination: str | Path) -> Path:
     """Lay the bundled sample out as NIH ships ChestX-ray14, so that `hf-cxr convert chestxray14` reads it.
 
-    Writes `Data_Entry_2017_v2020.csv` (the sample's NIH rows), `images/`, and split lists. NIH's official
-    `train_val_list.txt`/`test_list.txt` cover the full dataset and are not shipped, so the lists written here
-    are a seeded random split by patient (`test_fraction` of the patients in `test_list.txt`), not the official one.
+    Writes `Data_Entry_2017_v2020.csv` (the sample's NIH rows) and `images/`. NIH's official `train_val_list.txt`
+    and `test_list.txt` cover the full dataset and are not shipped, and no list is written in their place: convert
+    the tree with `split_protocol="random_patient"` (`--split-protocol random_patient`), which splits the table's
+    images by patient and says so in the dataset card; the default, NIH's official lists, refuses it.
     """
     destination = Path(destination)
     (destination / "images").mkdir(parents=True, exist_ok=True)
@@ -70,11 +70,4 @@ def write_sample_raw_tree(destination: str | Path, test_fraction: float = 0.15, 
         writer.writerows(row[:11] for row in body)
     for row in body:
         shutil.copyfile(SAMPLE_DIR / "images" / row[0], destination / "images" / row[0])
-    patients = sorted({row[3] for row in body})
-    random.Random(seed).shuffle(patients)
-    test_patients = set(patients[: max(1, round(test_fraction * len(patients)))])
-    test = [row[0] for row in body if row[3] in test_patients]
-    train_val = [row[0] for row in body if row[3] not in test_patients]
-    (destination / "test_list.txt").write_text("\n".join(test) + "\n")
-    (destination / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
     return destination

@@ -386,6 +386,24 @@ def test_random_patient_split_protocol_is_patient_disjoint_and_labelled(tmp_path
         convert_chestxray14(tmp_path / "raw", tmp_path / "bad", split_protocol="random")
 
 
+def test_the_bundled_sample_converts_only_as_the_random_split_it_is(tmp_path: Path) -> None:
+    """The sample tree has no NIH split lists (a random list written in their place made the default conversion's
+    card claim NIH's official split): the default protocol refuses it naming the lists, `random_patient` splits the
+    table's images by patient and its card says that the download had no lists."""
+    from hf_cxr.sample import write_sample_raw_tree
+
+    raw = write_sample_raw_tree(tmp_path / "raw")
+    assert not (raw / "test_list.txt").exists() and not (raw / "train_val_list.txt").exists()
+    with pytest.raises(MissingFilesError, match=r"official split list.*random_patient") as error:
+        convert_chestxray14(raw, tmp_path / "official", image_size=32)
+    assert sorted(error.value.paths) == ["test_list.txt", "train_val_list.txt"]
+    rows = len((raw / "Data_Entry_2017_v2020.csv").read_text().splitlines()) - 1
+    dataset = convert_chestxray14(raw, tmp_path / "random", image_size=32, split_protocol="random_patient").dataset
+    assert sum(len(part) for part in dataset.values()) == rows  # every image of the table, once
+    card = (tmp_path / "random" / "README.md").read_text()
+    assert "NOT the official NIH lists" in card and "had no split lists: every image was re-assigned" in card
+
+
 def test_one_progress_bar_for_the_whole_conversion(
     tmp_path: Path, full_table: list, capsys: pytest.CaptureFixture[str]
 ) -> None:

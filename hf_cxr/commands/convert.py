@@ -68,8 +68,8 @@ def add_parser(subparsers: Any) -> None:
         "--split-protocol",
         choices=["official", "random-patient"],
         default="official",
-        help="official: NIH's test list is the test split; random-patient: every listed image re-split by "
-        "patient (seeded), labelled as such in the card",
+        help="official: NIH's test list is the test split; random-patient: every listed image (every image of the "
+        "table when the download has no lists) re-split by patient (seeded), labelled as such in the card",
     )
     nih.add_argument(
         "--test-fraction",

@@ -323,8 +323,9 @@ def _splits_description(settings: dict[str, Any]) -> str:
             f"two splits; checked by the converter): {validation} of the patients go to `validation`, seed {seed}."
         )
     test = settings["test_fraction"]
+    which = "Every listed image" if settings.get("from_lists", True) else "The download had no split lists: every image"
     return (
-        "- Protocol: **seeded random patient split, NOT the official NIH lists**. Every listed image was re-assigned "
+        f"- Protocol: **seeded random patient split, NOT the official NIH lists**. {which} was re-assigned "
         f"by patient: {1 - validation - test:.2f} train, {validation} validation, {test} test (seed {seed}); no "
         "patient in two splits. Results on this `test` split are not comparable with official-list results."
     )
@@ -409,7 +410,8 @@ def convert_chestxray14(
     1: in this process). `skip_bad` skips unreadable images instead of failing, listing each one in the card and
     `skipped_files.txt`. `split_protocol`: "official" (NIH's test list is `test`; train/validation divide the
     train_val patients, `validation_fraction` of them to validation) or "random_patient" (every listed image
-    re-split by patient with `test_fraction` and `validation_fraction`, seeded).
+    re-split by patient with `test_fraction` and `validation_fraction`, seeded; with neither list in `root`, every
+    image of the table).
 
     Raises `FileExistsError` for an existing `out_dir` without `overwrite` (before reading anything),
     `FileNotFoundError`/`MissingFilesError` for a missing table, list or image, `PatientLeakError` for a patient in
@@ -430,12 +432,17 @@ def convert_chestxray14(
     if table_path is None:
         raise FileNotFoundError(f"no {' or '.join(TABLE_NAMES)} in '{root}'")
     missing_lists = [name for name in (TRAIN_VAL_LIST, TEST_LIST) if not (root / name).is_file()]
-    if missing_lists:
-        raise MissingFilesError(f"official split list(s) in '{root}'", missing_lists)
+    # "random_patient" re-splits the listed images, or, when the download has neither list, every image of the table.
+    if missing_lists and (split_protocol == "official" or len(missing_lists) == 1):
+        hint = " (NIH ships both; without them, split_protocol 'random_patient' re-splits the table's images)"
+        raise MissingFilesError(f"official split list(s) in '{root}'{hint}", missing_lists)
     records = {record.image_id: record for record in read_nih_table(table_path)}
     bbox_path = _find_first(root, (BBOX_NAME,))
     boxes = read_nih_bboxes(bbox_path) if bbox_path else {}
-    lists = {"train_val": _read_list(root / TRAIN_VAL_LIST), "test": _read_list(root / TEST_LIST)}
+    if missing_lists:
+        lists = {"train_val": list(records), "test": []}
+    else:
+        lists = {"train_val": _read_list(root / TRAIN_VAL_LIST), "test": _read_list(root / TEST_LIST)}
 
     unknown = [name for names in lists.values() for name in names if name not in records]
     if unknown:
@@ -483,6 +490,7 @@ def convert_chestxray14(
         "validation_fraction": validation_fraction,
         "split_protocol": split_protocol,
         "test_fraction": test_fraction if split_protocol == "random_patient" else None,
+        "from_lists": not missing_lists,
         "skip_bad": skip_bad,
         "table": table_path.name,
     }
