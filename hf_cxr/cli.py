@@ -15,14 +15,17 @@ import os
 import sys
 from collections.abc import Sequence
 
+from huggingface_hub.errors import StrictDataclassError
+
 # Modules in `hf_cxr.commands`, each with `add_parser(subparsers)` that sets `func` on its parser.
 COMMAND_MODULES = (
     "demo", "convert", "train", "evaluate", "push", "predict", "bench", "export_onnx", "import_torchxrayvision",
 )  # fmt: skip
 DEBUG_VARIABLE = "HF_CXR_DEBUG"
 # What a user's mistake raises in hf-cxr (bad values: ValueError; paths: FileNotFoundError, FileExistsError and
-# the other OSErrors, the Hub's offline and not-found errors among them; a missing optional package: ImportError).
-EXPECTED_ERRORS = (ValueError, OSError, ImportError)
+# the other OSErrors, the Hub's offline and not-found errors among them; a missing optional package: ImportError;
+# a model config value of the wrong type, e.g. in a saved config.json: huggingface_hub's StrictDataclassError).
+EXPECTED_ERRORS = (ValueError, OSError, ImportError, StrictDataclassError)
 
 
 def build_parser() -> argparse.ArgumentParser:

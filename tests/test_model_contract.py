@@ -357,3 +357,22 @@ def test_a_misspelled_config_field_is_refused_by_name(model_type: str) -> None:
             hf_cxr.build_config(model_type, "tiny", **{name: 1})
     assert hf_cxr.build_config(model_type, "tiny", labels=["a", "b"]).id2label == {0: "a", 1: "b"}
     assert hf_cxr.build_config(model_type, "tiny", num_labels=4).num_labels == 4  # a settable property
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_a_config_value_of_the_wrong_kind_is_refused_by_name(model_type: str) -> None:
+    """A value of another type (`image_size="64"` built a model that refused every input), a problem type the head
+    does not compute (a softmax pipeline over a sigmoid head), and labels that disagree with `num_labels` (the names
+    were dropped) are refused at construction, naming the field."""
+    with pytest.raises(ValueError, match=r"Field 'image_size' expected int, got str"):
+        hf_cxr.build_config(model_type, "tiny", image_size="64")
+    with pytest.raises(ValueError, match=r"Field 'image_size' expected int, got float"):
+        hf_cxr.build_model(model_type, "tiny", image_size=64.5)
+    other = {"multi_label_classification": "single_label_classification"}.get(
+        hf_cxr.build_config(model_type, "tiny").problem_type, "multi_label_classification"
+    )
+    with pytest.raises(ValueError, match=rf"problem_type must be .*, got '{other}'"):
+        hf_cxr.build_config(model_type, "tiny", problem_type=other)
+    with pytest.raises(ValueError, match=r"num_labels \(3\) disagrees with the 2 labels given"):
+        hf_cxr.build_config(model_type, "tiny", labels=["a", "b"], num_labels=3)
+    assert hf_cxr.build_config(model_type, "tiny", classifier_dropout=0).classifier_dropout == 0  # YAML's 0 for 0.0

@@ -1,11 +1,11 @@
 """Configuration fields every hf-cxr 2D multi-label classifier shares; each architecture's config subclasses it."""
 
-from __future__ import annotations
-
 import dataclasses
 import difflib
 from typing import Any, ClassVar
 
+from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PretrainedConfig
 
 from .labels import CHESTXRAY14_LABELS, label_maps
@@ -15,11 +15,13 @@ from .losses import CLASS_BALANCE_MODES, LOSS_TYPES
 CONSUMED_INPUTS = frozenset({"labels"})
 
 
+@strict(accept_kwargs=True)
 class CXRClassifierConfig(PretrainedConfig):
     r"""Shared fields of the multi-label chest X-ray classifiers (documented once here).
 
-    Fields are declared as in transformers 5 (`PretrainedConfig` is a dataclass): keyword-only, with the defaults
-    below; an architecture's config adds its own and may give a shared one another default.
+    Fields are declared as in transformers 5 (`PretrainedConfig` is a dataclass, checked by huggingface_hub's
+    `@strict`): keyword-only, typed (a value of another type raises `StrictDataclassFieldValidationError`, naming the
+    field), with the defaults below; an architecture's config adds its own and may give a shared one another default.
 
     Args:
         image_size (`int`, defaults to 224): input height and width.
@@ -47,31 +49,35 @@ class CXRClassifierConfig(PretrainedConfig):
 
     Raises:
         `ValueError`: at construction (`_validate`, extended by each architecture's config), naming the field: a
-            `loss` not in `loss_types`, an unknown `class_balance_mode`, `class_positive_counts` not of
-            `num_labels` entries, `decision_thresholds` for labels the model does not have, or repeated label names.
+            `problem_type` other than the architecture's (`default_problem_type`), a `loss` not in `loss_types`, an
+            unknown `class_balance_mode`, `class_positive_counts` not of `num_labels` entries, `decision_thresholds`
+            for labels the model does not have, repeated label names, or `labels` beside a `num_labels` or
+            `id2label` that disagrees with them.
+        `StrictDataclassFieldValidationError` (huggingface_hub): a field given a value of another type.
     """
 
     default_labels: ClassVar[tuple[str, ...]] = CHESTXRAY14_LABELS
     # The `loss` names this architecture's head accepts (multi-label sigmoid losses by default).
     loss_types: ClassVar[tuple[str, ...]] = LOSS_TYPES
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
-    # The `problem_type` unless one is given: one sigmoid per finding, never a softmax.
+    # The one `problem_type` the architecture's head implements (its loss and the pipelines follow it): one sigmoid
+    # per finding, never a softmax.
     default_problem_type: ClassVar[str] = "multi_label_classification"
 
     image_size: int = 224
     num_channels: int = 3
-    classifier_dropout: float = 0.2
+    classifier_dropout: float | int = 0.2
     loss: str = "bce"
-    focal_gamma: float = 2.0
+    focal_gamma: float | int = 2.0
     class_positive_counts: list[int] | None = None
     num_train_samples: int | None = None
     class_balance_mode: str = "effective_number"
-    class_balance_beta: float = 0.9999
-    asymmetric_gamma_pos: float = 0.0
-    asymmetric_gamma_neg: float = 4.0
-    asymmetric_clip: float = 0.05
+    class_balance_beta: float | int = 0.9999
+    asymmetric_gamma_pos: float | int = 0.0
+    asymmetric_gamma_neg: float | int = 4.0
+    asymmetric_clip: float | int = 0.05
     decision_thresholds: dict[str, float] | None = None
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs: Any) -> None:
         """Called by transformers' generated `__init__` with the keyword arguments that are not fields (`labels`,
@@ -81,8 +87,17 @@ class CXRClassifierConfig(PretrainedConfig):
         if self.class_positive_counts is not None:
             self.class_positive_counts = list(self.class_positive_counts)
         self.decision_thresholds = dict(self.decision_thresholds or {})
-        if self.id2label is None and "num_labels" not in kwargs:
-            self.id2label, self.label2id = label_maps(kwargs.pop("labels", self.default_labels))
+        labels = kwargs.pop("labels", None)
+        if labels is not None:  # names win over a count, but never silently over a different one
+            id2label, label2id = label_maps(labels)
+            count = kwargs.pop("num_labels", None)
+            if count is not None and count != len(id2label):
+                self._fail("num_labels", f"({count}) disagrees with the {len(id2label)} labels given; give one of them")
+            if self.id2label is not None and {int(k): v for k, v in self.id2label.items()} != id2label:
+                self._fail("id2label", "disagrees with the labels given; give one of them")
+            self.id2label, self.label2id = id2label, label2id
+        elif self.id2label is None and "num_labels" not in kwargs:
+            self.id2label, self.label2id = label_maps(self.default_labels)
         if self.problem_type is None:
             self.problem_type = self.default_problem_type
         super().__post_init__(**kwargs)
@@ -121,6 +136,9 @@ class CXRClassifierConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         """Checks of the shared fields; subclasses extend it with their own (and call this one)."""
+        if self.problem_type != self.default_problem_type:
+            self._fail("problem_type", f"must be {self.default_problem_type!r} (what this architecture's head, its "
+                       f"loss and its pipelines compute), got {self.problem_type!r}")  # fmt: skip
         if self.loss not in self.loss_types:
             self._fail("loss", f"must be one of {self.loss_types}, got {self.loss!r}")
         if self.class_balance_mode not in CLASS_BALANCE_MODES:
@@ -142,12 +160,13 @@ class CXRClassifierConfig(PretrainedConfig):
         return isinstance(attribute, property) and attribute.fset is not None
 
     @classmethod
-    def from_preset(cls, preset: str = "paper", **overrides: Any) -> CXRClassifierConfig:
+    def from_preset(cls, preset: str = "paper", **overrides: Any) -> "CXRClassifierConfig":
         """A config from a named preset (`paper`: the published configuration, `tiny`: CPU seconds), overridden.
 
-        Raises `ValueError` for an unknown preset, and for an override that `takes_input` refuses: a name that is no
+        Raises `ValueError` for an unknown preset, for an override that `takes_input` refuses: a name that is no
         field of the config (a misspelled field would otherwise be stored and never read, and the model built
-        without it), or the name of a method or read-only property (`to_dict`, `pixel_values_shape`).
+        without it), or the name of a method or read-only property (`to_dict`, `pixel_values_shape`); for a value of
+        the wrong type (`image_size="64"`, naming the field and the type it takes); and as `_validate` does.
         """
         if preset not in cls.presets:
             raise ValueError(f"unknown {cls.model_type} preset {preset!r}; choose from {sorted(cls.presets)}")
@@ -160,4 +179,8 @@ class CXRClassifierConfig(PretrainedConfig):
                 hint = difflib.get_close_matches(name, fields, n=1)
                 named.append(name + (f" (did you mean {hint[0]}?)" if hint else ""))
             raise ValueError(f"{cls.__name__} ({cls.model_type}) has no field {', '.join(named)}")
-        return cls(**{**cls.presets[preset], **overrides}) if overrides else config
+        try:
+            return cls(**{**cls.presets[preset], **overrides}) if overrides else config
+        except StrictDataclassError as error:  # a value of the wrong type (`@strict` checks every field's type)
+            reason = str(error).strip().splitlines()[-1].strip()
+            raise ValueError(f"{cls.__name__} ({cls.model_type}): {reason}") from error

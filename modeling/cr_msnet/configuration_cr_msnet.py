@@ -1,8 +1,8 @@
 """CR-MSNet configuration (Wang et al., Sci Rep 16, 14585, 2026)."""
 
-from __future__ import annotations
-
 from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
 
 from .backbone_weights import check_backbone_weights
 from .configuration_cxr import CXRClassifierConfig
@@ -28,6 +28,7 @@ CR_MSNET_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@strict(accept_kwargs=True)
 class CRMSNetConfig(CXRClassifierConfig):
     r"""Configuration of a CR-MSNet model. Every ambiguity of the paper is a field with a documented default.
 
@@ -77,13 +78,13 @@ class CRMSNetConfig(CXRClassifierConfig):
     global_backbone_weights: bool | str | None = None
     local_backbone_weights: bool | str | None = None
     local_feature_index: int = 3
-    drop_path_rate: float = 0.1
+    drop_path_rate: float | int = 0.1
     pms_csa_reduction: int = 16
     pms_csa_kernel_sizes: list[int] | tuple[int, ...] = (3, 5, 7)
     pms_csa_combine: str = "residual"
     fusion_dim: int = 512
     num_attention_heads: int = 8
-    attention_dropout: float = 0.0
+    attention_dropout: float | int = 0.0
     bidirectional_fusion: bool = False
     gate_hidden_dim: int = 256
 

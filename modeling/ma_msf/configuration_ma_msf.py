@@ -1,8 +1,8 @@
 """MA-MSF configuration: Momentum-Anchored Multi-Scale Fusion (Khuong et al., arXiv 2605.02292, 2026)."""
 
-from __future__ import annotations
-
 from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
 
 from .backbone_weights import check_backbone_weights
 from .configuration_cxr import CXRClassifierConfig
@@ -24,6 +24,7 @@ MA_MSF_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@strict(accept_kwargs=True)
 class MAMSFConfig(CXRClassifierConfig):
     r"""Configuration of a Momentum-Anchored Multi-Scale Fusion network. The paper gives the backbone, the anchored
     block, the EMA rule and the fusion kernels; every other choice is a field with a documented default.
@@ -75,10 +76,10 @@ class MAMSFConfig(CXRClassifierConfig):
     backbone: str = "efficientnetv2_s"
     backbone_kwargs: dict[str, Any] | None = None
     backbone_weights: bool | str | None = None
-    drop_path_rate: float = 0.1
+    drop_path_rate: float | int = 0.1
     zero_init_residual: bool = True
     anchor_scope: str = "final_expansion"
-    anchor_momentum: float = 0.999
+    anchor_momentum: float | int = 0.999
     anchor_stop_gradient: bool = False
     fusion: str = "concat"
     fusion_kernels: list[int] | tuple[int, ...] = (1, 3, 5)

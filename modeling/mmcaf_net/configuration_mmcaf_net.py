@@ -1,8 +1,8 @@
 """MMCAF-Net configuration (Yu, Ge et al., "Small Lesions-aware Bidirectional Multimodal Multiscale Fusion Network")."""
 
-from __future__ import annotations
-
 from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
 
 from .clinical import ABEG_LABELS, AG_LABELS, CLINICAL_FEATURE_NAMES, HISTOLOGY
 from .configuration_cxr import CXRClassifierConfig
@@ -28,6 +28,7 @@ MMCAF_NET_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@strict(accept_kwargs=True)
 class MMCAFNetConfig(CXRClassifierConfig):
     r"""Configuration of an MMCAF-Net model (3D CT slab + 7 clinical values -> lung cancer histology).
 
@@ -102,14 +103,14 @@ class MMCAFNetConfig(CXRClassifierConfig):
     encoder_depths: list[int] | tuple[int, ...] = (3, 4, 6)
     encoder_strides: list[int] | tuple[int, ...] = (1, 2, 2)
     cardinality: int = 32
-    bottleneck_ratio: float = 0.5
+    bottleneck_ratio: float | int = 0.5
     se_reduction: int = 16
     e3d_msca_reduction: int = 16
     e3d_msca_spatial_kernel_size: int = 7
     dcfb_expansion: int = 2
     dcfb_kernel_sizes: list[int] | tuple[int, ...] = (1, 3, 5)
     pyramid_separable_convs: bool = True
-    image_dropout: float = 0.0
+    image_dropout: float | int = 0.0
     embed_dim: int = 24
     kan_grid_size: int = 5
     kan_spline_order: int = 3
@@ -117,7 +118,7 @@ class MMCAFNetConfig(CXRClassifierConfig):
     cross_attention_num_scales: int = 3
     cross_attention_tokens: int = 3
     cross_attention_num_heads: list[int] | tuple[int, ...] = (2, 2, 1)
-    cross_attention_dropout: float = 0.0
+    cross_attention_dropout: float | int = 0.0
     bsf_mode: str = "sum"
     classification_head: str = "fused"
     frozen_parts: list[str] | tuple[str, ...] = ()
@@ -154,8 +155,6 @@ class MMCAFNetConfig(CXRClassifierConfig):
 
     def _validate(self) -> None:
         super()._validate()
-        if self.problem_type != "single_label_classification":
-            self._fail("problem_type", f"must be 'single_label_classification' (softmax), got {self.problem_type!r}")
         if self.num_channels != 1:
             self._fail("num_channels", f"must be 1 (CT in HU, windowed), got {self.num_channels}")
         if not len(self.encoder_widths) == len(self.encoder_depths) == len(self.encoder_strides) == 3:

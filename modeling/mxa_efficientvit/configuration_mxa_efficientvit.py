@@ -1,10 +1,10 @@
 """MXA-EfficientViT configuration (Rand & Ibrahim, "Beyond Conventional Transformers: The Medical X-ray Attention
 (MXA) Block for Improved Multi-Label Diagnosis Using Knowledge Distillation", 2025)."""
 
-from __future__ import annotations
-
 import math
 from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
 
 from .backbone_weights import check_backbone_weights
 from .configuration_cxr import CXRClassifierConfig
@@ -40,6 +40,7 @@ MXA_EFFICIENTVIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@strict(accept_kwargs=True)
 class MXAEfficientViTConfig(CXRClassifierConfig):
     r"""Configuration of an MXA-EfficientViT: EfficientViT (MSRA) with the Medical X-ray Attention block in every
     attention block and a second (distillation) head. Every ambiguity of the paper is a field with a documented
@@ -116,13 +117,13 @@ class MXAEfficientViTConfig(CXRClassifierConfig):
     num_channels: int = 1
     use_mxa: bool = True
     mxa_fusion: str = "parallel"
-    mxa_alpha_init: float = 0.5
+    mxa_alpha_init: float | int = 0.5
     roi_pooling: str = "differentiable"
     roi_initial_box: list[float] | tuple[float, ...] | None = (0.05, 0.05, 0.95, 0.95)
     mxa_channel_reduction: int = 16
     mxa_spatial_kernel_size: int = 7
     distillation_head: bool = True
-    classifier_dropout: float = 0.0
+    classifier_dropout: float | int = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.variant not in MXA_EFFICIENTVIT_VARIANTS:

@@ -5,9 +5,9 @@ The weights themselves are imported from torchxrayvision's release files by `hf-
 (`hf_cxr.interop.torchxrayvision`), which fills `torchxrayvision_weights`, `labels` and `decision_thresholds`.
 """
 
-from __future__ import annotations
-
 from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
 
 from .configuration_cxr import CXRClassifierConfig
 from .labels import TORCHXRAYVISION_LABELS
@@ -33,6 +33,7 @@ TORCHXRAYVISION_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+@strict(accept_kwargs=True)
 class TorchXRayVisionConfig(CXRClassifierConfig):
     r"""Configuration of a torchxrayvision classifier: a timm DenseNet-121 or ResNet-50 on one grey channel with a
     linear multi-label head, the architecture of torchxrayvision's pretrained weight sets.
@@ -70,7 +71,7 @@ class TorchXRayVisionConfig(CXRClassifierConfig):
     backbone_kwargs: dict[str, Any] | None = None
     torchxrayvision_weights: str | None = None
     num_channels: int = 1
-    classifier_dropout: float = 0.0
+    classifier_dropout: float | int = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.backbone_kwargs = dict(self.backbone_kwargs or {})
