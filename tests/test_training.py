@@ -299,6 +299,21 @@ def test_an_unknown_key_or_a_wrong_value_is_refused_by_its_path(tmp_path) -> Non
     assert not (tmp_path / "out").exists()
 
 
+def test_max_steps_is_the_run_length_or_refused(tmp_path) -> None:
+    """`--max-steps 1` with a two-stage recipe ran two steps ("finished at step 2 of 2"): fewer steps than stages is
+    refused before anything is written, and otherwise the stages' steps add up to exactly `max_steps` (they could
+    exceed it when the last stage's share rounded below one step)."""
+    from hf_cxr.training.schedule import Stage, resolve_steps
+
+    with pytest.raises(ValueError, match=r"max_steps 1 is fewer than the recipe's 2 curriculum stages"):
+        run_config(tmp_path, tmp_path / "out", "--recipe", "cr_msnet_chestxray14", "--max-steps", "1")
+    assert not (tmp_path / "out").exists()
+    stages = [Stage(name=str(index), epochs=epochs) for index, epochs in enumerate((1.0, 1.0, 1.0, 0.001))]
+    assert resolve_steps(stages, [10] * 4, 5) == 5 and [stage.steps for stage in stages] == [1, 1, 1, 2]
+    with pytest.raises(ValueError, match="fewer than the recipe's 4"):
+        resolve_steps(stages, [10] * 4, 3)
+
+
 def test_a_field_set_after_parsing_is_checked_as_the_recipe_is(tmp_path) -> None:
     """Code that edits a parsed config (the demo, a notebook) gets the recipe's checks: a value of the wrong type or a
     misspelled attribute raises, naming the field; and `train()` takes only a `TrainingConfig`."""

@@ -86,14 +86,19 @@ def lr_at(step: int, stages: Sequence[Stage], opt: OptimizationSection, steps_pe
 
 def resolve_steps(stages: Sequence[Stage], steps_per_epoch: Sequence[int], max_steps: int | None) -> int:
     """Set each stage's optimizer steps (its epochs of its data, or `max_steps` split over the stages in proportion
-    to their epochs) and return the total."""
+    to their epochs, each at least one) and return the total, which is `max_steps` when it is given. Raises
+    `ValueError` when `max_steps` is fewer than the stages (each trains at least one step)."""
     for stage, per_epoch in zip(stages, steps_per_epoch, strict=True):
         stage.steps = max(round(stage.epochs * per_epoch), 1)
     if max_steps is not None:
-        total_epochs = sum(stage.epochs for stage in stages)
-        for stage in stages:
-            stage.steps = max(round(max_steps * stage.epochs / total_epochs), 1)
-        stages[-1].steps = max(max_steps - sum(stage.steps for stage in stages[:-1]), 1)
+        if max_steps < len(stages):
+            raise ValueError(f"max_steps {max_steps} is fewer than the recipe's {len(stages)} curriculum stages (each "
+                             f"trains at least one step): give at least {len(stages)}")  # fmt: skip
+        # One step each, the rest in proportion to the epochs (rounded down); the last stage takes what is left.
+        spare, total_epochs = max_steps - len(stages), sum(stage.epochs for stage in stages)
+        for stage in stages[:-1]:
+            stage.steps = 1 + math.floor(spare * stage.epochs / total_epochs)
+        stages[-1].steps = max_steps - sum(stage.steps for stage in stages[:-1])
     return sum(stage.steps for stage in stages)
 
 
