@@ -310,6 +310,14 @@ def test_gradient_checkpointing_still_trains(model_type: str) -> None:
     entry = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     entry()
     assert any(getattr(module, "grad_checkpointing", False) for module in model.modules())
+    # transformers' own flag too (PEFT and Trainer read it): `is_activation_checkpointing` from 5.23, before it
+    # `is_gradient_checkpointing`.
+    flag = (
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    assert getattr(model, flag)
     model.train()
     batch = labelled_fixture(processor)[:4]
     loss = model(pixel_values=batch["pixel_values"], labels=batch["labels"]).loss
@@ -318,6 +326,7 @@ def test_gradient_checkpointing_still_trains(model_type: str) -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim > 1)
     (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
     assert not any(getattr(module, "grad_checkpointing", False) for module in model.modules())
+    assert not getattr(model, flag)
 
 
 @pytest.mark.parametrize("model_type", IMAGE_CLASSIFIERS)

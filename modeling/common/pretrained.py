@@ -63,10 +63,12 @@ class CXRPreTrainedMixin:
         self, enable: bool = True, gradient_checkpointing_func: Any = None, **kwargs: Any
     ) -> None:
         """Switch timm's own checkpointing (`set_grad_checkpointing`) in every timm backbone (`mark_as_timm`):
-        per stage or block as each timm model defines it (e.g. per dense layer in DenseNet-121)."""
+        per stage or block as each timm model defines it (e.g. per dense layer in DenseNet-121). Each backbone also
+        carries transformers' `gradient_checkpointing` flag, which `is_activation_checkpointing` (and PEFT) read."""
         for module in self.modules():
             if getattr(module, "_hf_cxr_timm_owned", False) and hasattr(module, "set_grad_checkpointing"):
                 module.set_grad_checkpointing(enable)
+                module.gradient_checkpointing = enable
 
     def check_pixel_values(self, pixel_values: Any) -> None:
         """Raise `ValueError` unless `pixel_values` is a tensor [batch, *config.pixel_values_shape] (a None there
