@@ -218,6 +218,18 @@ def test_any_failure_on_one_input_refuses_that_input_alone(
     assert f"{bad}\n  refused: {reason}" in output and output.count("(threshold ") == 14
 
 
+def test_a_file_that_is_no_image_is_refused_by_name_and_leaves_no_folder(model_dir, tmp_path, capsys) -> None:
+    """The reason names the file, not Pillow's in-memory buffer (`<_io.BytesIO object at 0x...>`), and a run whose
+    every input was refused does not leave the empty output folder it created."""
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    out = tmp_path / "pictures"
+    assert main(["predict", "--model", str(model_dir), str(bad), "--out", str(out)]) == 1
+    errors = capsys.readouterr().err
+    assert f"refused {bad}: '{bad}': not a readable image or DICOM file (no image format Pillow reads)" in errors
+    assert "BytesIO" not in errors and not out.exists()
+
+
 def test_describe_error_keeps_a_refusal_message_and_names_other_errors() -> None:
     from hf_cxr.inference.predict import describe_error
 

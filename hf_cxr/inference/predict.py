@@ -109,10 +109,12 @@ def predict(
     Returns one `PredictionResult` per input, in input order. Any failure on one input (an `Exception` from reading
     or decoding it, from the model or Grad-CAM on it, or from writing its picture) is caught: that input gets
     `error` set (see `describe_error`), nothing else, and the other inputs are still scored. Raises ValueError
-    only for a bad `threshold`, and OSError when `out_dir` cannot be created, before any input is read.
+    only for a bad `threshold`, and OSError when `out_dir` cannot be created, before any input is read. A folder
+    this call created is removed again when every input was refused (it would hold nothing).
     """
     thresholds = decision_thresholds(model.config, threshold)
     out = Path(out_dir) if out_dir is not None else None
+    created = out is not None and not out.exists()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     used_names: set[str] = set()
@@ -124,6 +126,8 @@ def predict(
         except Exception as error:  # one bad input must not stop the others; it is named with its reason
             result = PredictionResult(path=path, error=describe_error(error))
         results.append(result)
+    if created and not any(out.iterdir()):  # every input refused: no empty folder of ours left behind
+        out.rmdir()
     return results
 
 

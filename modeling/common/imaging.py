@@ -110,7 +110,9 @@ def _load_bytes(data: bytes, name: str) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError as error:  # PIL's message names only the in-memory buffer
+        raise ValueError(f"{name}: not a readable image or DICOM file (no image format Pillow reads)") from error
+    except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"{name}: not a readable image or DICOM file ({error})") from error
     return _pil_to_unit_float(image, name)
 
