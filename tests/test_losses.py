@@ -80,3 +80,21 @@ def test_config_selects_the_loss_and_refuses_bad_fields() -> None:
         hf_cxr.build_config("cr_msnet", "tiny", class_positive_counts=[1, 2, 3])
     with pytest.raises(ValueError, match=r"decision_thresholds.*Fracture"):
         hf_cxr.build_config("cr_msnet", "tiny", decision_thresholds={"Fracture": 0.3})
+
+
+def test_a_curriculum_stage_sets_only_loss_fields_every_config_has() -> None:
+    """The loss fields are declared by the model configs (`CXRClassifierConfig`); `LossSettings`, what a recipe's
+    curriculum stage may set, names a subset of them with the same choices, so a stage can never set a field or a
+    value that the config would not take."""
+    import dataclasses
+    import typing
+
+    from hf_cxr.modeling.common.configuration_cxr import CXRClassifierConfig
+    from hf_cxr.modeling.common.losses import CLASS_BALANCE_MODES, LOSS_TYPES, SINGLE_LABEL_LOSS_TYPES
+
+    from hf_cxr.losses import LOSS_SETTING_FIELDS, LossSettings
+
+    assert set(LOSS_SETTING_FIELDS) <= {field.name for field in dataclasses.fields(CXRClassifierConfig)}
+    hints = typing.get_type_hints(LossSettings)
+    assert set(typing.get_args(typing.get_args(hints["loss"])[0])) == {*LOSS_TYPES, *SINGLE_LABEL_LOSS_TYPES}
+    assert set(typing.get_args(typing.get_args(hints["class_balance_mode"])[0])) == set(CLASS_BALANCE_MODES)
