@@ -55,7 +55,7 @@ def write_sample_raw_tree(destination: str | Path) -> Path:
 
     Writes `Data_Entry_2017_v2020.csv` (the sample's NIH rows) and `images/`. NIH's official `train_val_list.txt`
     and `test_list.txt` cover the full dataset and are not shipped, and no list is written in their place: convert
-    the tree with `split_protocol="random_patient"` (`--split-protocol random_patient`), which splits the table's
+    the tree with `split_protocol="random_patient"` (`--split-protocol random-patient`), which splits the table's
     images by patient and says so in the dataset card; the default, NIH's official lists, refuses it.
     """
     destination = Path(destination)

@@ -135,7 +135,8 @@ def train_from_arguments(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python training_scripts/train.py ...`: parse the flags, then `train_from_arguments`."""
     parser = add_train_arguments(argparse.ArgumentParser(description="Train an hf-cxr model with Accelerate."))
+    program = Path(sys.argv[0]).name if argv is None else "train.py"
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.command_line = [Path(sys.argv[0]).name or "train.py", *argv]
+    args.command_line = [program, *argv]
     return train_from_arguments(args)
