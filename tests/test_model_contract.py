@@ -360,6 +360,9 @@ def test_a_misspelled_config_field_is_refused_by_name(model_type: str) -> None:
         hf_cxr.build_config(model_type, "tiny", image_sise=32)
     with pytest.raises(ValueError, match="has no field not_a_field"):
         hf_cxr.build_model(model_type, "tiny", not_a_field=1)
+    if model_type == "cr_msnet":  # a field holding the name's words beats the closest spelling (num_channels)
+        with pytest.raises(ValueError, match=r"has no field num_heads \(did you mean num_attention_heads\?\)"):
+            hf_cxr.build_config(model_type, "tiny", num_heads=4)
     # A method's or a read-only property's name is no field either: `to_dict=1` would replace the method.
     for name in ("to_dict", "pixel_values_shape"):
         with pytest.raises(ValueError, match=f"has no field {name}"):

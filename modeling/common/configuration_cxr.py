@@ -176,7 +176,10 @@ class CXRClassifierConfig(PretrainedConfig):
             fields = [item.name for item in dataclasses.fields(cls)]
             named = []
             for name in unknown:
-                hint = difflib.get_close_matches(name, fields, n=1)
+                # A field holding every word of the name (num_heads: num_attention_heads), else the closest spelling.
+                words = set(name.split("_"))
+                holding = [field for field in fields if words <= set(field.split("_"))]
+                hint = holding if len(holding) == 1 else difflib.get_close_matches(name, fields, n=1)
                 named.append(name + (f" (did you mean {hint[0]}?)" if hint else ""))
             raise ValueError(f"{cls.__name__} ({cls.model_type}) has no field {', '.join(named)}")
         try:
