@@ -170,7 +170,6 @@ class CXRClassifierConfig(PretrainedConfig):
         """
         if preset not in cls.presets:
             raise ValueError(f"unknown {cls.model_type} preset {preset!r}; choose from {sorted(cls.presets)}")
-        config = cls(**cls.presets[preset])
         unknown = [name for name in overrides if not cls.takes_input(name)]
         if unknown:
             fields = [item.name for item in dataclasses.fields(cls)]
@@ -183,7 +182,7 @@ class CXRClassifierConfig(PretrainedConfig):
                 named.append(name + (f" (did you mean {hint[0]}?)" if hint else ""))
             raise ValueError(f"{cls.__name__} ({cls.model_type}) has no field {', '.join(named)}")
         try:
-            return cls(**{**cls.presets[preset], **overrides}) if overrides else config
+            return cls(**{**cls.presets[preset], **overrides})
         except StrictDataclassError as error:  # a value of the wrong type (`@strict` checks every field's type)
             reason = str(error).strip().splitlines()[-1].strip()
             raise ValueError(f"{cls.__name__} ({cls.model_type}): {reason}") from error
