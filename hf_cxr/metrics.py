@@ -15,10 +15,15 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+def has_both_classes(truth: np.ndarray) -> bool:
+    """Whether 0/1 `truth` [N] holds at least one negative and one positive (what a ROC curve needs)."""
+    return truth.size > 0 and 0.0 < truth.mean() < 1.0
+
+
 def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
     """scikit-learn's ROC-AUC of `score` [N] against 0/1 `truth` [N]; NaN unless both classes are present. Every AUC
     hf-cxr reports (per finding, pooled, per CT class) is this one."""
-    return float(roc_auc_score(truth, score)) if truth.size > 0 and 0.0 < truth.mean() < 1.0 else math.nan
+    return float(roc_auc_score(truth, score)) if has_both_classes(truth) else math.nan
 
 
 def per_class_roc_auc(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:

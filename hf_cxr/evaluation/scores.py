@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score, roc_curve
 
 from hf_cxr.labels import CHESTXRAY14_TO_CHEXPERT
 from hf_cxr.losses import IGNORE_LABEL
-from hf_cxr.metrics import macro_roc_auc, mean_of_defined, per_class_roc_auc, roc_auc
+from hf_cxr.metrics import has_both_classes, macro_roc_auc, mean_of_defined, per_class_roc_auc, roc_auc
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_BOOTSTRAP = 1000
@@ -56,10 +56,6 @@ def check_arrays(probabilities: Any, targets: Any, label_names: Sequence[str]) -
 def _scored(probabilities: np.ndarray, targets: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
     keep = targets[:, column] != IGNORE_LABEL
     return targets[keep, column], probabilities[keep, column]
-
-
-def _both_classes(truth: np.ndarray) -> bool:
-    return truth.size > 0 and 0.0 < truth.mean() < 1.0
 
 
 def micro_roc_auc(probabilities: np.ndarray, targets: np.ndarray) -> float:
@@ -113,7 +109,7 @@ def threshold_choices(
     choices = {}
     for column, name in enumerate(label_names):
         truth, score = _scored(probabilities, targets, column)
-        if not _both_classes(truth):
+        if not has_both_classes(truth):
             missing = "no scored labels" if truth.size == 0 else "no positives" if truth.sum() == 0 else "no negatives"
             choices[name] = ThresholdChoice(DEFAULT_THRESHOLD, FALLBACK, missing)
             continue
