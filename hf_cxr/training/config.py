@@ -404,6 +404,7 @@ class TrainingConfig:
         path (2D or CT) would ignore, and a `max_steps` below the number of curriculum stages (each trains at least
         one step); raises `ValueError` naming them."""
         from hf_cxr.registry import ARCHITECTURES, is_ct_model
+        from hf_cxr.training.schedule import check_max_steps  # schedule reads this module's sections
 
         if self.model_type not in ARCHITECTURES:  # every architecture trains: 2D images or CT slabs
             raise ValueError(f"train.py trains {sorted(ARCHITECTURES)}; {self.model_type!r} is not one of them")
@@ -412,10 +413,7 @@ class TrainingConfig:
             named = f"recipe '{self.recipe_name}'" if self.recipe_name else "the recipe"
             raise ValueError(f"{named} is for model {wanted!r}, not {self.model_type!r}")
         _check_model_path(self.recipe, is_ct_model(self.model_type))
-        stages = max(len(self.recipe.curriculum), 1)
-        if self.max_steps is not None and self.max_steps < stages:
-            raise ValueError(f"max_steps {self.max_steps} is fewer than the recipe's {stages} curriculum stages (each "
-                             f"trains at least one step): give at least {stages}")  # fmt: skip
+        check_max_steps(self.max_steps, max(len(self.recipe.curriculum), 1))  # a recipe without one: one stage
 
 
 def _check_model_path(recipe: Recipe, ct: bool) -> None:

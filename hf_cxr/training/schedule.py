@@ -84,6 +84,14 @@ def lr_at(step: int, stages: Sequence[Stage], opt: OptimizationSection, steps_pe
     raise AssertionError("unreachable")
 
 
+def check_max_steps(max_steps: int | None, stage_count: int) -> None:
+    """Raise `ValueError` when `max_steps` is fewer than the curriculum's `stage_count` stages (each trains at least
+    one optimizer step); None (the stages' epochs) always passes."""
+    if max_steps is not None and max_steps < stage_count:
+        raise ValueError(f"max_steps {max_steps} is fewer than the recipe's {stage_count} curriculum stages (each "
+                         f"trains at least one step): give at least {stage_count}")  # fmt: skip
+
+
 def resolve_steps(stages: Sequence[Stage], steps_per_epoch: Sequence[int], max_steps: int | None) -> int:
     """Set each stage's optimizer steps (its epochs of its data, or `max_steps` split over the stages in proportion
     to their epochs, each at least one) and return the total, which is `max_steps` when it is given. Raises
@@ -91,9 +99,7 @@ def resolve_steps(stages: Sequence[Stage], steps_per_epoch: Sequence[int], max_s
     for stage, per_epoch in zip(stages, steps_per_epoch, strict=True):
         stage.steps = max(round(stage.epochs * per_epoch), 1)
     if max_steps is not None:
-        if max_steps < len(stages):
-            raise ValueError(f"max_steps {max_steps} is fewer than the recipe's {len(stages)} curriculum stages (each "
-                             f"trains at least one step): give at least {len(stages)}")  # fmt: skip
+        check_max_steps(max_steps, len(stages))
         # One step each, the rest in proportion to the epochs (rounded down); the last stage takes what is left.
         spare, total_epochs = max_steps - len(stages), sum(stage.epochs for stage in stages)
         for stage in stages[:-1]:
