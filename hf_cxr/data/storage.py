@@ -130,7 +130,9 @@ def _open_image(data: bytes, name: str, image_size: int | None) -> tuple[Image.I
         image.load()
         if image.format != "JPEG":
             orientation = exif_orientation(image)  # a PNG may carry its eXIf chunk after the pixels
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError as error:  # Pillow's message names only the in-memory buffer
+        raise ValueError(f"{name}: not a readable image file (no image format Pillow reads)") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{name}: not a readable image file ({error})") from error
     upright_size = (stored_height, stored_width) if orientation >= 5 else (stored_width, stored_height)
     return image, orientation, upright_size
